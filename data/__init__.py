@@ -1,0 +1,1 @@
+"""Data pipeline of the Parameter Golf project: shards, tokenizers, CaseOps, export, download, verification."""
