@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import shutil
 import sys
@@ -74,12 +75,29 @@ def take(it: Iterator[str], n: int) -> list[str]:
 
 
 class ShardWriter:
-    """Streams BOS-prefixed documents into fixed-size shards (and an aligned byte sidecar)."""
+    """Streams BOS-prefixed documents into fixed-size shards. With byte tables it also counts the
+    bytes charged, and with sidecar=True writes them as an aligned `<kind>_bytes` sidecar."""
 
-    def __init__(self, directory: Path, kind: str, shard_tokens: int, tables: tok.ByteTables | None):
-        self.directory, self.kind, self.shard_tokens, self.tables = directory, kind, shard_tokens, tables
+    def __init__(self, directory: Path, kind: str, shard_tokens: int, tables=None, sidecar: bool = False):
+        self.directory, self.kind, self.shard_tokens = directory, kind, shard_tokens
+        self.tables, self.sidecar = tables, sidecar
         self.buf, self.side, self.fill, self.count = [], [], 0, 0
-        self.tokens = self.docs = self.bytes = 0
+        self.tokens = self.docs = self.bytes = self.normalized = 0
+
+    def add_texts(self, sp, texts, use_caseops: bool, count_normalized: bool = False) -> None:
+        """Encodes and adds documents in batches. count_normalized counts the documents whose tokens
+        decode to other text (SentencePiece's NFKC and whitespace normalisation): bytes are charged
+        on the decoded text, so that difference must be visible."""
+        batch = []
+        for text in itertools.chain(texts, [None]):  # None flushes the last batch
+            if text is not None:
+                batch.append(text)
+            if batch and (text is None or len(batch) == ENCODE_BATCH):
+                for doc, ids in zip(batch, tok.encode_docs(sp, batch, use_caseops)):
+                    self.add(ids)
+                    self.normalized += count_normalized and tok.decode_doc(sp, ids, use_caseops) != doc
+                batch = []
+        self.flush()
 
     def add(self, ids: list[int]) -> None:
         doc = np.array([shards.BOS_ID, *ids], dtype=np.int64)
@@ -90,7 +108,7 @@ class ShardWriter:
         while doc.size:
             room = self.shard_tokens - self.fill
             self.buf.append(doc[:room])
-            if side is not None:
+            if self.sidecar:
                 self.side.append(side[:room])
                 side = side[room:]
             self.fill += min(room, doc.size)
@@ -102,7 +120,7 @@ class ShardWriter:
         if not self.fill:
             return
         shards.write_shard(self.directory / shards.shard_name(self.kind, self.count), np.concatenate(self.buf))
-        if self.tables is not None:
+        if self.sidecar:
             name = shards.shard_name(f"{self.kind}_bytes", self.count)
             shards.write_shard(self.directory / name, np.concatenate(self.side))
         self.buf, self.side, self.fill, self.count = [], [], 0, self.count + 1
@@ -186,23 +204,11 @@ def export_dataset(
         tables = tok.byte_tables(sp)
         log(f"tokenizer:{tokenizer or 'trained'} vocab_size:{sp.vocab_size()} caseops:{int(use_caseops)}")
 
-        val = ShardWriter(tmp, "val", shard_tokens, tables if use_caseops else None)
-        for i in range(0, len(val_texts), ENCODE_BATCH):
-            for ids in tok.encode_docs(sp, val_texts[i : i + ENCODE_BATCH], use_caseops):
-                val.add(ids)
-        val.flush()
-        train = ShardWriter(tmp, "train", shard_tokens, None)
+        val = ShardWriter(tmp, "val", shard_tokens, tables, sidecar=use_caseops)
+        val.add_texts(sp, val_texts, use_caseops, count_normalized=True)
+        train = ShardWriter(tmp, "train", shard_tokens)
         counts: dict = {}
-        batch = []
-        for text in train_texts(counts):
-            batch.append(text)
-            if len(batch) == ENCODE_BATCH:
-                for ids in tok.encode_docs(sp, batch, use_caseops):
-                    train.add(ids)
-                batch = []
-        for ids in tok.encode_docs(sp, batch, use_caseops):
-            train.add(ids)
-        train.flush()
+        train.add_texts(sp, train_texts(counts), use_caseops)
         if train.docs == 0:
             raise ExportError(f"no training documents left in {docs} after the {len(val_texts)} validation documents")
         dropped = counts.pop("dropped", 0)
@@ -227,7 +233,8 @@ def export_dataset(
             "val_docs": val.docs,
             "val_tokens": val.tokens,
             "val_shards": val.count,
-            "val_bytes": val.bytes if use_caseops else int(sum(len(t.encode("utf-8")) for t in val_texts)),
+            "val_bytes": val.bytes,
+            "val_docs_changed_by_normalization": val.normalized,
             "train_docs": train.docs,
             "train_tokens": train.tokens,
             "train_shards": train.count,
@@ -235,10 +242,14 @@ def export_dataset(
             "docs_skipped_incomplete": skipped,
         }
         shards.atomic_write(tmp / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
-        for p in old:
-            p.unlink()
+        # The manifest goes first and comes back last: a folder caught half-way claims nothing.
+        (out / MANIFEST).unlink(missing_ok=True)
+        new = {p.name for p in tmp.iterdir()}
         for p in sorted(tmp.iterdir(), key=lambda p: p.name == MANIFEST):
             p.replace(out / p.name)
+        for p in old:  # stale files of an earlier export (say, more train shards than now)
+            if p.name not in new:
+                p.unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for key in ("val_docs", "val_tokens", "val_shards", "train_docs", "train_tokens", "train_shards"):

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from data import caseops, export, shards
+from data import caseops, export, shards, verify
 from data import tokenizer as tok
 from tests.conftest import shared_file
 
@@ -99,3 +99,13 @@ def test_tokenizer_is_trained_on_training_documents_only(tmp_path, small_docs):
 def test_cli_reports_errors_in_one_line(tmp_path, small_docs, sp1024_model, capsys):
     rc = export.main(["--docs", str(small_docs), "--out", str(tmp_path / "o"), "--tokenizer", str(sp1024_model)])
     assert rc == 1 and "asked for 50000 validation documents" in capsys.readouterr().err
+
+
+def test_normalised_val_docs_are_counted_and_bytes_follow_the_decoded_text(tmp_path, small_docs, sp1024_model):
+    val_file = tmp_path / "val.jsonl"
+    texts = ["plain text", "a ﬁne  double   space", "  leading and trailing  ", "Ｆull width"]
+    val_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    m = export.export_dataset(small_docs, tmp_path / "o", sp1024_model, val_docs_file=val_file, log=quiet)
+    assert m["val_docs_changed_by_normalization"] == 3
+    facts = verify.verify(tmp_path / "o", log=quiet)
+    assert m["val_bytes"] == facts["val_bytes"] < sum(len(t.encode()) for t in texts)
