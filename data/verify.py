@@ -71,8 +71,11 @@ def verify(directory: Path, tokenizer: Path | None = None, val_docs: int | None 
     vocab, caseops = sp.vocab_size(), tok.is_caseops(sp)
     fact("tokenizer_sha256", tok.file_sha256(tok_path))
     want_sha = (manifest.get("tokenizer") or {}).get("sha256")
-    if tokenizer is None and want_sha and want_sha != facts["tokenizer_sha256"]:
-        raise VerifyError(f"{tok_path} has sha256 {facts['tokenizer_sha256']}, manifest.json says {want_sha}")
+    if want_sha and want_sha != facts["tokenizer_sha256"]:
+        raise VerifyError(
+            f"tokenizer {tok_path} does not match the data: its sha256 is {facts['tokenizer_sha256']}, "
+            f"but manifest.json says the shards were encoded with {want_sha}"
+        )
     fact("vocab_size", vocab)
     fact("caseops", int(caseops))
 
