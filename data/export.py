@@ -28,7 +28,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from data import shards
+from data import caseops, shards
 from data import tokenizer as tok
 
 NUM_VAL_DOCS = 50_000
@@ -187,8 +187,6 @@ def export_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         if tokenizer is None:
-            from data import caseops
-
             log(f"tokenizer:training vocab:{vocab_size} caseops:{int(use_caseops)}")
             texts = (caseops.encode(t) for t in train_texts({})) if use_caseops else train_texts({})
             trained = tok.train_tokenizer(texts, tmp / "tokenizer", vocab_size, use_caseops)
