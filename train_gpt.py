@@ -1,0 +1,1124 @@
+"""Parameter Golf: train the best language model whose artifact (this file + compressed weights) fits in
+16,000,000 bytes, in 600 s on 8xH100, scored in bits per byte on the FineWeb validation set.
+
+    torchrun --standalone --nproc_per_node=8 train_gpt.py      # the flagship configuration (defaults)
+    python3 train_gpt.py                                        # one process (CPU or one GPU)
+
+Every knob is an environment variable (the Hyperparameters class below); the README lists the CPU and
+1-GPU configurations as overrides. One model forward serves training, evaluation and test-time training.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import lzma
+import math
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import brotli
+import numpy as np
+import sentencepiece as spm
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import zstandard
+from torch import Tensor, nn
+
+try:  # FlashAttention 3 (Hopper), then 2; both optional
+    from flash_attn_interface import flash_attn_varlen_func as _flash_varlen
+
+    FLASH_BACKEND = "fa3"
+except ImportError:
+    try:
+        from flash_attn import flash_attn_varlen_func as _flash_varlen
+
+        FLASH_BACKEND = "fa2"
+    except ImportError:
+        _flash_varlen, FLASH_BACKEND = None, None
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:
+    create_block_mask = flex_attention = None
+
+# -----------------------------------------------------------------------------
+# Hyperparameters: every knob, read once from the environment and checked
+# -----------------------------------------------------------------------------
+
+# name, type, default, allowed (inclusive (lo, hi) range, or a tuple of choices), meaning
+HPARAMS = (
+    (
+        "DATA_PATH",
+        str,
+        "./data/datasets/fineweb10B_sp8192_lossless_caps_caseops_v1_reserved",
+        None,
+        "folder of fineweb_{train,val}_*.bin shards (and fineweb_val_bytes_* sidecars)",
+    ),
+    (
+        "TOKENIZER_PATH",
+        str,
+        "./data/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model",
+        None,
+        "SentencePiece model the shards were encoded with",
+    ),
+    ("RUN_ID", str, "", None, "name of the run's log and artifact (default: a fresh uuid)"),
+    ("LOG_DIR", str, "logs", None, "where <RUN_ID>.txt and <RUN_ID>.ptz are written"),
+    ("SEED", int, 1337, (0, 2**31 - 1), "seed of the model init and every random choice"),
+    # model
+    ("VOCAB_SIZE", int, 8192, (8, 65536), "vocabulary size; must equal the tokenizer's"),
+    ("NUM_LAYERS", int, 11, (1, 64), "physical transformer layers"),
+    ("MODEL_DIM", int, 512, (8, 8192), "residual width"),
+    ("NUM_HEADS", int, 8, (1, 128), "query heads"),
+    ("NUM_KV_HEADS", int, 4, (1, 128), "key/value heads (GQA); divides NUM_HEADS"),
+    ("MLP_MULT", float, 4.0, (0.25, 16.0), "MLP hidden width as a multiple of MODEL_DIM"),
+    ("MLP_ACT", str, "leaky_relu2", ("leaky_relu2", "relu2"), "MLP activation: LeakyReLU(0.5)^2 or ReLU^2"),
+    ("TIED_EMBED_INIT_STD", float, 0.005, (0.0, 1.0), "std of the tied embedding's normal init"),
+    ("LOGIT_SOFTCAP", float, 30.0, (0.0, 1000.0), "logits = c*tanh(z/c); 0 switches it off"),
+    ("QK_GAIN_INIT", float, 5.0, (0.0, 100.0), "initial learned per-head gain on the normalised queries"),
+    ("ROPE_BASE", float, 10000.0, (1.0, 1e9), "RoPE base frequency"),
+    ("ROPE_DIMS", int, 16, (0, 1024), "leading head dims rotated by RoPE (partial RoPE); the rest carry no position"),
+    ("LN_SCALE", int, 1, (0, 1), "scale each sublayer's normed input by 1/sqrt(layer+1)"),
+    ("XSA_LAST_N", int, 11, (0, 64), "XSA on the last N physical layers (subtract the own-value projection)"),
+    ("LOOP_START", int, 3, (0, 63), "first physical layer of the recurrent segment"),
+    ("LOOP_END", int, 5, (0, 63), "last physical layer of the recurrent segment (inclusive)"),
+    ("NUM_LOOPS", int, 2, (0, 16), "extra passes over the recurrent segment once looping is on (0: none)"),
+    ("ENABLE_LOOPING_AT", float, 0.35, (0.0, 1.0), "training fraction at which the recurrence switches on"),
+    ("PARALLEL_START_LAYER", int, 8, (0, 64), "physical layers >= this run attention and MLP on two lanes"),
+    ("SKIP_GATES", int, 1, (0, 1), "U-Net skips merged by a learned sigmoid gate (0: plain weighted add)"),
+    ("SMEAR_GATE", int, 1, (0, 1), "blend the previous token's embedding in (never across a document start)"),
+    ("SPARSE_ATTN_GATE", int, 1, (0, 1), "per-head sigmoid gate on the attention output from a small input window"),
+    ("GATE_WINDOW", int, 12, (1, 1024), "input dims read by the SmearGate and the sparse attention gate"),
+    ("SPARSE_ATTN_GATE_SCALE", float, 0.5, (0.0, 100.0), "pre-sigmoid scale of the sparse attention gate"),
+    ("ATTN_BACKEND", str, "auto", ("auto", "fa3", "fa2", "flex", "sdpa"), "document-masked attention kernel"),
+    # training
+    ("TRAIN_SEQ_LEN", int, 2048, (2, 65536), "training sequence length"),
+    ("SEQ_LEN_SCHEDULE", str, "", None, "progressive lengths, e.g. 1024@0.1,2048@0.7,3072@1.0 (len@until-fraction)"),
+    ("TRAIN_BATCH_TOKENS", int, 786432, (2, 2**30), "tokens per optimizer step over all ranks"),
+    ("GRAD_ACCUM_STEPS", int, 0, (0, 1024), "micro-steps per optimizer step per rank (0: 8 / world size)"),
+    ("ITERATIONS", int, 20000, (0, 10**9), "maximum optimizer steps"),
+    ("WARMUP_STEPS", int, 20, (0, 10**6), "compile warmup steps, run before the clock and then undone"),
+    ("MAX_WALLCLOCK_SECONDS", float, 600.0, (0.0, 1e7), "training time cap (0: none, ITERATIONS decides)"),
+    ("GPTQ_RESERVE_SECONDS", float, 5.0, (0.0, 1e4), "kept out of the training cap for quantization calibration"),
+    ("MATRIX_LR", float, 0.026, (0.0, 10.0), "Muon learning rate of the block matrices"),
+    ("MUON_WD", float, 0.095, (0.0, 10.0), "Muon decoupled weight decay (p *= 1 - lr*wd)"),
+    ("MUON_MOMENTUM", float, 0.97, (0.0, 1.0), "Muon Nesterov momentum after warmup"),
+    ("MUON_MOMENTUM_WARMUP_START", float, 0.92, (0.0, 1.0), "Muon momentum at step 0"),
+    ("MUON_MOMENTUM_WARMUP_STEPS", int, 1500, (0, 10**9), "steps of the linear momentum warmup"),
+    ("MUON_BACKEND_STEPS", int, 5, (1, 5), "Newton-Schulz iterations"),
+    ("MUON_NS", str, "polar", ("polar", "quintic"), "Polar Express coefficients, or the fixed quintic"),
+    ("MUON_ROW_NORM", int, 1, (0, 1), "MuonEq-R: normalise the update's rows before orthogonalisation"),
+    ("TIED_EMBED_LR", float, 0.03, (0.0, 10.0), "AdamW learning rate of the tied embedding"),
+    ("EMBED_WD", float, 0.085, (0.0, 10.0), "AdamW weight decay of the tied embedding"),
+    ("SCALAR_LR", float, 0.02, (0.0, 10.0), "AdamW learning rate of gains, scales and gates"),
+    ("SCALAR_WD", float, 0.02, (0.0, 10.0), "AdamW weight decay of gains, scales and gates"),
+    ("BETA1", float, 0.9, (0.0, 1.0), "AdamW beta1"),
+    ("BETA2", float, 0.99, (0.0, 1.0), "AdamW beta2"),
+    ("ADAM_EPS", float, 1e-8, (0.0, 1.0), "AdamW epsilon"),
+    ("GRAD_CLIP_NORM", float, 0.3, (0.0, 1e6), "global gradient-norm clip (0: off)"),
+    ("WARMDOWN_FRAC", float, 0.85, (0.0, 1.0), "final fraction of training over which the LR decays linearly"),
+    ("MIN_LR", float, 0.1, (0.0, 1.0), "LR floor of the decay, as a fraction of the peak"),
+    ("EMA_DECAY", float, 0.9965, (0.0, 1.0), "EMA of the weights, evaluated and exported (0: off)"),
+    ("COMPILE", int, 1, (0, 1), "torch.compile the model (CUDA only)"),
+    # evaluation, export, logging
+    ("VAL_LOSS_EVERY", int, 0, (0, 10**9), "validate every N steps during training (0: only at the end)"),
+    ("TRAIN_LOG_EVERY", int, 100, (1, 10**9), "log the training loss every N steps"),
+    ("VAL_BATCH_SIZE", int, 524288, (1, 2**31), "evaluation tokens per forward over all ranks"),
+    ("EVAL_SEQ_LEN", int, 2048, (2, 65536), "evaluation window length"),
+    ("EVAL_STRIDE", int, 64, (0, 65536), "sliding-window stride inside each document (0: doc-masked chunks only)"),
+    ("EXPORT_COMPRESSOR", str, "brotli", ("brotli", "zlib", "zstd", "lzma"), "compressor of the artifact"),
+)
+
+
+class HyperparameterError(ValueError):
+    """An environment variable with a value the run cannot use."""
+
+
+def _parse(name, typ, raw, allowed):
+    try:
+        value = typ(raw)
+    except ValueError:
+        raise HyperparameterError(f"{name}={raw!r}: expected {typ.__name__}") from None
+    if isinstance(allowed, tuple) and isinstance(allowed[0], str) and value not in allowed:
+        raise HyperparameterError(f"{name}={raw!r}: expected one of {', '.join(allowed)}")
+    if isinstance(allowed, tuple) and not isinstance(allowed[0], str) and not allowed[0] <= value <= allowed[1]:
+        raise HyperparameterError(f"{name}={raw!r}: expected {typ.__name__} in [{allowed[0]}, {allowed[1]}]")
+    return value
+
+
+class Hyperparameters:
+    """HPARAMS resolved against an environment; attributes are the lower-cased names (hp.num_layers)."""
+
+    def __init__(self, env=None):
+        env = os.environ if env is None else env
+        for name, typ, default, allowed, _ in HPARAMS:
+            raw = env.get(name)
+            setattr(self, name.lower(), default if raw is None else _parse(name, typ, raw, allowed))
+        self.run_id = self.run_id or uuid.uuid4().hex[:12]
+        self.seq_len_schedule_parsed = parse_seq_len_schedule(self.seq_len_schedule, self.train_seq_len)
+        self._check()
+
+    def _check(self):
+        def need(ok, what):
+            if not ok:
+                raise HyperparameterError(what)
+
+        need(self.model_dim % self.num_heads == 0, f"MODEL_DIM={self.model_dim} must be divisible by NUM_HEADS")
+        need(self.num_heads % self.num_kv_heads == 0, f"NUM_HEADS={self.num_heads} must be a multiple of NUM_KV_HEADS")
+        hd = self.model_dim // self.num_heads
+        need(self.rope_dims % 2 == 0 and self.rope_dims <= hd, f"ROPE_DIMS={self.rope_dims}: expected even, <= {hd}")
+        need(self.gate_window <= self.model_dim, f"GATE_WINDOW={self.gate_window}: expected <= MODEL_DIM")
+        if self.num_loops:
+            need(
+                self.loop_start <= self.loop_end < self.num_layers,
+                f"LOOP_START={self.loop_start}, LOOP_END={self.loop_end}: expected 0 <= start <= end < NUM_LAYERS",
+            )
+            need(
+                self.parallel_start_layer > self.loop_end,
+                f"PARALLEL_START_LAYER={self.parallel_start_layer}: expected > LOOP_END={self.loop_end}",
+            )
+
+    def items(self):
+        return [(name, getattr(self, name.lower())) for name, *_ in HPARAMS]
+
+
+def parse_seq_len_schedule(spec: str, default_len: int) -> list[tuple[int, float]]:
+    """'1024@0.1,2048@1.0' -> [(1024, 0.1), (2048, 1.0)]: each length is used until its training fraction."""
+    if not spec.strip():
+        return [(default_len, 1.0)]
+    out = []
+    for part in spec.split(","):
+        try:
+            length, until = part.split("@")
+            out.append((int(length), float(until)))
+        except ValueError:
+            raise HyperparameterError(
+                f"SEQ_LEN_SCHEDULE={spec!r}: expected len@fraction,... e.g. 1024@0.1,2048@1"
+            ) from None
+    fracs = [u for _, u in out]
+    if fracs != sorted(fracs) or fracs[-1] != 1.0 or min(length for length, _ in out) < 2:
+        raise HyperparameterError(f"SEQ_LEN_SCHEDULE={spec!r}: fractions must increase and end at 1.0, lengths >= 2")
+    return out
+
+
+def seq_len_at(schedule: list[tuple[int, float]], frac: float) -> int:
+    return next((length for length, until in schedule if frac < until), schedule[-1][0])
+
+
+# -----------------------------------------------------------------------------
+# Data: challenge shards, validation bytes, the training stream
+# -----------------------------------------------------------------------------
+
+SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
+BOS_ID = 1
+
+
+class DataError(ValueError):
+    """Shards or a tokenizer that do not match what the run expects."""
+
+
+def shard_paths(data_path: str, kind: str) -> list[str]:
+    """kind: train, val or val_bytes; the [0-9] keeps fineweb_val_* from matching the byte sidecars."""
+    return sorted(glob.glob(os.path.join(data_path, f"fineweb_{kind}_[0-9]*.bin")))
+
+
+def load_shard(path: str, vocab_size: int | None = None) -> np.ndarray:
+    """A shard's uint16 tokens after checking magic, version, size and (for token shards) the vocabulary."""
+    size = os.path.getsize(path)
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS) if size >= 4 * HEADER_INTS else None
+    if header is None or header[0] != SHARD_MAGIC or header[1] != SHARD_VERSION:
+        raise DataError(f"{path}: not a challenge shard (expected magic {SHARD_MAGIC}, version {SHARD_VERSION})")
+    n = int(header[2])
+    if size != 4 * HEADER_INTS + 2 * n:
+        raise DataError(f"{path}: header declares {n} tokens = {4 * HEADER_INTS + 2 * n} bytes, file has {size}")
+    tokens = np.fromfile(path, dtype="<u2", count=n, offset=4 * HEADER_INTS)
+    if vocab_size is not None and n and int(tokens.max()) >= vocab_size:
+        raise DataError(f"{path}: token id {int(tokens.max())} >= VOCAB_SIZE={vocab_size} (wrong tokenizer/data?)")
+    return tokens
+
+
+def load_tokenizer(path: str, vocab_size: int) -> spm.SentencePieceProcessor:
+    if not os.path.isfile(path):
+        raise DataError(f"TOKENIZER_PATH={path}: no such file (expected the SentencePiece .model of the shards)")
+    sp = spm.SentencePieceProcessor(model_file=path)
+    if sp.vocab_size() != vocab_size or sp.bos_id() != BOS_ID:
+        raise DataError(f"{path}: vocab {sp.vocab_size()}, bos {sp.bos_id()}; expected VOCAB_SIZE={vocab_size}, bos 1")
+    return sp
+
+
+def is_caseops_tokenizer(sp: spm.SentencePieceProcessor) -> bool:
+    return sp.vocab_size() > 7 and [sp.id_to_piece(i) for i in range(4, 8)] == [chr(0xE001 + i) for i in range(4)]
+
+
+def target_bytes_from_tables(sp: spm.SentencePieceProcessor, tokens: np.ndarray) -> np.ndarray:
+    """Original UTF-8 bytes charged to each token as a target: the piece's bytes, plus its leading space
+    unless the previous token is a boundary (BOS), where decoding drops it."""
+    n = sp.vocab_size()
+    base, space, boundary = np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n, bool)
+    for i in range(n):
+        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+            boundary[i] = True
+        elif sp.is_byte(i):
+            base[i] = 1
+        else:
+            piece = sp.id_to_piece(i)
+            space[i] = piece.startswith("\u2581")
+            base[i] = len(piece.replace("\u2581", " ").encode("utf-8")) - int(space[i])
+    tok = tokens.astype(np.int64)
+    out = base[tok]
+    out[1:] += space[tok[1:]] & ~boundary[tok[:-1]]
+    return out
+
+
+@dataclass
+class ValData:
+    tokens: np.ndarray  # int64 stream, BOS before every document
+    target_bytes: np.ndarray  # int64, bytes charged when tokens[i] is predicted (entry 0 unused)
+    byte_source: str
+
+
+def load_validation(hp: Hyperparameters, sp: spm.SentencePieceProcessor) -> ValData:
+    paths = shard_paths(hp.data_path, "val")
+    if not paths:
+        raise DataError(f"DATA_PATH={hp.data_path}: no fineweb_val_*.bin shards")
+    tokens = np.concatenate([load_shard(p, hp.vocab_size) for p in paths]).astype(np.int64)
+    if tokens[0] != BOS_ID:
+        raise DataError(f"{paths[0]}: the validation stream must start with BOS ({BOS_ID}), found {tokens[0]}")
+    sidecars = shard_paths(hp.data_path, "val_bytes")
+    if sidecars:  # CaseOps and other transformed text: bytes of the original text, one count per token
+        nbytes = np.concatenate([load_shard(p) for p in sidecars]).astype(np.int64)
+        if nbytes.shape != tokens.shape:
+            raise DataError(f"byte sidecars hold {nbytes.size} counts for {tokens.size} validation tokens")
+        return ValData(tokens, nbytes, "sidecar")
+    if is_caseops_tokenizer(sp):
+        raise DataError(f"{hp.tokenizer_path} is a CaseOps tokenizer but {hp.data_path} has no fineweb_val_bytes_*")
+    return ValData(tokens, target_bytes_from_tables(sp, tokens), "tokenizer_tables")
+
+
+class TokenStream:
+    """The training shards in order, wrapping around; take(n) returns the next n tokens."""
+
+    def __init__(self, paths: list[str], vocab_size: int):
+        if not paths:
+            raise DataError("no fineweb_train_*.bin shards found in DATA_PATH")
+        self.paths, self.vocab_size, self.index, self.pos = paths, vocab_size, 0, 0
+        self.tokens = load_shard(paths[0], vocab_size)
+
+    def take(self, n: int) -> np.ndarray:
+        parts = []
+        while n > 0:
+            if self.pos == len(self.tokens):
+                self.index = (self.index + 1) % len(self.paths)
+                self.tokens, self.pos = load_shard(self.paths[self.index], self.vocab_size), 0
+            k = min(n, len(self.tokens) - self.pos)
+            parts.append(self.tokens[self.pos : self.pos + k])
+            self.pos, n = self.pos + k, n - k
+        return np.concatenate(parts)
+
+
+class TrainLoader:
+    """Each step reads one global batch of the stream; this rank keeps its own contiguous slice of
+    `accum` micro-batches. A background thread reads ahead, so shard IO overlaps the step."""
+
+    def __init__(self, hp: Hyperparameters, rank: int, world: int, accum: int):
+        self.stream = TokenStream(shard_paths(hp.data_path, "train"), hp.vocab_size)
+        self.micro = hp.train_batch_tokens // (world * accum)
+        self.total, self.first = hp.train_batch_tokens, rank * accum * self.micro
+        self.span = accum * self.micro + 1
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.closed = False
+        threading.Thread(target=self._produce, daemon=True).start()
+
+    def _produce(self):
+        try:
+            while not self.closed:
+                chunk = self.stream.take(self.total + 1)
+                self.queue.put(torch.from_numpy(chunk[self.first : self.first + self.span].astype(np.int64)))
+        except BaseException as e:  # surfaced to the training loop, which would otherwise wait forever
+            self.error = e
+            self.queue.put(None)
+
+    def close(self):
+        self.closed = True
+        while not self.queue.empty():  # unblocks a pending put, after which the thread sees `closed`
+            self.queue.get_nowait()
+
+    def next_batch(self, seq_len: int, device) -> list[tuple[Tensor, Tensor]]:
+        """(inputs, targets) per micro-step, each shaped [micro_tokens // seq_len, seq_len]."""
+        span = self.queue.get()
+        if span is None:
+            raise self.error
+        span = span.to(device, non_blocking=True)
+        micros = []
+        for a in range(0, span.numel() - 1, self.micro):
+            x, y = span[a : a + self.micro], span[a + 1 : a + self.micro + 1]
+            micros.append((x.view(-1, seq_len), y.view(-1, seq_len)))
+        return micros
+
+
+# -----------------------------------------------------------------------------
+# Attention over packed documents: a position attends to earlier positions of its own document
+# -----------------------------------------------------------------------------
+
+
+@dataclass
+class DocLayout:
+    """Where attention segments begin in a [B, T] batch: at every BOS, at position 0 and wherever the caller
+    packs a new segment. Built once per batch, outside the compiled model."""
+
+    starts: Tensor  # bool [B, T]
+    doc_ids: Tensor  # int32 [B, T], unique over the whole batch
+    backend: str
+    cu_seqlens: Tensor | None = None  # int32, for the varlen flash kernels
+    block_mask: object = None  # for flex attention
+    mask: Tensor | None = None  # bool [B, 1, T, T], for SDPA
+
+
+def pick_backend(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        if requested in ("fa3", "fa2") and requested != FLASH_BACKEND:
+            raise HyperparameterError(f"ATTN_BACKEND={requested}: that FlashAttention is not installed")
+        if requested == "flex" and flex_attention is None:
+            raise HyperparameterError("ATTN_BACKEND=flex: this torch has no flex attention")
+        return requested
+    if device.type == "cuda":
+        return FLASH_BACKEND or ("flex" if flex_attention is not None else "sdpa")
+    return "sdpa"
+
+
+def make_layout(tokens: Tensor, backend: str, seg_starts: Tensor | None = None) -> DocLayout:
+    B, T = tokens.shape
+    starts = tokens == BOS_ID
+    starts[:, 0] = True
+    if seg_starts is not None:
+        starts |= seg_starts
+    doc_ids = (torch.cumsum(starts.flatten().int(), 0) - 1).view(B, T).int()
+    layout = DocLayout(starts, doc_ids, backend)
+    if backend in ("fa3", "fa2"):
+        where = torch.nonzero(starts.flatten()).flatten().int()
+        layout.cu_seqlens = torch.cat([where, where.new_tensor([B * T])])
+    elif backend == "flex":
+        same_doc_causal = lambda b, h, q, k: (q >= k) & (doc_ids[b, q] == doc_ids[b, k])
+        layout.block_mask = create_block_mask(same_doc_causal, B, None, T, T, tokens.device, _compile=tokens.is_cuda)
+    else:
+        causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
+        layout.mask = (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
+    return layout
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, layout: DocLayout) -> Tensor:
+    """q [B,T,H,D], k and v [B,T,Hkv,D] -> [B,T,H,D]; the same maths on every backend."""
+    B, T, H, D = q.shape
+    if layout.backend in ("fa3", "fa2"):
+        cu = layout.cu_seqlens
+        out = _flash_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu, cu, T, T, causal=True)
+        out = out[0] if isinstance(out, tuple) else out
+        return out.view(B, T, H, D)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if layout.backend == "flex":
+        out = flex_attention(q, k, v, block_mask=layout.block_mask, enable_gqa=k.size(1) != H)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, enable_gqa=k.size(1) != H)
+    return out.transpose(1, 2)
+
+
+# -----------------------------------------------------------------------------
+# Model
+# -----------------------------------------------------------------------------
+
+
+def rms_norm(x: Tensor) -> Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rope_tables(rope_dims: int, base: float, max_len: int) -> tuple[Tensor, Tensor]:
+    inv_freq = base ** (-torch.arange(0, rope_dims, 2, dtype=torch.float64) / rope_dims)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_partial_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotates the first 2*cos.size(-1) dims of each head of x [B,T,H,D]; the rest pass through untouched."""
+    half = cos.size(-1)
+    if half == 0:
+        return x
+    c, s = cos[: x.size(1), None, :].to(x.dtype), sin[: x.size(1), None, :].to(x.dtype)
+    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+    return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c, rest], dim=-1)
+
+
+def exclusive_self_attention(y: Tensor, v: Tensor) -> Tensor:
+    """XSA: remove from each head's output its component along the head's own (normalised) value vector."""
+    vn = F.normalize(v, dim=-1).repeat_interleave(y.size(2) // v.size(2), dim=2)
+    return y - (y * vn).sum(-1, keepdim=True) * vn
+
+
+def virtual_layer_order(num_layers: int, loop_start: int, loop_end: int, num_loops: int) -> list[int]:
+    """Physical layer run at each virtual depth: the segment [loop_start, loop_end] runs 1 + num_loops times."""
+    if not num_loops:
+        return list(range(num_layers))
+    segment = list(range(loop_start, loop_end + 1))
+    return list(range(loop_start)) + segment * (1 + num_loops) + list(range(loop_end + 1, num_layers))
+
+
+class Linear(nn.Linear):
+    """Bias-free; weights stay fp32 and autocast runs the matmul in bf16 on CUDA."""
+
+    def __init__(self, fan_in: int, fan_out: int, init: str = "orthogonal"):
+        super().__init__(fan_in, fan_out, bias=False)
+        if init == "zero":
+            nn.init.zeros_(self.weight)
+        else:
+            nn.init.orthogonal_(self.weight)
+
+
+class Attention(nn.Module):
+    def __init__(self, hp: Hyperparameters, layer: int):
+        super().__init__()
+        d, self.h, self.kv = hp.model_dim, hp.num_heads, hp.num_kv_heads
+        self.hd = d // self.h
+        self.c_q, self.c_k, self.c_v = Linear(d, d), Linear(d, self.kv * self.hd), Linear(d, self.kv * self.hd)
+        self.proj = Linear(d, d, init="zero")
+        self.q_gain = nn.Parameter(torch.full((self.h,), hp.qk_gain_init))
+        self.xsa = layer >= hp.num_layers - hp.xsa_last_n
+        self.gate_scale, self.gate_window = hp.sparse_attn_gate_scale, hp.gate_window
+        self.gate_w = nn.Parameter(torch.zeros(self.h, hp.gate_window)) if hp.sparse_attn_gate else None
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], layout: DocLayout) -> Tensor:
+        B, T, d = x.shape
+        v = self.c_v(x).view(B, T, self.kv, self.hd)
+        q = apply_partial_rope(rms_norm(self.c_q(x).view(B, T, self.h, self.hd)), *rope)
+        k = apply_partial_rope(rms_norm(self.c_k(x).view(B, T, self.kv, self.hd)), *rope)
+        q = q * self.q_gain.to(q.dtype)[:, None]
+        y = attend(q.to(v.dtype), k.to(v.dtype), v, layout)
+        if self.xsa:
+            y = exclusive_self_attention(y, v)
+        if self.gate_w is not None:  # zero init: every head starts at sigmoid(0) = 0.5
+            y = y * torch.sigmoid(self.gate_scale * F.linear(x[..., : self.gate_window], self.gate_w))[..., None]
+        return self.proj(y.reshape(B, T, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, hp: Hyperparameters):
+        super().__init__()
+        hidden = int(hp.mlp_mult * hp.model_dim)
+        self.fc, self.proj = Linear(hp.model_dim, hidden), Linear(hidden, hp.model_dim, init="zero")
+        self.slope = 0.5 if hp.mlp_act == "leaky_relu2" else 0.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(F.leaky_relu(self.fc(x), self.slope).square())
+
+
+class Block(nn.Module):
+    """x = mix(x, x0); x += attn(norm(x)); x += mlp(norm(x)). From PARALLEL_START_LAYER on, attention reads
+    lane 0 and the MLP lane 1, and a learned 2x2 matrix writes both outputs into both lanes."""
+
+    def __init__(self, hp: Hyperparameters, layer: int):
+        super().__init__()
+        d = hp.model_dim
+        self.attn, self.mlp = Attention(hp, layer), MLP(hp)
+        self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(d)), nn.Parameter(torch.ones(d))
+        self.resid_mix = nn.Parameter(torch.stack([torch.ones(d), torch.zeros(d)]))
+        self.ln_scale = 1 / math.sqrt(layer + 1) if hp.ln_scale else 1.0
+        self.parallel = layer >= hp.parallel_start_layer
+        self.lane_post = nn.Parameter(torch.ones(2, 2)) if self.parallel else None
+
+    def forward(self, x: Tensor, x0: Tensor, lane1: Tensor | None, rope, layout: DocLayout):
+        x = self.resid_mix[0] * x + self.resid_mix[1] * x0
+        a = self.attn_scale * self.attn(rms_norm(x) * self.ln_scale, rope, layout)
+        if not self.parallel:
+            x = x + a
+            return x + self.mlp_scale * self.mlp(rms_norm(x) * self.ln_scale), None
+        m = self.mlp_scale * self.mlp(rms_norm(lane1) * self.ln_scale)
+        p = self.lane_post
+        return x + p[0, 0] * a + p[0, 1] * m, lane1 + p[1, 0] * a + p[1, 1] * m
+
+
+class SmearGate(nn.Module):
+    """e_t += lam * sigmoid(w . e_t[:window]) * e_{t-1}, except at a document start. lam = 0 at init, so the
+    gate starts as the identity; the start mask keeps the last token of one document out of the next."""
+
+    def __init__(self, hp: Hyperparameters):
+        super().__init__()
+        self.lam, self.w = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(hp.gate_window))
+
+    def forward(self, e: Tensor, starts: Tensor) -> Tensor:
+        prev = F.pad(e[:, :-1], (0, 0, 1, 0))
+        gate = self.lam * torch.sigmoid(e[..., : self.w.numel()] @ self.w.to(e.dtype)) * (~starts).to(e.dtype)
+        return e + gate[..., None] * prev
+
+
+class GPT(nn.Module):
+    def __init__(self, hp: Hyperparameters):
+        super().__init__()
+        self.hp, self.looping = hp, False
+        self.tok_emb = nn.Embedding(hp.vocab_size, hp.model_dim)
+        nn.init.normal_(self.tok_emb.weight, std=hp.tied_embed_init_std)
+        self.smear = SmearGate(hp) if hp.smear_gate else None
+        self.blocks = nn.ModuleList(Block(hp, i) for i in range(hp.num_layers))
+        n_skips = len(virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops)) // 2
+        self.skip_weights = nn.Parameter(torch.ones(n_skips, hp.model_dim))
+        self.skip_gates = nn.Parameter(torch.zeros(n_skips, hp.model_dim)) if hp.skip_gates else None
+        cos, sin = rope_tables(hp.rope_dims, hp.rope_base, max(hp.train_seq_len, hp.eval_seq_len, 4096))
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def virtual_layers(self) -> list[int]:
+        hp = self.hp
+        return virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops if self.looping else 0)
+
+    def hidden(self, idx: Tensor, layout: DocLayout) -> Tensor:
+        """Final normed hidden states; U-Net: the first half of the virtual layers push skips, the second
+        half pops them (last in, first out)."""
+        e = self.tok_emb(idx)
+        if self.smear is not None:
+            e = self.smear(e, layout.starts)
+        x = x0 = rms_norm(e)
+        order = self.virtual_layers()
+        n_enc, skips, lane1 = len(order) // 2, [], None
+        rope = (self.rope_cos[:, : self.hp.rope_dims // 2], self.rope_sin[:, : self.hp.rope_dims // 2])
+        for i, layer in enumerate(order):
+            j = i - n_enc
+            if 0 <= j < n_enc:
+                s = self.skip_weights[j] * skips.pop()
+                x = x + s if self.skip_gates is None else torch.lerp(s, x, torch.sigmoid(self.skip_gates[j]))
+            block = self.blocks[layer]
+            if block.parallel and lane1 is None:
+                lane1 = x
+            x, lane1 = block(x, x0, lane1, rope, layout)
+            if i < n_enc:
+                skips.append(x)
+        return rms_norm(x if lane1 is None else 0.5 * (x + lane1))
+
+    def logits(self, h: Tensor) -> Tensor:
+        z = F.linear(h, self.tok_emb.weight.to(h.dtype)).float()
+        c = self.hp.logit_softcap
+        return c * torch.tanh(z / c) if c > 0 else z
+
+    def forward(self, idx: Tensor, targets: Tensor, layout: DocLayout) -> Tensor:
+        """Per-token negative log-likelihood in nats, float32 [B, T]."""
+        z = self.logits(self.hidden(idx, layout))
+        return F.cross_entropy(z.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
+# -----------------------------------------------------------------------------
+# Optimizers: Muon (MuonEq-R, Polar Express) for matrices, AdamW for the rest
+# -----------------------------------------------------------------------------
+
+POLAR_EXPRESS = (  # per-iteration minimax (a, b, c) of Polar Express, for a 2% safety margin on the norm
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+QUINTIC = ((3.4445, -4.7750, 2.0315),) * 5  # the naive baseline's fixed Newton-Schulz coefficients
+
+
+def orthogonalize(G: Tensor, steps: int, coeffs=POLAR_EXPRESS) -> Tensor:
+    """Approximate U V^T of G = U S V^T (batched over leading dims) by odd polynomial iterations."""
+    X = G.bfloat16() if G.is_cuda else G.float()
+    tall = X.size(-2) > X.size(-1)
+    X = X.mT if tall else X
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * (1.02 if coeffs is POLAR_EXPRESS else 1.0) + 1e-7)
+    for a, b, c in coeffs[:steps]:
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return (X.mT if tall else X).to(G.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Nesterov momentum -> optional row normalisation (MuonEq-R) -> orthogonalisation -> scale by
+    sqrt(max(1, rows/cols)), with decoupled weight decay. Gradients must already be averaged over ranks;
+    rank r computes the updates of every world-th matrix and one all-reduce shares them."""
+
+    def __init__(self, params, lr, momentum, weight_decay, ns_steps, coeffs, row_norm, rank=0, world=1):
+        params = sorted(params, key=lambda p: (tuple(p.shape), -p.numel()))
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        self.ns_steps, self.coeffs, self.row_norm, self.rank, self.world = ns_steps, coeffs, row_norm, rank, world
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            params, mom = group["params"], group["momentum"]
+            mine = [p for i, p in enumerate(params) if i % self.world == self.rank]
+            updates = {p: torch.zeros_like(p) for p in params} if self.world > 1 else {}
+            by_shape: dict[tuple, list] = {}
+            for p in mine:
+                buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                buf.mul_(mom).add_(p.grad)
+                by_shape.setdefault(tuple(p.shape), []).append((p, p.grad.add(buf, alpha=mom)))
+            for (rows, cols), items in by_shape.items():
+                G = torch.stack([g for _, g in items])
+                if self.row_norm:
+                    G = G / G.norm(dim=-1, keepdim=True).clamp_min(1e-7)
+                U = orthogonalize(G, self.ns_steps, self.coeffs) * math.sqrt(max(1.0, rows / cols))
+                for (p, _), u in zip(items, U):
+                    updates[p] = u
+            if self.world > 1:
+                flat = torch.cat([updates[p].flatten() for p in params])
+                dist.all_reduce(flat)
+                updates = dict(zip(params, flat.split([p.numel() for p in params])))
+            for p in params:
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(updates[p].view_as(p), alpha=-group["lr"])
+
+
+def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world: int, device) -> list[torch.optim.Optimizer]:
+    matrices = [p for n, p in model.blocks.named_parameters() if p.ndim == 2 and "gate" not in n and "lane" not in n]
+    ids = {id(p) for p in matrices} | {id(model.tok_emb.weight)}
+    small = [p for p in model.parameters() if id(p) not in ids]
+    coeffs = POLAR_EXPRESS if hp.muon_ns == "polar" else QUINTIC
+    muon = Muon(matrices, hp.matrix_lr, hp.muon_momentum, hp.muon_wd, hp.muon_backend_steps, coeffs,
+                hp.muon_row_norm, rank, world)  # fmt: skip
+    groups = [
+        dict(params=[model.tok_emb.weight], lr=hp.tied_embed_lr, weight_decay=hp.embed_wd),
+        dict(params=small, lr=hp.scalar_lr, weight_decay=hp.scalar_wd),
+    ]
+    adam = torch.optim.AdamW(groups, betas=(hp.beta1, hp.beta2), eps=hp.adam_eps, fused=device.type == "cuda")
+    for opt in (muon, adam):
+        for g in opt.param_groups:
+            g["base_lr"] = g["lr"]
+    return [muon, adam]
+
+
+def lr_multiplier(frac: float, warmdown_frac: float, min_lr: float) -> float:
+    """1 until the warmdown starts, then linear towards 0 at the end, floored at min_lr."""
+    if frac < 1 - warmdown_frac or warmdown_frac == 0:
+        return 1.0
+    return max((1 - frac) / warmdown_frac, min_lr)
+
+
+def muon_momentum_at(step: int, hp: Hyperparameters) -> float:
+    t = min(step / hp.muon_momentum_warmup_steps, 1.0) if hp.muon_momentum_warmup_steps else 1.0
+    return hp.muon_momentum_warmup_start + t * (hp.muon_momentum - hp.muon_momentum_warmup_start)
+
+
+class EMA:
+    """shadow <- decay * shadow + (1 - decay) * weights, in fp32, after every step."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module):
+        state = model.state_dict()
+        torch._foreach_lerp_(list(self.shadow.values()), [state[k].float() for k in self.shadow], 1 - self.decay)
+
+    def copy_to(self, model: nn.Module):
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+
+
+# -----------------------------------------------------------------------------
+# Evaluation: exact bits per byte over every validation target, each scored once
+# -----------------------------------------------------------------------------
+
+
+def eval_segments(tokens: np.ndarray, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, length, score_from) windows over input positions 0..N-2 that score every target once.
+
+    stride 0: the stream cut into seq_len chunks (attention still stops at each BOS). stride > 0: each
+    document on its own; a document longer than seq_len is covered by windows that advance by `stride`,
+    each scoring only its new targets with up to seq_len tokens of the document as context."""
+    n_inputs = len(tokens) - 1
+    if stride == 0:
+        return [(s, min(seq_len, n_inputs - s), 0) for s in range(0, n_inputs, seq_len)]
+    bounds = np.flatnonzero(tokens[:n_inputs] == BOS_ID).tolist()
+    bounds = ([0] if not bounds or bounds[0] != 0 else []) + bounds + [n_inputs]
+    segs = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        end = min(a + seq_len, b)
+        segs.append((a, end - a, 0))
+        while end < b:
+            new_end = min(end + stride, b)
+            start = max(a, new_end - seq_len)
+            segs.append((start, new_end - start, end - start))
+            end = new_end
+    return segs
+
+
+def pack_rows(segs: list[tuple[int, int, int]], seq_len: int) -> list[list[tuple[int, int, int]]]:
+    """Segments into rows of at most seq_len tokens: the longest left, topped up with the shortest."""
+    order = sorted(segs, key=lambda s: -s[1])
+    rows, i, j = [], 0, len(order) - 1
+    while i <= j:
+        row, used = [order[i]], order[i][1]
+        i += 1
+        while i <= j and used + order[j][1] <= seq_len:
+            row.append(order[j])
+            used += order[j][1]
+            j -= 1
+        rows.append(row)
+    return rows
+
+
+def row_arrays(rows, val: ValData, seq_len: int):
+    """Inputs, targets, segment starts, score mask and target bytes for a list of packed rows."""
+    R = len(rows)
+    x, y = np.zeros((R, seq_len), np.int64), np.zeros((R, seq_len), np.int64)
+    starts, score = np.ones((R, seq_len), bool), np.zeros((R, seq_len), bool)
+    nbytes = np.zeros((R, seq_len), np.int64)
+    for r, row in enumerate(rows):
+        col = 0
+        for start, length, score_from in row:
+            sl = slice(col, col + length)
+            x[r, sl], y[r, sl] = val.tokens[start : start + length], val.tokens[start + 1 : start + length + 1]
+            nbytes[r, sl] = val.target_bytes[start + 1 : start + length + 1]
+            starts[r, col + 1 : col + length] = False
+            score[r, col + score_from : col + length] = True
+            col += length
+    return x, y, starts, score, nbytes
+
+
+@torch.no_grad()
+def evaluate(model, val: ValData, hp: Hyperparameters, stride: int, backend: str, device, rank=0, world=1) -> dict:
+    """Loss and BPB from the sums of NLL (nats), scored targets and their original bytes over all ranks."""
+    rows = pack_rows(eval_segments(val.tokens, hp.eval_seq_len, stride), hp.eval_seq_len)[rank::world]
+    per_batch = max(1, hp.val_batch_size // (hp.eval_seq_len * world))
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for b in range(0, len(rows), per_batch):
+        arrays = row_arrays(rows[b : b + per_batch], val, hp.eval_seq_len)
+        x, y, starts, score, nbytes = (torch.from_numpy(a).to(device) for a in arrays)
+        with autocast(device):
+            nll = model(x, y, make_layout(x, backend, starts)).double()
+        sums += torch.stack([(nll * score).sum(), score.sum().double(), (nbytes * score).sum().double()])
+    if world > 1:
+        dist.all_reduce(sums)
+    loss_sum, count, byte_sum = sums.tolist()
+    bpb = loss_sum / math.log(2) / byte_sum
+    return dict(val_loss=loss_sum / count, val_bpb=bpb, tokens=int(count), bytes=int(byte_sum))
+
+
+def autocast(device):
+    """bf16 matmuls on CUDA; plain float32 on CPU."""
+    enabled = device.type == "cuda"
+    return torch.autocast(device.type, dtype=torch.bfloat16 if enabled else torch.float32, enabled=enabled)
+
+
+# -----------------------------------------------------------------------------
+# Export (provisional): int8 per-row weights, fp16 small tensors, a checked container, compression
+# -----------------------------------------------------------------------------
+
+ARTIFACT_MAGIC = b"PGA1"
+COMPRESSORS = {  # name -> (compress, decompress); the artifact stores the index of the name
+    "brotli": (lambda b: brotli.compress(b, quality=11), brotli.decompress),
+    "zlib": (lambda b: zlib.compress(b, 9), zlib.decompress),
+    "zstd": (
+        lambda b: zstandard.ZstdCompressor(level=22).compress(b),
+        lambda b: zstandard.ZstdDecompressor().decompress(b),
+    ),
+    "lzma": (lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
+}
+
+
+def quantize_state(state: dict[str, Tensor]) -> dict[str, tuple[str, dict[str, np.ndarray]]]:
+    """Matrices with more than 65,536 entries: int8 per row, clipped at the 99.99984th percentile of |w|,
+    fp16 scale = clip/127. Everything else: fp16."""
+    out = {}
+    for name, t in state.items():
+        t = t.detach().float().cpu()
+        if t.ndim == 2 and t.numel() > 65536:
+            clip = torch.quantile(t.abs(), 0.9999984, dim=1).clamp_min(1e-8)
+            scale = (clip / 127).half()
+            q = torch.clamp(torch.round(t / scale.float()[:, None]), -127, 127).to(torch.int8)
+            out[name] = ("int8_row", {"q": q.numpy(), "scale": scale.numpy()})
+        else:
+            out[name] = ("fp16", {"w": t.half().numpy()})
+    return out
+
+
+def dequantize_state(packed) -> dict[str, Tensor]:
+    out = {}
+    for name, (kind, arrays) in packed.items():
+        if kind == "int8_row":
+            out[name] = torch.tensor(arrays["q"], dtype=torch.float32) * torch.tensor(arrays["scale"]).float()[:, None]
+        else:
+            out[name] = torch.tensor(arrays["w"], dtype=torch.float32)
+    return out
+
+
+def serialize(packed, method: str) -> bytes:
+    """MAGIC, compressor index, compressed(header length u32, JSON header, raw arrays)."""
+    header, payload = [], io.BytesIO()
+    for name, (kind, arrays) in packed.items():
+        for key, a in arrays.items():
+            a = np.ascontiguousarray(a)
+            header.append([name, kind, key, a.dtype.str, list(a.shape), payload.tell(), a.nbytes])
+            payload.write(a.tobytes())
+    head = json.dumps(header).encode()
+    body = len(head).to_bytes(4, "little") + head + payload.getvalue()
+    return ARTIFACT_MAGIC + bytes([list(COMPRESSORS).index(method)]) + COMPRESSORS[method][0](body)
+
+
+class ArtifactError(ValueError):
+    """An artifact that is not one this script wrote, or that was damaged."""
+
+
+def deserialize(blob: bytes):
+    if blob[:4] != ARTIFACT_MAGIC or len(blob) < 6 or blob[4] >= len(COMPRESSORS):
+        raise ArtifactError(f"not a model artifact (expected magic {ARTIFACT_MAGIC!r} and a known compressor)")
+    try:
+        body = list(COMPRESSORS.values())[blob[4]][1](blob[5:])
+        n = int.from_bytes(body[:4], "little")
+        header, payload = json.loads(body[4 : 4 + n]), body[4 + n :]
+    except Exception as e:
+        raise ArtifactError(f"artifact is corrupt or truncated: {e}") from None
+    if sum(entry[-1] for entry in header) != len(payload):
+        raise ArtifactError(f"artifact payload is {len(payload)} bytes, header declares {sum(e[-1] for e in header)}")
+    packed = {}
+    for name, kind, key, dtype, shape, offset, nbytes in header:
+        a = np.frombuffer(payload, dtype=np.dtype(dtype), count=nbytes // np.dtype(dtype).itemsize, offset=offset)
+        packed.setdefault(name, (kind, {}))[1][key] = a.reshape(shape)
+    return packed
+
+
+def code_bytes() -> int:
+    """The size of the file that is actually running: the counted code."""
+    return os.path.getsize(__file__)
+
+
+# -----------------------------------------------------------------------------
+# Training
+# -----------------------------------------------------------------------------
+
+
+class Logger:
+    """key:value lines to the console (rank 0) and to LOG_DIR/RUN_ID.txt."""
+
+    def __init__(self, hp: Hyperparameters, rank: int):
+        self.rank, self.path = rank, Path(hp.log_dir) / f"{hp.run_id}.txt"
+        if rank == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+
+    def __call__(self, msg: str, console: bool = True):
+        if self.rank != 0:
+            return
+        if console:
+            print(msg, flush=True)
+        with open(self.path, "a") as f:
+            f.write(msg + "\n")
+
+
+def setup_distributed():
+    """(rank, world, local_rank, device): torchrun's env if present (NCCL on GPUs, gloo on CPU), else one process."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    if world > 1:
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+        )
+    return rank, world, local, device
+
+
+def grad_accum_steps(hp: Hyperparameters, world: int) -> int:
+    accum = hp.grad_accum_steps or max(1, 8 // world)
+    micro = hp.train_batch_tokens / (world * accum)
+    for length, _ in hp.seq_len_schedule_parsed:
+        if micro != int(micro) or int(micro) % length:
+            raise HyperparameterError(
+                f"TRAIN_BATCH_TOKENS={hp.train_batch_tokens} over {world} ranks x {accum} micro-steps gives "
+                f"{micro:g} tokens, which must be a multiple of every sequence length ({length})"
+            )
+    return accum
+
+
+def sync_gradients(params: list[Tensor], world: int):
+    """Average gradients over ranks with one flat all-reduce (no DDP: Muon shards its own work)."""
+    if world == 1:
+        return
+    flat = torch.cat([p.grad.flatten() for p in params])
+    dist.all_reduce(flat)
+    flat /= world
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad.copy_(g.view_as(p))
+
+
+def train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device) -> float:
+    params = [p for p in model.parameters()]
+    micros = loader.next_batch(seq_len, device)
+    total = torch.zeros((), device=device)
+    for x, y in micros:
+        with autocast(device):
+            loss = step_model(x, y, make_layout(x, backend)).mean()
+        (loss / len(micros)).backward()
+        total += loss.detach() / len(micros)
+    for p in params:
+        if p.grad is None:  # unused this step (e.g. skip slots before looping): a zero keeps ranks in step
+            p.grad = torch.zeros_like(p)
+    sync_gradients(params, world)
+    if hp.grad_clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, hp.grad_clip_norm)
+    for opt in optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    if world > 1:
+        dist.all_reduce(total)
+        total /= world
+    return total.item()
+
+
+def set_schedules(optimizers, frac: float, step: int, hp: Hyperparameters) -> float:
+    mul = lr_multiplier(frac, hp.warmdown_frac, hp.min_lr)
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * mul
+    optimizers[0].param_groups[0]["momentum"] = muon_momentum_at(step, hp)
+    return mul
+
+
+def compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log):
+    """Runs WARMUP_STEPS steps over every shape and mode training will meet (sequence lengths, looping),
+    so compilation happens before the clock; then restores the initial weights and optimizer state."""
+    if hp.warmup_steps == 0:
+        return
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    states = [{k: v for k, v in opt.state_dict().items()} for opt in optimizers]
+    states = [torch.utils._pytree.tree_map(lambda t: t.clone() if isinstance(t, Tensor) else t, s) for s in states]
+    loader = TrainLoader(hp, rank, world, accum)
+    lengths = [length for length, _ in hp.seq_len_schedule_parsed]
+    for i in range(hp.warmup_steps):
+        model.looping = hp.num_loops > 0 and i >= hp.warmup_steps // 2
+        train_step(model, step_model, optimizers, loader, lengths[i % len(lengths)], backend, hp, world, device)
+        log(f"warmup_step:{i + 1}/{hp.warmup_steps}")
+    loader.close()
+    model.looping = False
+    model.load_state_dict(weights)
+    for opt, s in zip(optimizers, states):
+        opt.load_state_dict(s)
+
+
+def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log) -> dict:
+    """The timed loop. The clock excludes validation; training stops before the cap (minus the calibration
+    reserve) would be crossed by one more step."""
+    budget_ms = 1000 * (hp.max_wallclock_seconds - hp.gptq_reserve_seconds) if hp.max_wallclock_seconds else math.inf
+    loader = TrainLoader(hp, rank, world, accum)
+    ema = EMA(model, hp.ema_decay) if hp.ema_decay > 0 else None
+    step, train_ms, last_ms, tokens = 0, 0.0, 0.0, 0
+    while step < hp.iterations:
+        frac = max(train_ms / budget_ms, step / hp.iterations)
+        if hp.num_loops and not model.looping and frac >= hp.enable_looping_at:
+            model.looping = True
+            log(f"looping:on step:{step} train_time_ms:{train_ms:.0f} virtual_layers:{model.virtual_layers()}")
+        seq_len = seq_len_at(hp.seq_len_schedule_parsed, frac)
+        mul = set_schedules(optimizers, frac, step, hp)
+        t0 = time.perf_counter()
+        loss = train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device)
+        if ema is not None:
+            ema.update(model)
+        step, tokens = step + 1, tokens + hp.train_batch_tokens
+        last_ms = 1000 * (time.perf_counter() - t0)
+        train_ms += last_ms
+        if step % hp.train_log_every == 0 or step <= 5:
+            log(f"step:{step}/{hp.iterations} train_loss:{loss:.6f} lr_mul:{mul:.4f} seq_len:{seq_len} "
+                f"train_time_ms:{train_ms:.0f} step_avg_ms:{train_ms / step:.2f} tokens:{tokens}")  # fmt: skip
+        if hp.val_loss_every and step % hp.val_loss_every == 0:
+            r = evaluate(step_model, val, hp, 0, backend, device, rank, world)
+            log(f"step:{step}/{hp.iterations} val_loss:{r['val_loss']:.6f} val_bpb:{r['val_bpb']:.6f} "
+                f"train_time_ms:{train_ms:.0f}")  # fmt: skip
+        stop = torch.tensor(float(train_ms + last_ms > budget_ms), device=device)
+        if world > 1:
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        if stop.item():
+            log(f"stopping_early:wallclock_cap train_time_ms:{train_ms:.0f} step:{step}/{hp.iterations}")
+            break
+    loader.close()
+    if ema is not None:
+        ema.copy_to(model)
+    return dict(steps=step, train_ms=train_ms, tokens=tokens, step_avg_ms=train_ms / max(step, 1))
+
+
+def log_eval(log, tag: str, r: dict, ms: float):
+    log(f"{tag} val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f} tokens:{r['tokens']} bytes:{r['bytes']} "
+        f"eval_time_ms:{ms:.0f}")  # fmt: skip
+
+
+def evaluate_all(model, val, hp, backend, rank, world, device, log, stage: str) -> dict:
+    """Doc-masked chunks always; the sliding window too when EVAL_STRIDE > 0, and then it is the score."""
+    result = None
+    for mode, stride in [("chunked", 0)] + ([("sliding", hp.eval_stride)] if hp.eval_stride else []):
+        t0 = time.perf_counter()
+        result = evaluate(model, val, hp, stride, backend, device, rank, world)
+        log_eval(log, f"{stage}_eval mode:{mode} stride:{stride}", result, 1000 * (time.perf_counter() - t0))
+    return result
+
+
+def maybe_compile(model: GPT, hp: Hyperparameters, device):
+    return torch.compile(model, dynamic=False) if device.type == "cuda" and hp.compile else model
+
+
+def main():
+    hp = Hyperparameters()
+    rank, world, _, device = setup_distributed()
+    log = Logger(hp, rank)
+    log(Path(__file__).read_text(), console=False)
+    log(f"python:{sys.version.split()[0]} torch:{torch.__version__} device:{device.type} world_size:{world}")
+    for name, value in hp.items():
+        log(f"hparam {name}={value}", console=False)
+    torch.manual_seed(hp.seed)
+    np.random.seed(hp.seed)
+    backend = pick_backend(hp.attn_backend, device)
+    accum = grad_accum_steps(hp, world)
+    sp = load_tokenizer(hp.tokenizer_path, hp.vocab_size)
+    val = load_validation(hp, sp)
+    log(f"val_tokens:{len(val.tokens)} val_docs:{int((val.tokens == BOS_ID).sum())} "
+        f"val_bytes:{int(val.target_bytes[1:].sum())} byte_source:{val.byte_source}")  # fmt: skip
+    model = GPT(hp).to(device)
+    if world > 1:
+        for t in model.state_dict().values():
+            dist.broadcast(t, 0)
+    step_model = maybe_compile(model, hp, device)
+    optimizers = build_optimizers(model, hp, rank, world, device)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model_params:{n_params} attn_backend:{backend} grad_accum_steps:{accum} "
+        f"micro_batch_tokens:{hp.train_batch_tokens // (world * accum)} virtual_layers_looped:"
+        f"{virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops)}")  # fmt: skip
+    compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log)
+    stats = train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log)
+    log(f"train_done steps:{stats['steps']} train_time_ms:{stats['train_ms']:.0f} tokens:{stats['tokens']} "
+        f"tokens_per_s:{stats['tokens'] / max(stats['train_ms'], 1e-9) * 1000:.0f}")  # fmt: skip
+    if device.type == "cuda":
+        log(f"peak_memory_mib:{torch.cuda.max_memory_allocated() // 2**20}")
+    model.looping = hp.num_loops > 0
+    pre = evaluate_all(step_model, val, hp, backend, rank, world, device, log, "prequant")
+
+    blob = serialize(quantize_state(model.state_dict()), hp.export_compressor)
+    artifact = Path(hp.log_dir) / f"{hp.run_id}.ptz"
+    if rank == 0:
+        tmp = artifact.with_suffix(".ptz.tmp")
+        tmp.write_bytes(blob)
+        tmp.replace(artifact)
+    fresh = GPT(hp).to(device)  # the score comes from a model rebuilt from the artifact bytes alone
+    fresh.load_state_dict(dequantize_state(deserialize(blob)), strict=True)
+    fresh.looping = hp.num_loops > 0
+    post = evaluate_all(maybe_compile(fresh, hp, device), val, hp, backend, rank, world, device, log, "roundtrip")
+    code = code_bytes()
+    log(f"final_prequant_exact val_loss:{pre['val_loss']:.8f} val_bpb:{pre['val_bpb']:.8f}")
+    log(f"final_roundtrip_exact val_loss:{post['val_loss']:.8f} val_bpb:{post['val_bpb']:.8f}")
+    log(f"artifact_bytes:{code + len(blob)} code_bytes:{code} model_bytes:{len(blob)} artifact:{artifact}")
+    log(f"step_avg_ms:{stats['step_avg_ms']:.2f} steps:{stats['steps']} train_tokens:{stats['tokens']}")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (HyperparameterError, DataError, ArtifactError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
