@@ -19,3 +19,17 @@ def test_requirements_are_cpu_installable():
     reqs = [r for r in reqs if r]
     assert "torch==2.13.0" in reqs  # a bare "torch" pulls several GB of CUDA packages
     assert not any(r.startswith(("flash-attn", "flash_attn")) for r in reqs)
+
+
+def test_readme_cpu_configuration_is_valid():
+    """The README's CPU command parses into the hyperparameter class: the documented overrides stay real."""
+    import train_gpt as tg
+
+    readme = (ROOT / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL) if "python3 train_gpt.py" in b)
+    env = dict(re.findall(r"([A-Z_]+)=(\S+)", block))
+    hp = tg.Hyperparameters(env)
+    names = {name for name, *_ in tg.HPARAMS}
+    assert set(env) <= names and hp.data_path == "data/datasets/sample_sp1024"
+    assert hp.vocab_size == 1024 and hp.num_loops == 2 and hp.smear_gate and hp.sparse_attn_gate and hp.xsa_last_n == 6
+    assert tg.grad_accum_steps(hp, 1) == 1

@@ -1,0 +1,279 @@
+"""train_gpt.py on its real paths: data checks, exact BPB, document isolation, the CLI run and torchrun."""
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+import torch
+
+import train_gpt as tg
+from data import export
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {  # the architecture of the flagship at toy size: every technique on
+    "VOCAB_SIZE": "1024",
+    "NUM_LAYERS": "6",
+    "MODEL_DIM": "64",
+    "NUM_HEADS": "4",
+    "NUM_KV_HEADS": "2",
+    "ROPE_DIMS": "8",
+    "LOOP_START": "2",
+    "LOOP_END": "3",
+    "PARALLEL_START_LAYER": "4",
+    "XSA_LAST_N": "6",
+    "TRAIN_SEQ_LEN": "64",
+    "EVAL_SEQ_LEN": "128",
+    "EVAL_STRIDE": "32",
+    "TRAIN_BATCH_TOKENS": "512",
+    "GRAD_ACCUM_STEPS": "1",
+    "WARMUP_STEPS": "0",
+    "MAX_WALLCLOCK_SECONDS": "0",
+    "VAL_BATCH_SIZE": "4096",
+    "ITERATIONS": "4",
+    "TRAIN_LOG_EVERY": "1",
+}
+
+
+def tiny_hp(**over) -> tg.Hyperparameters:
+    return tg.Hyperparameters({**TINY, **{k: str(v) for k, v in over.items()}})
+
+
+def randomized(model: tg.GPT, seed: int = 0, std: float = 0.05) -> tg.GPT:
+    """Non-zero everything (output projections, gates, smear) so no path hides behind a zero init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory, sp1024_model) -> Path:
+    """8 validation and 292 training documents of the real sample, sp1024 (fast to evaluate)."""
+    from tests.conftest import shared_file
+
+    lines = shared_file("fineweb_train_sample.jsonl").read_text(encoding="utf-8").splitlines()[:300]
+    docs = tmp_path_factory.mktemp("docs") / "docs.jsonl"
+    docs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path_factory.mktemp("small_sp1024")
+    export.export_dataset(docs, out, tokenizer=sp1024_model, val_docs=8, overwrite=True, log=lambda _: None)
+    return out
+
+
+def run_script(env: dict, dataset: Path, tmp_path: Path, nproc: int = 1, timeout: int = 300):
+    env = {**os.environ, **TINY, "DATA_PATH": str(dataset), "TOKENIZER_PATH": str(dataset / "tokenizer.model"),
+           "LOG_DIR": str(tmp_path), "RUN_ID": "run", **env}  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "train_gpt.py")]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", cmd[1]]
+    return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+
+
+def log_values(text: str, key: str) -> list[float]:
+    return [float(v) for v in re.findall(rf"{key}:([-\d.]+)", text)]
+
+
+# ----------------------------------------------------------------------------- data checks
+
+
+def test_shards_are_refused_with_the_reason(tmp_path, small_dataset):
+    good = small_dataset / "fineweb_val_000000.bin"
+    raw = good.read_bytes()
+    cases = {
+        "magic": b"\0\0\0\0" + raw[4:],
+        "declares": raw[:-2],  # truncated by one token
+        "VOCAB_SIZE=16": raw,
+    }
+    for expected, content in cases.items():
+        bad = tmp_path / "fineweb_val_000000.bin"
+        bad.write_bytes(content)
+        with pytest.raises(tg.DataError, match=expected):
+            tg.load_shard(str(bad), 16 if "VOCAB" in expected else 1024)
+
+
+def test_tokenizer_and_sidecar_mismatches_are_refused(tmp_path, small_dataset, caseops_model):
+    with pytest.raises(tg.DataError, match="VOCAB_SIZE=8192"):
+        tg.load_tokenizer(str(small_dataset / "tokenizer.model"), 8192)
+    with pytest.raises(tg.DataError, match="no such file"):
+        tg.load_tokenizer(str(tmp_path / "missing.model"), 1024)
+    # A CaseOps tokenizer must come with the byte sidecar, or BPB would charge the operators' bytes.
+    (tmp_path / "fineweb_val_000000.bin").write_bytes((small_dataset / "fineweb_val_000000.bin").read_bytes())
+    hp = tiny_hp(DATA_PATH=tmp_path, VOCAB_SIZE=8192)
+    with pytest.raises(tg.DataError, match="no fineweb_val_bytes"):
+        tg.load_validation(hp, tg.load_tokenizer(str(caseops_model), 8192))
+
+
+def test_validation_bytes_are_the_original_utf8_bytes(sp1024_dataset, caseops_dataset, val_head_texts):
+    """Both byte sources (tokenizer tables for sp1024, the sidecar for CaseOps) charge exactly the text."""
+    expected = sum(len(t.encode("utf-8")) for t in val_head_texts)
+    for dataset, vocab, source in [(sp1024_dataset, 1024, "tokenizer_tables"), (caseops_dataset, 8192, "sidecar")]:
+        hp = tiny_hp(DATA_PATH=dataset, VOCAB_SIZE=vocab)
+        val = tg.load_validation(hp, tg.load_tokenizer(str(dataset / "tokenizer.model"), vocab))
+        assert val.byte_source == source
+        assert int(val.target_bytes[1:].sum()) == expected == 313038
+
+
+# ----------------------------------------------------------------------------- exact BPB
+
+
+def first_docs(val: tg.ValData, n_docs: int) -> tg.ValData:
+    """The first n documents plus the next document's BOS (their last target)."""
+    end = np.flatnonzero(val.tokens == tg.BOS_ID)[n_docs] + 1
+    return tg.ValData(val.tokens[:end], val.target_bytes[:end], val.byte_source)
+
+
+def independent_bpb(model: tg.GPT, val: tg.ValData, sp: spm.SentencePieceProcessor) -> float:
+    """Each document alone, full softmax in float64, bytes from the decoded text: nothing from the eval path."""
+    bounds = list(np.flatnonzero(val.tokens[:-1] == tg.BOS_ID)) + [len(val.tokens) - 1]
+    bits, nbytes = 0.0, 0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        x = torch.tensor(val.tokens[a:b])[None]
+        y = torch.tensor(val.tokens[a + 1 : b + 1])[None]
+        with torch.no_grad():
+            logp = torch.log_softmax(model.logits(model.hidden(x, tg.make_layout(x, "sdpa"))).double(), -1)
+        bits -= logp[0, torch.arange(y.size(1)), y[0]].sum().item() / math.log(2)
+        nbytes += len(sp.decode(val.tokens[a + 1 : b].tolist()).encode("utf-8"))
+    return bits / nbytes
+
+
+@pytest.mark.parametrize("stride", [0, 48])
+def test_reported_bpb_equals_an_independent_computation(sp1024_dataset, stride):
+    hp = tiny_hp(DATA_PATH=sp1024_dataset, EVAL_SEQ_LEN=4096, VAL_BATCH_SIZE=8192)
+    sp = tg.load_tokenizer(str(sp1024_dataset / "tokenizer.model"), 1024)
+    val = first_docs(tg.load_validation(hp, sp), 4)
+    assert len(val.tokens) - 1 <= 4096  # one window holds everything, so every context is the whole document
+    torch.manual_seed(0)
+    model = randomized(tg.GPT(hp))
+    model.looping = True
+    r = tg.evaluate(model, val, hp, stride, "sdpa", torch.device("cpu"))
+    assert r["tokens"] == len(val.tokens) - 1  # every target once
+    assert r["val_bpb"] == pytest.approx(independent_bpb(model, val, sp), rel=1e-6)
+
+
+def test_sliding_window_scores_every_target_once_with_more_context(sp1024_dataset):
+    hp = tiny_hp(DATA_PATH=sp1024_dataset, EVAL_SEQ_LEN=64, VAL_BATCH_SIZE=8192)
+    val = first_docs(tg.load_validation(hp, tg.load_tokenizer(str(sp1024_dataset / "tokenizer.model"), 1024)), 6)
+    for stride in (0, 16, 64):
+        segs = tg.eval_segments(val.tokens, 64, stride)
+        scored = np.concatenate([np.arange(s + f, s + n) for s, n, f in segs])
+        assert np.array_equal(np.sort(scored), np.arange(len(val.tokens) - 1))
+        assert all(n <= 64 for _, n, _ in segs)
+        rows = tg.pack_rows(segs, 64)
+        assert sorted(s for row in rows for s in row) == sorted(segs)
+        assert all(sum(n for _, n, _ in row) <= 64 for row in rows)
+    torch.manual_seed(0)
+    model = randomized(tg.GPT(hp))
+    chunked, sliding = (tg.evaluate(model, val, hp, s, "sdpa", torch.device("cpu")) for s in (0, 16))
+    assert chunked["tokens"] == sliding["tokens"] and chunked["bytes"] == sliding["bytes"]
+    assert sliding["val_bpb"] != chunked["val_bpb"]
+
+
+# ----------------------------------------------------------------------------- document isolation
+
+
+def test_changing_a_document_never_changes_the_next_documents_losses():
+    hp = tiny_hp(VOCAB_SIZE=64)
+    torch.manual_seed(0)
+    model = randomized(tg.GPT(hp))
+    model.looping = True
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(2, 64, (2, 96), generator=g)
+    x[:, [0, 30, 61]] = tg.BOS_ID  # three documents per row: [0,30), [30,61), [61,96)
+    y = torch.randint(2, 64, (2, 96), generator=g)
+    base = model(x, y, tg.make_layout(x, "sdpa"))
+    x2 = x.clone()
+    x2[:, 31:61] = torch.randint(2, 64, (2, 30), generator=g)  # document 1 rewritten, its BOS kept
+    out = model(x2, y, tg.make_layout(x2, "sdpa"))
+    assert torch.equal(out[:, 61:], base[:, 61:])  # document 2 does not see document 1 at all
+    assert torch.equal(out[:, :31], base[:, :31])  # nor does anything before the change (causal)
+    assert not torch.allclose(out[:, 31:61], base[:, 31:61])
+
+
+# ----------------------------------------------------------------------------- the script itself
+
+
+def test_cli_run_logs_source_hparams_and_final_lines(small_dataset, tmp_path):
+    """A wallclock-capped run: stops before the cap minus the reserve, loops from 35%, logs what it must."""
+    p = run_script({"ITERATIONS": "100000", "MAX_WALLCLOCK_SECONDS": "4", "GPTQ_RESERVE_SECONDS": "1"}, small_dataset,
+                   tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = (tmp_path / "run.txt").read_text()
+    assert log.startswith((ROOT / "train_gpt.py").read_text())  # the source that ran
+    assert "hparam NUM_LAYERS=6" in log and "hparam MATRIX_LR=0.026" in log
+    stop = re.search(r"stopping_early:wallclock_cap train_time_ms:(\d+)", log)
+    assert stop and int(stop.group(1)) <= 3000
+    looping_ms = int(re.search(r"looping:on step:\d+ train_time_ms:(\d+)", log).group(1))
+    assert 0.35 * 3000 <= looping_ms < 0.35 * 3000 + 500
+    tail = log.strip().splitlines()[-4:]
+    assert tail[0].startswith("final_prequant_exact") and tail[1].startswith("final_roundtrip_exact")
+    assert re.fullmatch(r"final_roundtrip_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}", tail[1])
+    pre, post = log_values(tail[0], "val_bpb")[0], log_values(tail[1], "val_bpb")[0]
+    assert abs(pre - post) < 0.01  # int8 per row costs little
+    artifact, code = log_values(tail[2], "artifact_bytes")[0], log_values(tail[2], "code_bytes")[0]
+    model_bytes = (tmp_path / "run.ptz").stat().st_size
+    assert code == (ROOT / "train_gpt.py").stat().st_size and artifact == code + model_bytes
+    assert tail[3].startswith("step_avg_ms:") and not list(tmp_path.glob("*.tmp"))
+
+
+def test_compile_warmup_is_undone(small_dataset, tmp_path):
+    """Warmup steps train (looped and not), then weights, optimizer state and data order are restored."""
+    runs = {}
+    for steps in ("0", "4"):
+        (tmp_path / steps).mkdir()
+        p = run_script({"WARMUP_STEPS": steps, "EVAL_STRIDE": "0"}, small_dataset, tmp_path / steps)
+        assert p.returncode == 0, p.stderr[-3000:]
+        runs[steps] = (tmp_path / steps / "run.txt").read_text()
+    assert "warmup_step:4/4" in runs["4"]
+    assert log_values(runs["0"], "train_loss") == log_values(runs["4"], "train_loss")
+    assert log_values(runs["0"], "final_roundtrip_exact val_loss") == log_values(
+        runs["4"], "final_roundtrip_exact val_loss"
+    )
+
+
+def test_cli_refuses_a_bad_env_var_with_its_name(small_dataset, tmp_path):
+    p = run_script({"NUM_LAYERS": "eleven"}, small_dataset, tmp_path)
+    assert p.returncode == 2 and "NUM_LAYERS='eleven'" in p.stderr and "expected int" in p.stderr
+    p = run_script({"TRAIN_BATCH_TOKENS": "500"}, small_dataset, tmp_path)
+    assert p.returncode == 2 and "TRAIN_BATCH_TOKENS=500" in p.stderr
+
+
+def test_two_process_torchrun_matches_one_process_with_accumulation(small_dataset, tmp_path):
+    """Same global batch: 2 gloo ranks x 1 micro-step == 1 process x 2 micro-steps, up to float reduction order."""
+    common = {"ITERATIONS": "4", "EVAL_STRIDE": "0", "TRAIN_BATCH_TOKENS": "1024"}
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = run_script({**common, "GRAD_ACCUM_STEPS": "2"}, small_dataset, tmp_path / "one")
+    two = run_script({**common, "GRAD_ACCUM_STEPS": "1"}, small_dataset, tmp_path / "two", nproc=2)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    log1, log2 = ((tmp_path / d / "run.txt").read_text() for d in ("one", "two"))
+    assert "world_size:2" in log2 and "grad_accum_steps:2" in log1
+    loss1, loss2 = log_values(log1, "train_loss"), log_values(log2, "train_loss")
+    assert len(loss1) == len(loss2) == 4
+    assert np.allclose(loss1, loss2, rtol=0, atol=1e-5), (loss1, loss2)
+    val1 = log_values(log1.split("final_prequant_exact")[1], "val_loss")[0]
+    val2 = log_values(log2.split("final_prequant_exact")[1], "val_loss")[0]
+    assert val1 == pytest.approx(val2, abs=1e-5)
+
+
+def test_artifact_round_trip_is_exact_and_damage_is_refused():
+    torch.manual_seed(0)
+    model = randomized(tg.GPT(tiny_hp(MODEL_DIM=128)))
+    packed = tg.quantize_state(model.state_dict())
+    assert packed["tok_emb.weight"][0] == "int8_row" and packed["blocks.0.attn_scale"][0] == "fp16"
+    blob = tg.serialize(packed, "brotli")
+    restored = tg.dequantize_state(tg.deserialize(blob))
+    expected = tg.dequantize_state(packed)
+    assert all(torch.equal(restored[k], expected[k]) for k in expected)
+    err = (restored["tok_emb.weight"] - model.tok_emb.weight).abs().max() / model.tok_emb.weight.abs().max()
+    assert err < 0.01
+    with pytest.raises(tg.ArtifactError, match="corrupt or truncated"):
+        tg.deserialize(blob[:-10])
+    with pytest.raises(tg.ArtifactError, match="magic"):
+        tg.deserialize(b"XXXX" + blob[4:])
