@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import train_gpt as tg  # the repo root is on sys.path: tests/ is a package (rootdir-based insertion)
+from tests.helpers import randomize, tiny_hp
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -19,33 +20,8 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-SMALL = {
-    "VOCAB_SIZE": "64",
-    "NUM_LAYERS": "6",
-    "MODEL_DIM": "64",
-    "NUM_HEADS": "4",
-    "NUM_KV_HEADS": "2",
-    "ROPE_DIMS": "8",
-    "LOOP_START": "2",
-    "LOOP_END": "3",
-    "PARALLEL_START_LAYER": "4",
-    "TRAIN_SEQ_LEN": "32",
-    "EVAL_SEQ_LEN": "32",
-}
-
-
 def small_hp(**overrides) -> tg.Hyperparameters:
-    """A tiny configuration; overrides are env-var names with (any) values, converted to strings."""
-    return tg.Hyperparameters({**SMALL, **{k: str(v) for k, v in overrides.items()}})
-
-
-def randomize(model: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
-    """Every parameter small random normal, so zero-initialised projections and gates do something."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-    return model
+    return tiny_hp(**{"VOCAB_SIZE": 64, "TRAIN_SEQ_LEN": 32, "EVAL_SEQ_LEN": 32, **overrides})
 
 
 def packed_tokens(gen: torch.Generator, B: int, T: int, vocab: int, bos_positions) -> torch.Tensor:

@@ -14,43 +14,9 @@ import torch
 
 import train_gpt as tg
 from data import export
+from tests.helpers import TINY, randomize, tiny_hp
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {  # the architecture of the flagship at toy size: every technique on
-    "VOCAB_SIZE": "1024",
-    "NUM_LAYERS": "6",
-    "MODEL_DIM": "64",
-    "NUM_HEADS": "4",
-    "NUM_KV_HEADS": "2",
-    "ROPE_DIMS": "8",
-    "LOOP_START": "2",
-    "LOOP_END": "3",
-    "PARALLEL_START_LAYER": "4",
-    "XSA_LAST_N": "6",
-    "TRAIN_SEQ_LEN": "64",
-    "EVAL_SEQ_LEN": "128",
-    "EVAL_STRIDE": "32",
-    "TRAIN_BATCH_TOKENS": "512",
-    "GRAD_ACCUM_STEPS": "1",
-    "WARMUP_STEPS": "0",
-    "MAX_WALLCLOCK_SECONDS": "0",
-    "VAL_BATCH_SIZE": "4096",
-    "ITERATIONS": "4",
-    "TRAIN_LOG_EVERY": "1",
-}
-
-
-def tiny_hp(**over) -> tg.Hyperparameters:
-    return tg.Hyperparameters({**TINY, **{k: str(v) for k, v in over.items()}})
-
-
-def randomized(model: tg.GPT, seed: int = 0, std: float = 0.05) -> tg.GPT:
-    """Non-zero everything (output projections, gates, smear) so no path hides behind a zero init."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +85,19 @@ def test_validation_bytes_are_the_original_utf8_bytes(sp1024_dataset, caseops_da
         assert int(val.target_bytes[1:].sum()) == expected == 313038
 
 
+def test_target_bytes_match_the_data_pipeline_and_drop_the_space_after_bos(sp1024_dataset):
+    """train_gpt.py carries its own byte tables (the counted code must be self-contained); they agree with
+    data/tokenizer.py token by token, and a leading space right after BOS costs nothing."""
+    from data import tokenizer as tok
+
+    sp = tg.load_tokenizer(str(sp1024_dataset / "tokenizer.model"), 1024)
+    tokens = tg.load_shard(str(sp1024_dataset / "fineweb_val_000000.bin")).astype(np.int64)
+    ours = tg.target_bytes_from_tables(sp, tokens)
+    assert np.array_equal(ours, tok.charged_bytes(tokens, tok.byte_tables(sp)))
+    the = sp.piece_to_id("\u2581the")
+    assert list(tg.target_bytes_from_tables(sp, np.array([tg.BOS_ID, the, the, tg.BOS_ID, the]))) == [0, 3, 4, 0, 3]
+
+
 # ----------------------------------------------------------------------------- exact BPB
 
 
@@ -149,7 +128,7 @@ def test_reported_bpb_equals_an_independent_computation(sp1024_dataset, stride):
     val = first_docs(tg.load_validation(hp, sp), 4)
     assert len(val.tokens) - 1 <= 4096  # one window holds everything, so every context is the whole document
     torch.manual_seed(0)
-    model = randomized(tg.GPT(hp))
+    model = randomize(tg.GPT(hp))
     model.looping = True
     r = tg.evaluate(model, val, hp, stride, "sdpa", torch.device("cpu"))
     assert r["tokens"] == len(val.tokens) - 1  # every target once
@@ -168,7 +147,7 @@ def test_sliding_window_scores_every_target_once_with_more_context(sp1024_datase
         assert sorted(s for row in rows for s in row) == sorted(segs)
         assert all(sum(n for _, n, _ in row) <= 64 for row in rows)
     torch.manual_seed(0)
-    model = randomized(tg.GPT(hp))
+    model = randomize(tg.GPT(hp))
     chunked, sliding = (tg.evaluate(model, val, hp, s, "sdpa", torch.device("cpu")) for s in (0, 16))
     assert chunked["tokens"] == sliding["tokens"] and chunked["bytes"] == sliding["bytes"]
     assert sliding["val_bpb"] != chunked["val_bpb"]
@@ -180,7 +159,7 @@ def test_sliding_window_scores_every_target_once_with_more_context(sp1024_datase
 def test_changing_a_document_never_changes_the_next_documents_losses():
     hp = tiny_hp(VOCAB_SIZE=64)
     torch.manual_seed(0)
-    model = randomized(tg.GPT(hp))
+    model = randomize(tg.GPT(hp))
     model.looping = True
     g = torch.Generator().manual_seed(1)
     x = torch.randint(2, 64, (2, 96), generator=g)
@@ -257,6 +236,8 @@ def test_two_process_torchrun_matches_one_process_with_accumulation(small_datase
     loss1, loss2 = log_values(log1, "train_loss"), log_values(log2, "train_loss")
     assert len(loss1) == len(loss2) == 4
     assert np.allclose(loss1, loss2, rtol=0, atol=1e-5), (loss1, loss2)
+    norm1, norm2 = log_values(log1, "grad_norm"), log_values(log2, "grad_norm")  # gradients averaged, not summed
+    assert np.allclose(norm1, norm2, rtol=1e-4), (norm1, norm2)
     val1 = log_values(log1.split("final_prequant_exact")[1], "val_loss")[0]
     val2 = log_values(log2.split("final_prequant_exact")[1], "val_loss")[0]
     assert val1 == pytest.approx(val2, abs=1e-5)
@@ -264,7 +245,7 @@ def test_two_process_torchrun_matches_one_process_with_accumulation(small_datase
 
 def test_artifact_round_trip_is_exact_and_damage_is_refused():
     torch.manual_seed(0)
-    model = randomized(tg.GPT(tiny_hp(MODEL_DIM=128)))
+    model = randomize(tg.GPT(tiny_hp(MODEL_DIM=128)))
     packed = tg.quantize_state(model.state_dict())
     assert packed["tok_emb.weight"][0] == "int8_row" and packed["blocks.0.attn_scale"][0] == "fp16"
     blob = tg.serialize(packed, "brotli")
