@@ -17,6 +17,7 @@ import lzma
 import math
 import os
 import queue
+import struct
 import sys
 import threading
 import time
@@ -107,7 +108,7 @@ HPARAMS = (
     ("ITERATIONS", int, 20000, (0, 10**9), "maximum optimizer steps"),
     ("WARMUP_STEPS", int, 20, (0, 10**6), "compile warmup steps, run before the clock and then undone"),
     ("MAX_WALLCLOCK_SECONDS", float, 600.0, (0.0, 1e7), "training time cap (0: none, ITERATIONS decides)"),
-    ("GPTQ_RESERVE_SECONDS", float, 5.0, (0.0, 1e4), "kept out of the training cap for quantization calibration"),
+    ("GPTQ_RESERVE_SECONDS", float, 8.0, (0.0, 1e4), "kept out of the training cap for GPTQ calibration"),
     ("MATRIX_LR", float, 0.026, (0.0, 10.0), "Muon learning rate of the block matrices"),
     ("MUON_WD", float, 0.095, (0.0, 10.0), "Muon decoupled weight decay (p *= 1 - lr*wd)"),
     ("MUON_MOMENTUM", float, 0.97, (0.0, 1.0), "Muon Nesterov momentum after warmup"),
@@ -134,7 +135,20 @@ HPARAMS = (
     ("VAL_BATCH_SIZE", int, 524288, (1, 2**31), "evaluation tokens per forward over all ranks"),
     ("EVAL_SEQ_LEN", int, 2048, (2, 65536), "evaluation window length"),
     ("EVAL_STRIDE", int, 64, (0, 65536), "sliding-window stride inside each document (0: doc-masked chunks only)"),
-    ("EXPORT_COMPRESSOR", str, "brotli", ("brotli", "zlib", "zstd", "lzma"), "compressor of the artifact"),
+    ("EXPORT_COMPRESSOR", str, "brotli", ("brotli", "zlib", "zstd", "lzma", "best"), "artifact compressor"),
+    # quantization
+    ("GPTQ", int, 1, (0, 1), "GPTQ with calibration Hessians (0: round to nearest)"),
+    ("GPTQ_CALIBRATION_BATCHES", int, 16, (1, 10**6), "training batches read for the Hessians (inside the cap)"),
+    ("GPTQ_DAMP", float, 0.01, (0.0, 1.0), "GPTQ damping, as a fraction of the mean Hessian diagonal"),
+    ("ATTN_BITS", int, 6, (2, 8), "bits of the attention matrices"),
+    ("ATTN_CLIP_SIGMAS", float, 13.0, (0.1, 1000.0), "attention row clip = this x row std"),
+    ("MLP_BITS", int, 6, (2, 8), "bits of the MLP matrices"),
+    ("MLP_CLIP_SIGMAS", float, 11.5, (0.1, 1000.0), "MLP row clip = this x row std"),
+    ("EMBED_BITS", int, 7, (2, 8), "bits of the tied embedding"),
+    ("EMBED_CLIP_SIGMAS", float, 14.0, (0.1, 1000.0), "embedding row clip = this x row std"),
+    ("LQER_TOP_K", int, 3, (0, 10**4), "tensors with the largest quantization error that get a low-rank repair"),
+    ("LQER_RANK", int, 4, (1, 64), "rank of the LQER repair"),
+    ("AWQ_GROUP", int, 64, (0, 4096), "width of the most salient column group kept at int8 (0: off)"),
 )
 
 
@@ -807,80 +821,217 @@ def autocast(device):
 
 
 # -----------------------------------------------------------------------------
-# Export (provisional): int8 per-row weights, fp16 small tensors, a checked container, compression
+# Quantization: GPTQ with per-row SD clipping, the most salient column group at int8 (AWQ-lite),
+# and low-rank repair of the worst tensors (LQER)
 # -----------------------------------------------------------------------------
 
-ARTIFACT_MAGIC = b"PGA1"
+ARTIFACT_BUDGET = 16_000_000
+
+
+def quant_class(name: str) -> str | None:
+    if name == "tok_emb.weight":
+        return "embed"
+    return "attn" if ".attn.c_" in name or ".attn.proj" in name else "mlp" if ".mlp." in name else None
+
+
+def class_bits(hp: Hyperparameters, cls: str) -> tuple[int, float]:
+    return {"embed": (hp.embed_bits, hp.embed_clip_sigmas), "attn": (hp.attn_bits, hp.attn_clip_sigmas),
+            "mlp": (hp.mlp_bits, hp.mlp_clip_sigmas)}[cls]  # fmt: skip
+
+
+def column_steps(cols: int, qmax: int, group: int, width: int, device) -> tuple[Tensor, list[float]]:
+    """Per-column step multiplier and clamp: the salient group keeps the row's clip range at int8 (127 levels
+    instead of qmax), every other column uses the row step as is."""
+    mult, qm = torch.ones(cols, device=device), [float(qmax)] * cols
+    if group >= 0:
+        mult[group * width : (group + 1) * width] = qmax / 127
+        qm[group * width : (group + 1) * width] = [127.0] * width
+    return mult, qm
+
+
+def salient_group(W: Tensor, H: Tensor | None, width: int) -> int:
+    """The width-column group with the largest activation RMS x mean |weight| (-1: none)."""
+    if H is None or width == 0 or W.size(1) % width or W.size(1) == width:
+        return -1
+    saliency = H.diag().clamp_min(0).sqrt() * W.abs().mean(0)
+    return int(saliency.view(-1, width).sum(1).argmax())
+
+
+def gptq_quantize(W: Tensor, H: Tensor | None, qmax: int, clip_sigmas: float, group: int, width: int, damp: float):
+    """(q, fp16 row scales): q = round(W / step) with the rounding error of each column pushed onto the columns
+    not yet quantized (weighted by the inverse Hessian), columns in descending diag(H) order, blocks of 128.
+    Without a Hessian: round to nearest."""
+    rows, cols = W.shape
+    scale = (clip_sigmas * W.std(dim=1) / qmax).clamp_min(1e-10).half().float()  # what the artifact stores
+    mult, qm = column_steps(cols, qmax, group, width, W.device)
+    step = scale[:, None] * mult[None, :]
+    if H is None:
+        bound = torch.tensor(qm, device=W.device)
+        return torch.clamp(torch.round(W / step), -bound, bound), scale
+    W, H = W.clone(), H.clone()
+    dead = H.diag() == 0
+    H[dead, dead], W[:, dead] = 1.0, 0.0
+    perm = torch.argsort(H.diag(), descending=True)
+    W, H, step, qm = W[:, perm], H[perm][:, perm], step[:, perm], [qm[i] for i in perm.tolist()]
+    H += damp * H.diag().mean() * torch.eye(cols, device=W.device)
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Q = torch.zeros_like(W)
+    for a in range(0, cols, 128):
+        b = min(a + 128, cols)
+        W1, E1, U1 = W[:, a:b].clone(), torch.zeros(rows, b - a, device=W.device), U[a:b, a:b]
+        for i in range(b - a):
+            q = torch.clamp(torch.round(W1[:, i] / step[:, a + i]), -qm[a + i], qm[a + i])
+            Q[:, a + i] = q
+            E1[:, i] = (W1[:, i] - q * step[:, a + i]) / U1[i, i]
+            W1[:, i:] -= E1[:, i : i + 1] * U1[i : i + 1, i:]
+        W[:, b:] -= E1 @ U[a:b, b:]
+    return Q[:, torch.argsort(perm)], scale
+
+
+def lqer_factors(E: Tensor, rank: int) -> dict[str, np.ndarray]:
+    """Rank-r SVD of the quantization residual: A = U S at 2 bits with one scale, B = V^T at 4 bits per
+    group of 64 columns."""
+    U, S, Vh = torch.linalg.svd(E, full_matrices=False)
+    A, B = U[:, :rank] * S[:rank], Vh[:rank]
+    g = 64 if B.size(1) % 64 == 0 else B.size(1)
+    sa = (A.abs().max() / 1.5).clamp_min(1e-10).half().float()
+    Bg = B.reshape(rank, -1, g)
+    sb = (Bg.abs().amax(-1) / 7.5).clamp_min(1e-10).half().float()
+    qa, qb = torch.clamp(torch.round(A / sa), -2, 1), torch.clamp(torch.round(Bg / sb[..., None]), -8, 7)
+    i8, f16 = lambda t: t.to(torch.int8).cpu().numpy(), lambda t: t.half().cpu().numpy()
+    return {"la": i8(qa), "la_s": f16(sa.view(1)), "lb": i8(qb.reshape(rank, -1)), "lb_s": f16(sb)}
+
+
+def dequantize_entry(kind: str, arrays: dict, meta: dict, device="cpu") -> Tensor:
+    t = {k: torch.as_tensor(np.array(v), device=device).float() for k, v in arrays.items()}
+    if kind == "fp16":
+        return t["w"]
+    if kind == "int8_row":
+        return t["q"] * t["scale"][:, None]
+    mult, _ = column_steps(t["q"].size(1), 2 ** (meta["bits"] - 1) - 1, meta["group"], meta["width"], device)
+    W = t["q"] * t["scale"][:, None] * mult[None, :]
+    if "la" in t:  # + A B, B dequantized per group of columns
+        rank, cols = t["lb"].shape
+        B = (t["lb"].view(rank, t["lb_s"].size(1), -1) * t["lb_s"][..., None]).view(rank, cols)
+        W = W + (t["la"] * t["la_s"]) @ B
+    return W
+
+
+def quantize_model(state: dict[str, Tensor], hessians: dict | None, hp: Hyperparameters, log=print) -> dict:
+    """name -> (kind, arrays, meta): GPTQ (or round-to-nearest without Hessians) for the big matrices, int8
+    rows for gate weights, fp16 for the rest; then LQER on the LQER_TOP_K largest residuals."""
+    packed, residual = {}, {}
+    for name, t in state.items():
+        W, cls = t.detach().float(), quant_class(name)
+        if cls is not None:
+            bits, sigmas = class_bits(hp, cls)
+            H = hessians.get(name) if hessians and hp.gptq else None
+            group = salient_group(W, H, hp.awq_group) if hp.awq_group else -1
+            q, scale = gptq_quantize(W, H, 2 ** (bits - 1) - 1, sigmas, group, hp.awq_group, hp.gptq_damp)
+            meta = dict(cls=cls, bits=bits, group=group, width=hp.awq_group)
+            packed[name] = ("gptq", {"q": q.to(torch.int8).cpu().numpy(), "scale": scale.half().cpu().numpy()}, meta)
+            residual[name] = W - dequantize_entry(*packed[name], device=W.device)
+        elif "gate_w" in name:
+            scale = (W.abs().amax(1) / 127).clamp_min(1e-10).half()
+            q = torch.clamp(torch.round(W / scale.float()[:, None]), -127, 127).to(torch.int8)
+            packed[name] = ("int8_row", {"q": q.cpu().numpy(), "scale": scale.cpu().numpy()}, {})
+        else:
+            packed[name] = ("fp16", {"w": W.half().cpu().numpy()}, {})
+    worst = sorted(residual, key=lambda n: -float(residual[n].norm()))[: hp.lqer_top_k]
+    for name in worst:
+        packed[name][1].update(lqer_factors(residual[name], hp.lqer_rank))
+    log(f"lqer_tensors:{','.join(worst) or 'none'}")
+    return packed
+
+
+def dequantize_model(packed: dict, device="cpu") -> dict[str, Tensor]:
+    return {name: dequantize_entry(kind, arrays, meta, device) for name, (kind, arrays, meta) in packed.items()}
+
+
+# -----------------------------------------------------------------------------
+# Artifact: our own container, one compressed stream per tensor class, checksums; never torch.load
+# -----------------------------------------------------------------------------
+
+ARTIFACT_MAGIC = b"PGA2"
 COMPRESSORS = {  # name -> (compress, decompress); the artifact stores the index of the name
     "brotli": (lambda b: brotli.compress(b, quality=11), brotli.decompress),
     "zlib": (lambda b: zlib.compress(b, 9), zlib.decompress),
-    "zstd": (
-        lambda b: zstandard.ZstdCompressor(level=22).compress(b),
-        lambda b: zstandard.ZstdDecompressor().decompress(b),
-    ),
+    "zstd": (zstandard.ZstdCompressor(level=22).compress, zstandard.ZstdDecompressor().decompress),
     "lzma": (lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
 }
 
 
-def quantize_state(state: dict[str, Tensor]) -> dict[str, tuple[str, dict[str, np.ndarray]]]:
-    """Matrices with more than 65,536 entries: int8 per row, clipped at the 99.99984th percentile of |w|,
-    fp16 scale = clip/127. Everything else: fp16."""
-    out = {}
-    for name, t in state.items():
-        t = t.detach().float().cpu()
-        if t.ndim == 2 and t.numel() > 65536:
-            clip = torch.quantile(t.abs(), 0.9999984, dim=1).clamp_min(1e-8)
-            scale = (clip / 127).half()
-            q = torch.clamp(torch.round(t / scale.float()[:, None]), -127, 127).to(torch.int8)
-            out[name] = ("int8_row", {"q": q.numpy(), "scale": scale.numpy()})
-        else:
-            out[name] = ("fp16", {"w": t.half().numpy()})
-    return out
-
-
-def dequantize_state(packed) -> dict[str, Tensor]:
-    out = {}
-    for name, (kind, arrays) in packed.items():
-        if kind == "int8_row":
-            out[name] = torch.tensor(arrays["q"], dtype=torch.float32) * torch.tensor(arrays["scale"]).float()[:, None]
-        else:
-            out[name] = torch.tensor(arrays["w"], dtype=torch.float32)
-    return out
-
-
-def serialize(packed, method: str) -> bytes:
-    """MAGIC, compressor index, compressed(header length u32, JSON header, raw arrays)."""
-    header, payload = [], io.BytesIO()
-    for name, (kind, arrays) in packed.items():
-        for key, a in arrays.items():
-            a = np.ascontiguousarray(a)
-            header.append([name, kind, key, a.dtype.str, list(a.shape), payload.tell(), a.nbytes])
-            payload.write(a.tobytes())
-    head = json.dumps(header).encode()
-    body = len(head).to_bytes(4, "little") + head + payload.getvalue()
-    return ARTIFACT_MAGIC + bytes([list(COMPRESSORS).index(method)]) + COMPRESSORS[method][0](body)
-
-
 class ArtifactError(ValueError):
-    """An artifact that is not one this script wrote, or that was damaged."""
+    """An artifact that is not one this script wrote, that was damaged, or that is over budget."""
 
 
-def deserialize(blob: bytes):
-    if blob[:4] != ARTIFACT_MAGIC or len(blob) < 6 or blob[4] >= len(COMPRESSORS):
+def serialize(packed: dict, method: str) -> tuple[bytes, dict[str, int]]:
+    """(blob, compressed bytes per stream). Quantized matrices are stored column-major, one stream per class,
+    so neighbouring bytes come from one input channel; the compressor is tried per request ("best": all)."""
+    if method == "best":
+        return min((serialize(packed, m) for m in COMPRESSORS), key=lambda r: len(r[0]))
+    streams: dict[str, io.BytesIO] = {}
+    entries = []
+    for name, (kind, arrays, meta) in packed.items():
+        refs = []
+        for key, a in arrays.items():
+            stream = meta.get("cls", "rest") if key == "q" else "rest"
+            a = np.ascontiguousarray(a.T if key == "q" else a)
+            buf = streams.setdefault(stream, io.BytesIO())
+            refs.append([key, stream, buf.tell(), a.dtype.str, list(a.shape)])
+            buf.write(a.tobytes())
+        entries.append([name, kind, meta, refs])
+    compress = COMPRESSORS[method][0]
+    blobs = {k: compress(v.getvalue()) for k, v in streams.items()}
+    table = [[k, len(b), zlib.crc32(b), len(streams[k].getvalue())] for k, b in blobs.items()]
+    head = compress(json.dumps({"tensors": entries, "streams": table}).encode())
+    prefix = ARTIFACT_MAGIC + bytes([list(COMPRESSORS).index(method)]) + struct.pack("<II", len(head), zlib.crc32(head))
+    sizes = {"header": len(prefix) + len(head), **{k: len(b) for k, b in blobs.items()}}
+    return prefix + head + b"".join(blobs.values()), sizes
+
+
+def deserialize(blob: bytes) -> dict:
+    """Checks magic, compressor, lengths and checksums before trusting a byte."""
+    if len(blob) < 13 or blob[:4] != ARTIFACT_MAGIC or blob[4] >= len(COMPRESSORS):
         raise ArtifactError(f"not a model artifact (expected magic {ARTIFACT_MAGIC!r} and a known compressor)")
-    try:
-        body = list(COMPRESSORS.values())[blob[4]][1](blob[5:])
-        n = int.from_bytes(body[:4], "little")
-        header, payload = json.loads(body[4 : 4 + n]), body[4 + n :]
-    except Exception as e:
-        raise ArtifactError(f"artifact is corrupt or truncated: {e}") from None
-    if sum(entry[-1] for entry in header) != len(payload):
-        raise ArtifactError(f"artifact payload is {len(payload)} bytes, header declares {sum(e[-1] for e in header)}")
+    decompress = list(COMPRESSORS.values())[blob[4]][1]
+    n, crc = struct.unpack("<II", blob[5:13])
+    head, pos = blob[13 : 13 + n], 13 + n
+    if len(head) != n or zlib.crc32(head) != crc:
+        raise ArtifactError("artifact header is truncated or corrupt (length or checksum mismatch)")
+    header = json.loads(decompress(head))
+    if pos + sum(clen for _, clen, _, _ in header["streams"]) != len(blob):
+        raise ArtifactError(f"artifact is {len(blob)} bytes, its header declares a different length (truncated?)")
+    raw = {}
+    for name, clen, scrc, rawlen in header["streams"]:
+        data = blob[pos : pos + clen]
+        if zlib.crc32(data) != scrc:
+            raise ArtifactError(f"artifact stream {name!r} is corrupt (checksum mismatch)")
+        raw[name], pos = decompress(data), pos + clen
+        if len(raw[name]) != rawlen:
+            raise ArtifactError(f"artifact stream {name!r} decompressed to {len(raw[name])} bytes, not {rawlen}")
     packed = {}
-    for name, kind, key, dtype, shape, offset, nbytes in header:
-        a = np.frombuffer(payload, dtype=np.dtype(dtype), count=nbytes // np.dtype(dtype).itemsize, offset=offset)
-        packed.setdefault(name, (kind, {}))[1][key] = a.reshape(shape)
+    for name, kind, meta, refs in header["tensors"]:
+        arrays = {}
+        for key, stream, offset, dtype, shape in refs:
+            a = np.frombuffer(raw[stream], dtype=np.dtype(dtype), count=math.prod(shape), offset=offset)
+            arrays[key] = a.reshape(shape).T if key == "q" else a.reshape(shape)
+        packed[name] = (kind, arrays, meta)
     return packed
+
+
+def estimate_model_bytes(model: nn.Module, hp: Hyperparameters) -> int:
+    """Expected compressed size if weights are Gaussian: a symbol at step k*sigma/qmax carries about
+    log2(sqrt(2*pi*e) * qmax / k) bits, plus fp16 row scales and fp16 small tensors."""
+    total = 0.0
+    for name, t in model.state_dict().items():
+        if quant_class(name):
+            bits, sigmas = class_bits(hp, quant_class(name))
+            total += t.numel() * math.log2(math.sqrt(2 * math.pi * math.e) * (2 ** (bits - 1) - 1) / sigmas) / 8
+            total += 2 * t.size(0)
+        else:
+            total += 2 * t.numel()
+    return int(total)
 
 
 # -----------------------------------------------------------------------------
@@ -1035,10 +1186,50 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
         if stop.item():
             log(f"stopping_early:wallclock_cap train_time_ms:{train_ms:.0f} step:{step}/{hp.iterations}")
             break
-    loader.close()
     if ema is not None:
         ema.copy_to(model)
-    return dict(steps=step, train_ms=train_ms, tokens=tokens, step_avg_ms=train_ms / max(step, 1))
+    hessians, t0 = None, time.perf_counter()
+    if hp.gptq:  # the last read of training data: inside the cap, on the weights that will be exported
+        cap_s = hp.max_wallclock_seconds - train_ms / 1000 if hp.max_wallclock_seconds else math.inf
+        hessians, batches = collect_hessians(model, loader, hp, seq_len_at(hp.seq_len_schedule_parsed, 1.0),
+                                             t0 + cap_s, backend, device, world)  # fmt: skip
+        end_s = train_ms / 1000 + time.perf_counter() - t0
+        log(f"gptq_calibration_batches:{batches} gptq_calibration_end_s:{end_s:.3f}")
+    loader.close()
+    return dict(steps=step, train_ms=train_ms, tokens=tokens, step_avg_ms=train_ms / max(step, 1), hessians=hessians)
+
+
+@torch.no_grad()
+def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, backend, device, world):
+    """Sum of x x^T over the inputs of every quantized matrix (the LM head's input for the tied embedding),
+    from training batches only, every pass of a looped layer included; summed over ranks. Stops at
+    GPTQ_CALIBRATION_BATCHES or before the deadline (perf_counter seconds), whichever comes first."""
+    sums: dict[str, Tensor] = {}
+
+    def add(name: str, x: Tensor):
+        x = x.detach().flatten(0, -2).float()
+        sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+
+    linears = [(n + ".weight", m) for n, m in model.named_modules() if isinstance(m, Linear)]
+    hooks = [m.register_forward_hook(lambda m, inp, out, n=n: add(n, inp[0])) for n, m in linears]
+    batches, step_s = 0, 0.0
+    while batches < hp.gptq_calibration_batches:
+        late = torch.tensor(float(time.perf_counter() + step_s > deadline), device=device)
+        if world > 1:
+            dist.all_reduce(late, op=dist.ReduceOp.MAX)
+        if late.item():
+            break
+        t0 = time.perf_counter()
+        for x, _ in loader.next_batch(seq_len, device):
+            with autocast(device):
+                add("tok_emb.weight", model.hidden(x, make_layout(x, backend)))
+        batches, step_s = batches + 1, time.perf_counter() - t0
+    for h in hooks:
+        h.remove()
+    if world > 1:
+        for name in sorted(sums):
+            dist.all_reduce(sums[name])
+    return (sums or None), batches
 
 
 def log_eval(log, tag: str, r: dict, ms: float):
@@ -1083,7 +1274,11 @@ def main():
             dist.broadcast(t, 0)
     step_model = maybe_compile(model, hp, device)
     optimizers = build_optimizers(model, hp, rank, world, device)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params, estimate = sum(p.numel() for p in model.parameters()), estimate_model_bytes(model, hp)
+    log(f"model_bytes_estimate:{estimate} code_bytes:{len(source)}")
+    if estimate + len(source) > ARTIFACT_BUDGET:
+        log(f"warning: {n_params} parameters at these bit widths likely compress to about {estimate} bytes, over "
+            f"the {ARTIFACT_BUDGET}-byte budget with the code")  # fmt: skip
     log(f"model_params:{n_params} attn_backend:{backend} grad_accum_steps:{accum} "
         f"micro_batch_tokens:{hp.train_batch_tokens // (world * accum)} virtual_layers_looped:"
         f"{virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops)}")  # fmt: skip
@@ -1096,20 +1291,27 @@ def main():
     model.looping = hp.num_loops > 0
     pre = evaluate_all(step_model, val, hp, backend, rank, world, device, log, "prequant")
 
-    blob = serialize(quantize_state(model.state_dict()), hp.export_compressor)
+    t0 = time.perf_counter()
+    blob, sizes = serialize(quantize_model(model.state_dict(), stats["hessians"], hp, log), hp.export_compressor)
+    code = len(source)
+    parts = " ".join(f"{k}:{v}" for k, v in sizes.items())
+    log(f"quantize_time_ms:{1000 * (time.perf_counter() - t0):.0f} model_bytes:{len(blob)} streams {parts}")
+    if code + len(blob) > ARTIFACT_BUDGET:
+        raise ArtifactError(f"artifact {code + len(blob)} bytes > {ARTIFACT_BUDGET}: code {code} + model {len(blob)} "
+                            f"({parts})")  # fmt: skip
     artifact = Path(hp.log_dir) / f"{hp.run_id}.ptz"
     if rank == 0:
         tmp = artifact.with_suffix(".ptz.tmp")
         tmp.write_bytes(blob)
         tmp.replace(artifact)
     fresh = GPT(hp).to(device)  # the score comes from a model rebuilt from the artifact bytes alone
-    fresh.load_state_dict(dequantize_state(deserialize(blob)), strict=True)
+    fresh.load_state_dict(dequantize_model(deserialize(blob), device), strict=True)
     fresh.looping = hp.num_loops > 0
     post = evaluate_all(maybe_compile(fresh, hp, device), val, hp, backend, rank, world, device, log, "roundtrip")
-    code = len(source)
     log(f"final_prequant_exact val_loss:{pre['val_loss']:.8f} val_bpb:{pre['val_bpb']:.8f}")
     log(f"final_roundtrip_exact val_loss:{post['val_loss']:.8f} val_bpb:{post['val_bpb']:.8f}")
-    log(f"artifact_bytes:{code + len(blob)} code_bytes:{code} model_bytes:{len(blob)} artifact:{artifact}")
+    log(f"artifact_bytes:{code + len(blob)} code_bytes:{code} model_bytes:{len(blob)} "
+        f"bits_per_param:{8 * len(blob) / n_params:.3f} artifact:{artifact}")  # fmt: skip
     log(f"step_avg_ms:{stats['step_avg_ms']:.2f} steps:{stats['steps']} train_tokens:{stats['tokens']}")
     if world > 1:
         dist.destroy_process_group()

@@ -66,3 +66,14 @@ def small_docs(tmp_path) -> Path:
     path = tmp_path / "docs.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory, sp1024_model) -> Path:
+    """8 validation and 292 training documents of the real sample, sp1024 (fast to evaluate)."""
+    lines = shared_file("fineweb_train_sample.jsonl").read_text(encoding="utf-8").splitlines()[:300]
+    docs = tmp_path_factory.mktemp("docs") / "docs.jsonl"
+    docs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path_factory.mktemp("small_sp1024")
+    export.export_dataset(docs, out, tokenizer=sp1024_model, val_docs=8, overwrite=True, log=lambda _: None)
+    return out

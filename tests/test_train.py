@@ -13,23 +13,9 @@ import sentencepiece as spm
 import torch
 
 import train_gpt as tg
-from data import export
 from tests.helpers import TINY, randomize, tiny_hp
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory, sp1024_model) -> Path:
-    """8 validation and 292 training documents of the real sample, sp1024 (fast to evaluate)."""
-    from tests.conftest import shared_file
-
-    lines = shared_file("fineweb_train_sample.jsonl").read_text(encoding="utf-8").splitlines()[:300]
-    docs = tmp_path_factory.mktemp("docs") / "docs.jsonl"
-    docs.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    out = tmp_path_factory.mktemp("small_sp1024")
-    export.export_dataset(docs, out, tokenizer=sp1024_model, val_docs=8, overwrite=True, log=lambda _: None)
-    return out
 
 
 def run_script(env: dict, dataset: Path, tmp_path: Path, nproc: int = 1, timeout: int = 300):
@@ -187,13 +173,15 @@ def test_cli_run_logs_source_hparams_and_final_lines(small_dataset, tmp_path):
     assert "hparam NUM_LAYERS=6" in log and "hparam MATRIX_LR=0.026" in log
     stop = re.search(r"stopping_early:wallclock_cap train_time_ms:(\d+)", log)
     assert stop and int(stop.group(1)) <= 3000
+    calibration_end = float(re.search(r"gptq_calibration_end_s:([\d.]+)", log).group(1))
+    assert int(stop.group(1)) / 1000 < calibration_end < 4.0  # the last training-data read is inside the cap
     looping_ms = int(re.search(r"looping:on step:\d+ train_time_ms:(\d+)", log).group(1))
     assert 0.35 * 3000 <= looping_ms < 0.35 * 3000 + 500
     tail = log.strip().splitlines()[-4:]
     assert tail[0].startswith("final_prequant_exact") and tail[1].startswith("final_roundtrip_exact")
     assert re.fullmatch(r"final_roundtrip_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}", tail[1])
     pre, post = log_values(tail[0], "val_bpb")[0], log_values(tail[1], "val_bpb")[0]
-    assert abs(pre - post) < 0.01  # int8 per row costs little
+    assert abs(pre - post) < 0.05  # GPTQ int6/int7 costs little
     artifact, code = log_values(tail[2], "artifact_bytes")[0], log_values(tail[2], "code_bytes")[0]
     model_bytes = (tmp_path / "run.ptz").stat().st_size
     assert code == (ROOT / "train_gpt.py").stat().st_size and artifact == code + model_bytes
@@ -241,20 +229,3 @@ def test_two_process_torchrun_matches_one_process_with_accumulation(small_datase
     val1 = log_values(log1.split("final_prequant_exact")[1], "val_loss")[0]
     val2 = log_values(log2.split("final_prequant_exact")[1], "val_loss")[0]
     assert val1 == pytest.approx(val2, abs=1e-5)
-
-
-def test_artifact_round_trip_is_exact_and_damage_is_refused():
-    torch.manual_seed(0)
-    model = randomize(tg.GPT(tiny_hp(MODEL_DIM=128)))
-    packed = tg.quantize_state(model.state_dict())
-    assert packed["tok_emb.weight"][0] == "int8_row" and packed["blocks.0.attn_scale"][0] == "fp16"
-    blob = tg.serialize(packed, "brotli")
-    restored = tg.dequantize_state(tg.deserialize(blob))
-    expected = tg.dequantize_state(packed)
-    assert all(torch.equal(restored[k], expected[k]) for k in expected)
-    err = (restored["tok_emb.weight"] - model.tok_emb.weight).abs().max() / model.tok_emb.weight.abs().max()
-    assert err < 0.01
-    with pytest.raises(tg.ArtifactError, match="corrupt or truncated"):
-        tg.deserialize(blob[:-10])
-    with pytest.raises(tg.ArtifactError, match="magic"):
-        tg.deserialize(b"XXXX" + blob[4:])

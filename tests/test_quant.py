@@ -1,0 +1,217 @@
+"""Quantization and the artifact: GPTQ, LQER, AWQ-lite, the container, the packed script and the budget."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train_gpt as tg
+from tests.helpers import TINY, randomize, tiny_hp
+from tools import pack
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def trained(small_dataset):
+    """A toy model trained 40 steps on real text, and Hessians from its training stream (never validation)."""
+    hp = tiny_hp(DATA_PATH=small_dataset)
+    torch.manual_seed(0)
+    model = tg.GPT(hp)
+    model.looping = True
+    optimizers = tg.build_optimizers(model, hp, 0, 1, CPU)
+    loader = tg.TrainLoader(hp, 0, 1, 1)
+    for _ in range(40):
+        tg.train_step(model, model, optimizers, loader, hp.train_seq_len, "sdpa", hp, 1, CPU)
+    hessians, batches = tg.collect_hessians(model, loader, hp, hp.train_seq_len, float("inf"), "sdpa", CPU, 1)
+    loader.close()
+    assert batches == hp.gptq_calibration_batches
+    return hp, model, hessians
+
+
+def output_error(W, Q, H):
+    """Sum over the calibration inputs x of |x (W - Q)^T|^2 = tr((W - Q) H (W - Q)^T)."""
+    D = W - Q
+    return float(torch.einsum("ij,jk,ik->", D, H, D))
+
+
+def test_hessians_cover_every_quantized_matrix_and_every_looped_pass(trained):
+    hp, model, hessians = trained
+    names = [n for n in model.state_dict() if tg.quant_class(n)]
+    assert sorted(hessians) == sorted(names)
+    tokens = hp.gptq_calibration_batches * hp.train_batch_tokens
+    assert hessians["tok_emb.weight"].trace() > 0
+    H0, H3, H4 = (hessians[f"blocks.{i}.attn.c_q.weight"] for i in (0, 3, 4))
+    assert H0.shape == (hp.model_dim, hp.model_dim) and torch.allclose(H0, H0.T)
+    # the input is rms_norm(x) / sqrt(layer + 1), so trace(H) = passes x tokens x dim / (layer + 1)
+    assert float(H0.trace()) == pytest.approx(tokens * hp.model_dim, rel=1e-3)
+    assert float(H3.trace()) == pytest.approx(3 * tokens * hp.model_dim / 4, rel=1e-3)  # looped: three passes
+    assert float(H4.trace()) == pytest.approx(tokens * hp.model_dim / 5, rel=1e-3)
+
+
+def test_gptq_beats_round_to_nearest_on_real_activations(trained):
+    hp, model, hessians = trained
+    ratios = []
+    for name, W in model.state_dict().items():
+        cls = tg.quant_class(name)
+        if not cls:
+            continue
+        bits, sigmas = tg.class_bits(hp, cls)
+        qmax = 2 ** (bits - 1) - 1
+        H = hessians[name]
+        (q_rtn, s_rtn), (q_gptq, s_gptq) = (tg.gptq_quantize(W, h, qmax, sigmas, -1, 0, 0.01) for h in (None, H))
+        assert q_gptq.abs().max() <= qmax and torch.equal(s_rtn, s_gptq)
+        rtn, gptq = output_error(W, q_rtn * s_rtn[:, None], H), output_error(W, q_gptq * s_gptq[:, None], H)
+        ratios.append(gptq / rtn)
+    print("gptq/rtn output error per matrix:", [round(r, 3) for r in ratios])
+    assert len(ratios) == 6 * 6 + 1 and max(ratios) < 1.0
+
+
+def test_lqer_lowers_the_residual_of_the_tensors_it_repairs(trained):
+    hp, model, hessians = trained
+    state = model.state_dict()
+    plain = tg.quantize_model(state, hessians, tiny_hp(LQER_TOP_K=0), log=lambda _: None)
+    repaired = tg.quantize_model(state, hessians, tiny_hp(LQER_TOP_K=3), log=lambda _: None)
+    fixed = [n for n, (_, arrays, _) in repaired.items() if "la" in arrays]
+    assert len(fixed) == 3
+    for name in fixed:
+        before = (state[name] - tg.dequantize_entry(*plain[name])).norm()
+        after = (state[name] - tg.dequantize_entry(*repaired[name])).norm()
+        assert after < 0.97 * before, (name, float(before), float(after))
+    others = [n for n in plain if n not in fixed and plain[n][0] == "gptq"]
+    worst_other = max((state[n] - tg.dequantize_entry(*plain[n])).norm() for n in others)
+    assert min((state[n] - tg.dequantize_entry(*plain[n])).norm() for n in fixed) >= worst_other
+
+
+def test_awq_keeps_the_salient_group_at_int8_inside_gptq(trained):
+    hp, model, hessians = trained
+    name = "blocks.1.mlp.proj.weight"  # 256 input columns: four groups of 64
+    W, H = model.state_dict()[name], hessians[name]
+    group = tg.salient_group(W, H, 64)
+    saliency = (H.diag().sqrt() * W.abs().mean(0)).view(-1, 64).sum(1)
+    assert group == int(saliency.argmax()) and W.size(1) // 64 == 4
+    q, scale = tg.gptq_quantize(W, H, 31, 11.5, group, 64, 0.01)
+    cols = slice(group * 64, (group + 1) * 64)
+    assert q[:, cols].abs().max() > 31 and q[:, cols].abs().max() <= 127
+    others = torch.cat([q[:, : group * 64], q[:, (group + 1) * 64 :]], 1)
+    assert others.abs().max() <= 31
+    q0, s0 = tg.gptq_quantize(W, H, 31, 11.5, -1, 64, 0.01)  # the same solve without the int8 group
+    meta = dict(bits=6, group=group, width=64)
+    with_awq = tg.dequantize_entry("gptq", {"q": q.to(torch.int8).numpy(), "scale": scale.half().numpy()}, meta)
+    without = q0 * s0[:, None]
+    print("awq output error:", output_error(W, with_awq, H), "without:", output_error(W, without, H))
+    assert output_error(W, with_awq, H) < output_error(W, without, H)
+    assert (with_awq - W)[:, cols].abs().mean() < 0.7 * (without - W)[:, cols].abs().mean()
+
+
+def test_container_round_trip_is_exact_and_refuses_damage(trained):
+    hp, model, hessians = trained
+    packed = tg.quantize_model(model.state_dict(), hessians, hp, log=lambda _: None)
+    blob, sizes = tg.serialize(packed, "brotli")
+    assert sum(sizes.values()) == len(blob) and {"embed", "attn", "mlp", "rest"} <= set(sizes)
+    restored = tg.dequantize_model(tg.deserialize(blob))
+    expected = tg.dequantize_model(packed)
+    assert all(torch.equal(restored[k], expected[k]) for k in expected)
+    kinds = {packed[n][0] for n in packed}
+    assert kinds == {"gptq", "int8_row", "fp16"} and packed["blocks.0.attn.gate_w"][0] == "int8_row"
+    rng = np.random.default_rng(0)
+    for pos in [0, 4, 6, 13, 20, *rng.integers(13, len(blob), 30)]:
+        bad = bytearray(blob)
+        bad[pos] ^= 0x41
+        with pytest.raises(tg.ArtifactError):
+            tg.deserialize(bytes(bad))
+    for cut in (5, 100, len(blob) - 1):
+        with pytest.raises(tg.ArtifactError, match="truncated|not a model artifact"):
+            tg.deserialize(blob[:cut])
+    best, _ = tg.serialize(packed, "best")
+    assert len(best) == min(len(tg.serialize(packed, m)[0]) for m in tg.COMPRESSORS)
+
+
+def test_column_major_layout_compresses_better(trained):
+    """The container stores quantized matrices transposed; keep it only while it measurably helps."""
+    hp, model, hessians = trained
+    packed = tg.quantize_model(model.state_dict(), hessians, hp, log=lambda _: None)
+    qs = [a["q"] for kind, a, _ in packed.values() if kind == "gptq"]
+    row_major = len(tg.brotli.compress(b"".join(q.tobytes() for q in qs), quality=11))
+    col_major = len(tg.brotli.compress(b"".join(np.ascontiguousarray(q.T).tobytes() for q in qs), quality=11))
+    assert col_major < row_major
+
+
+def test_calibration_reads_training_shards_only(trained, monkeypatch, small_dataset, tmp_path):
+    hp, model, _ = trained
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "fineweb_train_000000.bin").write_bytes((small_dataset / "fineweb_train_000000.bin").read_bytes())
+    (data / "fineweb_val_000000.bin").write_bytes(b"poisoned: reading this raises")
+    read = []
+    real = tg.load_shard
+    monkeypatch.setattr(tg, "load_shard", lambda path, *a: read.append(path) or real(path, *a))
+    hp = tiny_hp(DATA_PATH=data)
+    loader = tg.TrainLoader(hp, 0, 1, 1)
+    hessians, batches = tg.collect_hessians(model, loader, hp, hp.train_seq_len, float("inf"), "sdpa", CPU, 1)
+    loader.close()
+    assert batches == hp.gptq_calibration_batches and hessians
+    assert read and all(Path(p).name.startswith("fineweb_train_") for p in read)
+
+
+def test_calibration_stops_at_the_deadline(trained, small_dataset):
+    hp, model, _ = trained
+    loader = tg.TrainLoader(tiny_hp(DATA_PATH=small_dataset), 0, 1, 1)
+    _, batches = tg.collect_hessians(model, loader, hp, hp.train_seq_len, time.perf_counter(), "sdpa", CPU, 1)
+    loader.close()
+    assert batches == 0
+
+
+def run(script: Path, env: dict, dataset: Path, cwd: Path):
+    env = {**os.environ, **TINY, "DATA_PATH": str(dataset), "TOKENIZER_PATH": str(dataset / "tokenizer.model"),
+           "LOG_DIR": str(cwd), "RUN_ID": "run", "EVAL_STRIDE": "0", **env}  # fmt: skip
+    return subprocess.run([sys.executable, str(script)], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_packed_script_runs_like_the_source_and_counts_its_own_size(small_dataset, tmp_path):
+    packed = tmp_path / "packed" / "train_gpt.py"
+    packed.parent.mkdir()
+    packed.write_text(pack.pack((ROOT / "train_gpt.py").read_text()))
+    assert packed.stat().st_size < (ROOT / "train_gpt.py").stat().st_size / 2
+    logs = {}
+    for name, script in (("source", ROOT / "train_gpt.py"), ("packed", packed)):
+        (tmp_path / name).mkdir(exist_ok=True)
+        p = run(script, {"ITERATIONS": "3"}, small_dataset, tmp_path / name)
+        assert p.returncode == 0, p.stderr[-3000:]
+        logs[name] = (tmp_path / name / "run.txt").read_text()
+    losses = {k: re.findall(r"(?:train_loss|val_loss):([\d.]+)", v) for k, v in logs.items()}
+    assert losses["source"] == losses["packed"] and len(losses["source"]) >= 5
+    code = {k: int(re.search(r"artifact_bytes:\d+ code_bytes:(\d+)", v).group(1)) for k, v in logs.items()}
+    assert code["packed"] == packed.stat().st_size and code["source"] == (ROOT / "train_gpt.py").stat().st_size
+
+
+def test_a_run_over_budget_fails_naming_each_part(small_dataset, tmp_path, monkeypatch):
+    env = {**TINY, "DATA_PATH": str(small_dataset), "TOKENIZER_PATH": str(small_dataset / "tokenizer.model"),
+           "LOG_DIR": str(tmp_path), "RUN_ID": "over", "EVAL_STRIDE": "0", "ITERATIONS": "2"}  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(tg, "ARTIFACT_BUDGET", 100_000)
+    with pytest.raises(tg.ArtifactError, match=r"> 100000: code \d+ \+ model \d+ \(header:\d+ .*embed:\d+"):
+        tg.main()
+    log = (tmp_path / "over.txt").read_text()
+    assert "warning: " in log and "over the 100000-byte budget" in log  # warned at start-up
+    assert not list(tmp_path.glob("over.ptz*"))  # nothing written
+
+
+def test_randomized_weights_survive_the_round_trip_closely():
+    torch.manual_seed(0)
+    model = randomize(tg.GPT(tiny_hp(MODEL_DIM=128)))
+    packed = tg.quantize_model(model.state_dict(), None, tiny_hp(MODEL_DIM=128, LQER_TOP_K=0), log=lambda _: None)
+    restored = tg.dequantize_model(tg.deserialize(tg.serialize(packed, "zstd")[0]))
+    for name, w in model.state_dict().items():
+        if tg.quant_class(name):  # a row's step is 13 sigma / 31 levels: at most half a step off (within the clip)
+            assert (restored[name] - w).abs().max() <= 0.5 * 13 / 31 * w.std(dim=1).max() * 1.01, name
+        else:  # fp16, or int8 rows for the gates
+            assert torch.allclose(restored[name], w, rtol=1e-2, atol=1e-3), name

@@ -1,0 +1,60 @@
+"""Writes a self-extracting train_gpt.py: the counted code is the file that runs, so ship it small.
+
+The readable source loses its comments and docstrings (an AST round trip, so the program is the same),
+is compressed with raw LZMA2, base85-encoded, and wrapped in a two-line stub that decompresses and
+executes it under the stub's own name. The packed script behaves like the readable one and, reading
+`__file__`, reports its own (packed) size as the code bytes.
+
+    python3 tools/pack.py train_gpt.py -o records/.../train_gpt.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import base64
+import lzma
+import os
+import tempfile
+from pathlib import Path
+
+FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+STUB = (
+    "import base64,lzma\n"
+    "exec(compile(lzma.decompress(base64.b85decode({blob!r}),format=lzma.FORMAT_RAW,"
+    'filters=[{{"id":lzma.FILTER_LZMA2}}]),__file__,"exec"))\n'
+)
+
+
+def strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0].value if node.body and isinstance(node.body[0], ast.Expr) else None
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return tree
+
+
+def pack(source: str) -> str:
+    code = ast.unparse(strip_docstrings(ast.parse(source)))
+    blob = base64.b85encode(lzma.compress(code.encode(), format=lzma.FORMAT_RAW, filters=FILTERS)).decode()
+    return STUB.format(blob=blob)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("source", type=Path)
+    ap.add_argument("-o", "--out", type=Path, required=True)
+    args = ap.parse_args()
+    packed = pack(args.source.read_text(encoding="utf-8"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=f".{args.out.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(packed)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, args.out)
+    print(f"source_bytes:{args.source.stat().st_size} packed_bytes:{args.out.stat().st_size} out:{args.out}")
+
+
+if __name__ == "__main__":
+    main()
