@@ -56,21 +56,10 @@ except ImportError:
 # -----------------------------------------------------------------------------
 
 # name, type, default, allowed (inclusive (lo, hi) range, or a tuple of choices), meaning
+CASEOPS = "sp8192_lossless_caps_caseops_v1_reserved"  # the flagship's data: data/download.py --variant caseops
 HPARAMS = (
-    (
-        "DATA_PATH",
-        str,
-        "./data/datasets/fineweb10B_sp8192_lossless_caps_caseops_v1_reserved",
-        None,
-        "folder of fineweb_{train,val}_*.bin shards (and fineweb_val_bytes_* sidecars)",
-    ),
-    (
-        "TOKENIZER_PATH",
-        str,
-        "./data/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model",
-        None,
-        "SentencePiece model the shards were encoded with",
-    ),
+    ("DATA_PATH", str, f"./data/datasets/fineweb10B_{CASEOPS}", None, "fineweb_{train,val,val_bytes}_*.bin folder"),
+    ("TOKENIZER_PATH", str, f"./data/tokenizers/fineweb_8192_bpe_{CASEOPS[7:]}.model", None, "SentencePiece model"),
     ("RUN_ID", str, "", None, "name of the run's log and artifact (default: a fresh uuid)"),
     ("LOG_DIR", str, "logs", None, "where <RUN_ID>.txt and <RUN_ID>.ptz are written"),
     ("SEED", int, 1337, (0, 2**31 - 1), "seed of the model init and every random choice"),
@@ -139,7 +128,8 @@ HPARAMS = (
     # quantization
     ("GPTQ", int, 1, (0, 1), "GPTQ with calibration Hessians (0: round to nearest)"),
     ("GPTQ_CALIBRATION_BATCHES", int, 16, (1, 10**6), "training batches read for the Hessians (inside the cap)"),
-    ("GPTQ_DAMP", float, 0.01, (0.0, 1.0), "GPTQ damping, as a fraction of the mean Hessian diagonal"),
+    ("GPTQ_DAMP", float, 0.01, (0.0, 100.0), "GPTQ damping, as a fraction of the mean Hessian diagonal"),
+    ("GPTQ_EMBED_DAMP", float, 0.1, (0.0, 100.0), "damping for the tied embedding, which is also the input table"),
     ("ATTN_BITS", int, 6, (2, 8), "bits of the attention matrices"),
     ("ATTN_CLIP_SIGMAS", float, 13.0, (0.1, 1000.0), "attention row clip = this x row std"),
     ("MLP_BITS", int, 6, (2, 8), "bits of the MLP matrices"),
@@ -148,7 +138,7 @@ HPARAMS = (
     ("EMBED_CLIP_SIGMAS", float, 14.0, (0.1, 1000.0), "embedding row clip = this x row std"),
     ("LQER_TOP_K", int, 3, (0, 10**4), "tensors with the largest quantization error that get a low-rank repair"),
     ("LQER_RANK", int, 4, (1, 64), "rank of the LQER repair"),
-    ("AWQ_GROUP", int, 64, (0, 4096), "width of the most salient column group kept at int8 (0: off)"),
+    ("AWQ_GROUP", int, 0, (0, 4096), "width of the most salient column group kept at int8 (0: off; e.g. 64)"),
 )
 
 
@@ -927,7 +917,8 @@ def quantize_model(state: dict[str, Tensor], hessians: dict | None, hp: Hyperpar
             bits, sigmas = class_bits(hp, cls)
             H = hessians.get(name) if hessians and hp.gptq else None
             group = salient_group(W, H, hp.awq_group) if hp.awq_group else -1
-            q, scale = gptq_quantize(W, H, 2 ** (bits - 1) - 1, sigmas, group, hp.awq_group, hp.gptq_damp)
+            damp = hp.gptq_embed_damp if cls == "embed" else hp.gptq_damp  # the head's H ignores the input role
+            q, scale = gptq_quantize(W, H, 2 ** (bits - 1) - 1, sigmas, group, hp.awq_group, damp)
             meta = dict(cls=cls, bits=bits, group=group, width=hp.awq_group)
             packed[name] = ("gptq", {"q": q.to(torch.int8).cpu().numpy(), "scale": scale.half().cpu().numpy()}, meta)
             residual[name] = W - dequantize_entry(*packed[name], device=W.device)
@@ -966,8 +957,8 @@ class ArtifactError(ValueError):
 
 
 def serialize(packed: dict, method: str) -> tuple[bytes, dict[str, int]]:
-    """(blob, compressed bytes per stream). Quantized matrices are stored column-major, one stream per class,
-    so neighbouring bytes come from one input channel; the compressor is tried per request ("best": all)."""
+    """(blob, compressed bytes per stream): one stream per tensor class, so each compressor context sees one
+    kind of symbol. Matrices stay row-major: column-major measured ~1 KB larger (bench note, issue 4)."""
     if method == "best":
         return min((serialize(packed, m) for m in COMPRESSORS), key=lambda r: len(r[0]))
     streams: dict[str, io.BytesIO] = {}
@@ -976,7 +967,7 @@ def serialize(packed: dict, method: str) -> tuple[bytes, dict[str, int]]:
         refs = []
         for key, a in arrays.items():
             stream = meta.get("cls", "rest") if key == "q" else "rest"
-            a = np.ascontiguousarray(a.T if key == "q" else a)
+            a = np.ascontiguousarray(a)
             buf = streams.setdefault(stream, io.BytesIO())
             refs.append([key, stream, buf.tell(), a.dtype.str, list(a.shape)])
             buf.write(a.tobytes())
@@ -1015,7 +1006,7 @@ def deserialize(blob: bytes) -> dict:
         arrays = {}
         for key, stream, offset, dtype, shape in refs:
             a = np.frombuffer(raw[stream], dtype=np.dtype(dtype), count=math.prod(shape), offset=offset)
-            arrays[key] = a.reshape(shape).T if key == "q" else a.reshape(shape)
+            arrays[key] = a.reshape(shape)
         packed[name] = (kind, arrays, meta)
     return packed
 
@@ -1023,12 +1014,14 @@ def deserialize(blob: bytes) -> dict:
 def estimate_model_bytes(model: nn.Module, hp: Hyperparameters) -> int:
     """Expected compressed size if weights are Gaussian: a symbol at step k*sigma/qmax carries about
     log2(sqrt(2*pi*e) * qmax / k) bits, plus fp16 row scales and fp16 small tensors."""
-    total = 0.0
+    total, entropy = 0.0, lambda qmax, sigmas: math.log2(math.sqrt(2 * math.pi * math.e) * qmax / sigmas)
     for name, t in model.state_dict().items():
         if quant_class(name):
             bits, sigmas = class_bits(hp, quant_class(name))
-            total += t.numel() * math.log2(math.sqrt(2 * math.pi * math.e) * (2 ** (bits - 1) - 1) / sigmas) / 8
-            total += 2 * t.size(0)
+            cols, width = t.size(1), hp.awq_group
+            awq = width / cols if width and cols % width == 0 and cols > width else 0
+            per_weight = (1 - awq) * entropy(2 ** (bits - 1) - 1, sigmas) + awq * entropy(127, sigmas)
+            total += t.numel() * per_weight / 8 + 2 * t.size(0)
         else:
             total += 2 * t.numel()
     return int(total)
@@ -1066,10 +1059,10 @@ def setup_distributed():
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    if world > 1:
-        dist.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
-        )
+    if world > 1 and device.type == "cuda":
+        dist.init_process_group("nccl", device_id=device)
+    elif world > 1:
+        dist.init_process_group("gloo")
     return rank, world, local, device
 
 

@@ -134,14 +134,16 @@ def test_container_round_trip_is_exact_and_refuses_damage(trained):
     assert len(best) == min(len(tg.serialize(packed, m)[0]) for m in tg.COMPRESSORS)
 
 
-def test_column_major_layout_compresses_better(trained):
-    """The container stores quantized matrices transposed; keep it only while it measurably helps."""
+def test_row_major_layout_is_not_larger_than_column_major(trained):
+    """The container keeps quantized matrices row-major; transposing them measured larger (keep it so)."""
     hp, model, hessians = trained
     packed = tg.quantize_model(model.state_dict(), hessians, hp, log=lambda _: None)
     qs = [a["q"] for kind, a, _ in packed.values() if kind == "gptq"]
     row_major = len(tg.brotli.compress(b"".join(q.tobytes() for q in qs), quality=11))
     col_major = len(tg.brotli.compress(b"".join(np.ascontiguousarray(q.T).tobytes() for q in qs), quality=11))
-    assert col_major < row_major
+    assert row_major <= col_major
+    blob, sizes = tg.serialize(packed, "brotli")
+    assert sum(sizes[c] for c in ("embed", "attn", "mlp")) <= row_major + 3 * 64  # the streams are laid out so
 
 
 def test_calibration_reads_training_shards_only(trained, monkeypatch, small_dataset, tmp_path):
