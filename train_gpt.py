@@ -990,7 +990,10 @@ def deserialize(blob: bytes) -> dict:
     head, pos = blob[13 : 13 + n], 13 + n
     if len(head) != n or zlib.crc32(head) != crc:
         raise ArtifactError("artifact header is truncated or corrupt (length or checksum mismatch)")
-    header = json.loads(decompress(head))
+    try:
+        header = json.loads(decompress(head))
+    except Exception as e:  # a checksum collision, or a blob from another tool: still a clear refusal
+        raise ArtifactError(f"artifact header does not decode: {e}") from None
     if pos + sum(clen for _, clen, _, _ in header["streams"]) != len(blob):
         raise ArtifactError(f"artifact is {len(blob)} bytes, its header declares a different length (truncated?)")
     raw = {}
