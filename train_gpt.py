@@ -10,6 +10,7 @@ Every knob is an environment variable (the Hyperparameters class below); the REA
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
@@ -124,6 +125,18 @@ HPARAMS = (
     ("VAL_BATCH_SIZE", int, 524288, (1, 2**31), "evaluation tokens per forward over all ranks"),
     ("EVAL_SEQ_LEN", int, 2048, (2, 65536), "evaluation window length"),
     ("EVAL_STRIDE", int, 64, (0, 65536), "sliding-window stride inside each document (0: doc-masked chunks only)"),
+    ("EVAL_ONLY", str, "", None, "path of an artifact to evaluate without training"),
+    ("EVAL_MAX_SECONDS", float, 600.0, (0.0, 1e7), "evaluation budget after training stops; over it is reported"),
+    ("TTT_ENABLED", int, 1, (0, 1), "score the artifact with score-first LoRA test-time training"),
+    ("TTT_BATCH_DOCS", int, 64, (1, 4096), "documents per TTT batch (one adapter set each)"),
+    ("TTT_CHUNK", int, 48, (1, 65536), "tokens scored, then trained on, per TTT step"),
+    ("TTT_CONTEXT", int, 2048, (1, 65536), "most tokens of the document's own context a chunk sees"),
+    ("TTT_LR", float, 1e-4, (0.0, 10.0), "TTT AdamW learning rate"),
+    ("TTT_BETA2", float, 0.99, (0.0, 1.0), "TTT AdamW beta2 (beta1 is 0)"),
+    ("TTT_WD", float, 0.5, (0.0, 100.0), "TTT AdamW weight decay"),
+    ("TTT_WARM_A", int, 1, (0, 1), "keep the adapters' A across batches (B always restarts at zero)"),
+    ("TTT_LORA_RANK", int, 80, (1, 4096), "rank of the per-document test-time LoRA adapters"),
+    ("TTT_LORA_ALPHA", float, 144.0, (0.0, 1e6), "LoRA output scale = alpha / rank"),
     ("EXPORT_COMPRESSOR", str, "brotli", ("brotli", "zlib", "zstd", "lzma", "best"), "artifact compressor"),
     # quantization
     ("GPTQ", int, 1, (0, 1), "GPTQ with calibration Hessians (0: round to nearest)"),
@@ -475,6 +488,37 @@ def virtual_layer_order(num_layers: int, loop_start: int, loop_end: int, num_loo
     return list(range(loop_start)) + segment * (1 + num_loops) + list(range(loop_end + 1, num_layers))
 
 
+def adapted(linear: nn.Module, x: Tensor, adapter, key: str) -> Tensor:
+    """linear(x), plus the test-time adapter's low-rank delta when there is one."""
+    return linear(x) if adapter is None else linear(x) + adapter(key, x)
+
+
+class LoRA(nn.Module):
+    """Test-time adapters, one set per document (row b of the batch uses set b) and per virtual layer: deltas
+    on Q, K, V, the attention output, the MLP output, and the LM head. B starts at zero: a fresh set is the
+    base model exactly. `rows` picks the documents of the batch being run."""
+
+    def __init__(self, hp: Hyperparameters, n_docs: int, n_virtual: int):
+        super().__init__()
+        d, r, kv = hp.model_dim, hp.ttt_lora_rank, hp.num_kv_heads * (hp.model_dim // hp.num_heads)
+        dims = {"q": (d, d), "k": (d, kv), "v": (d, kv), "o": (d, d), "mlp": (d, d), "head": (d, hp.vocab_size)}
+        layers = {k: 1 if k == "head" else n_virtual for k in dims}
+        self.A = nn.ParameterDict(
+            {k: nn.Parameter(torch.randn(layers[k], n_docs, i, r) / math.sqrt(i)) for k, (i, _) in dims.items()}
+        )
+        self.B = nn.ParameterDict({k: nn.Parameter(torch.zeros(layers[k], n_docs, r, o)) for k, (_, o) in dims.items()})
+        self.scale, self.rows = hp.ttt_lora_alpha / r, None
+
+    def at(self, v: int):
+        def delta(key: str, x: Tensor) -> Tensor:
+            A, B = self.A[key][v], self.B[key][v]
+            if self.rows is not None:
+                A, B = A[self.rows], B[self.rows]
+            return (x @ A.to(x.dtype)) @ B.to(x.dtype) * self.scale
+
+        return delta
+
+
 class Linear(nn.Linear):
     """Bias-free; weights stay fp32 and autocast runs the matmul in bf16 on CUDA."""
 
@@ -498,18 +542,18 @@ class Attention(nn.Module):
         self.gate_scale, self.gate_window = hp.sparse_attn_gate_scale, hp.gate_window
         self.gate_w = nn.Parameter(torch.zeros(self.h, hp.gate_window)) if hp.sparse_attn_gate else None
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], layout: DocLayout) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], layout: DocLayout, adapter=None) -> Tensor:
         B, T, d = x.shape
-        v = self.c_v(x).view(B, T, self.kv, self.hd)
-        q = apply_partial_rope(rms_norm(self.c_q(x).view(B, T, self.h, self.hd)), *rope)
-        k = apply_partial_rope(rms_norm(self.c_k(x).view(B, T, self.kv, self.hd)), *rope)
+        v = adapted(self.c_v, x, adapter, "v").view(B, T, self.kv, self.hd)
+        q = apply_partial_rope(rms_norm(adapted(self.c_q, x, adapter, "q").view(B, T, self.h, self.hd)), *rope)
+        k = apply_partial_rope(rms_norm(adapted(self.c_k, x, adapter, "k").view(B, T, self.kv, self.hd)), *rope)
         q = q * self.q_gain.to(q.dtype)[:, None]
         y = attend(q.to(v.dtype), k.to(v.dtype), v, layout)
         if self.xsa:
             y = exclusive_self_attention(y, v)
         if self.gate_w is not None:  # zero init: every head starts at sigmoid(0) = 0.5
             y = y * torch.sigmoid(self.gate_scale * F.linear(x[..., : self.gate_window], self.gate_w))[..., None]
-        return self.proj(y.reshape(B, T, d))
+        return adapted(self.proj, y.reshape(B, T, d), adapter, "o")
 
 
 class MLP(nn.Module):
@@ -519,8 +563,9 @@ class MLP(nn.Module):
         self.fc, self.proj = Linear(hp.model_dim, hidden), Linear(hidden, hp.model_dim, init="zero")
         self.slope = 0.5 if hp.mlp_act == "leaky_relu2" else 0.0
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(F.leaky_relu(self.fc(x), self.slope).square())
+    def forward(self, x: Tensor, adapter=None) -> Tensor:
+        y = self.proj(F.leaky_relu(self.fc(x), self.slope).square())
+        return y if adapter is None else y + adapter("mlp", x)
 
 
 class Block(nn.Module):
@@ -537,13 +582,13 @@ class Block(nn.Module):
         self.parallel = layer >= hp.parallel_start_layer
         self.lane_post = nn.Parameter(torch.ones(2, 2)) if self.parallel else None
 
-    def forward(self, x: Tensor, x0: Tensor, lane1: Tensor | None, rope, layout: DocLayout):
+    def forward(self, x: Tensor, x0: Tensor, lane1: Tensor | None, rope, layout: DocLayout, adapter=None):
         x = self.resid_mix[0] * x + self.resid_mix[1] * x0
-        a = self.attn_scale * self.attn(rms_norm(x) * self.ln_scale, rope, layout)
+        a = self.attn_scale * self.attn(rms_norm(x) * self.ln_scale, rope, layout, adapter)
         if not self.parallel:
             x = x + a
-            return x + self.mlp_scale * self.mlp(rms_norm(x) * self.ln_scale), None
-        m = self.mlp_scale * self.mlp(rms_norm(lane1) * self.ln_scale)
+            return x + self.mlp_scale * self.mlp(rms_norm(x) * self.ln_scale, adapter), None
+        m = self.mlp_scale * self.mlp(rms_norm(lane1) * self.ln_scale, adapter)
         p = self.lane_post
         return x + p[0, 0] * a + p[0, 1] * m, lane1 + p[1, 0] * a + p[1, 1] * m
 
@@ -581,7 +626,7 @@ class GPT(nn.Module):
         hp = self.hp
         return virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops if self.looping else 0)
 
-    def hidden(self, idx: Tensor, layout: DocLayout) -> Tensor:
+    def hidden(self, idx: Tensor, layout: DocLayout, lora: LoRA | None = None) -> Tensor:
         """Final normed hidden states; U-Net: the first half of the virtual layers push skips, the second
         half pops them (last in, first out)."""
         e = self.tok_emb(idx)
@@ -599,19 +644,20 @@ class GPT(nn.Module):
             block = self.blocks[layer]
             if block.parallel and lane1 is None:
                 lane1 = x
-            x, lane1 = block(x, x0, lane1, rope, layout)
+            x, lane1 = block(x, x0, lane1, rope, layout, None if lora is None else lora.at(i))
             if i < n_enc:
                 skips.append(x)
         return rms_norm(x if lane1 is None else 0.5 * (x + lane1))
 
-    def logits(self, h: Tensor) -> Tensor:
-        z = F.linear(h, self.tok_emb.weight.to(h.dtype)).float()
+    def logits(self, h: Tensor, lora: LoRA | None = None) -> Tensor:
+        z = F.linear(h, self.tok_emb.weight.to(h.dtype))
+        z = (z if lora is None else z + lora.at(0)("head", h)).float()
         c = self.hp.logit_softcap
         return c * torch.tanh(z / c) if c > 0 else z
 
-    def forward(self, idx: Tensor, targets: Tensor, layout: DocLayout) -> Tensor:
+    def forward(self, idx: Tensor, targets: Tensor, layout: DocLayout, lora: LoRA | None = None) -> Tensor:
         """Per-token negative log-likelihood in nats, float32 [B, T]."""
-        z = self.logits(self.hidden(idx, layout))
+        z = self.logits(self.hidden(idx, layout, lora), lora)
         return F.cross_entropy(z.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
 
 
@@ -738,11 +784,9 @@ def eval_segments(tokens: np.ndarray, seq_len: int, stride: int) -> list[tuple[i
     n_inputs = len(tokens) - 1
     if stride == 0:
         return [(s, min(seq_len, n_inputs - s), 0) for s in range(0, n_inputs, seq_len)]
-    bounds = np.flatnonzero(tokens[:n_inputs] == BOS_ID).tolist()
-    bounds = ([0] if not bounds or bounds[0] != 0 else []) + bounds + [n_inputs]
     segs = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        end = min(a + seq_len, b)
+    for a, n in doc_spans(tokens):
+        b, end = a + n, min(a + seq_len, a + n)
         segs.append((a, end - a, 0))
         while end < b:
             new_end = min(end + stride, b)
@@ -750,6 +794,14 @@ def eval_segments(tokens: np.ndarray, seq_len: int, stride: int) -> list[tuple[i
             segs.append((start, new_end - start, end - start))
             end = new_end
     return segs
+
+
+def doc_spans(tokens: np.ndarray) -> list[tuple[int, int]]:
+    """(first input position, number of targets) per document: its tokens after BOS, then the next BOS."""
+    n = len(tokens) - 1
+    starts = np.flatnonzero(tokens[:n] == BOS_ID).tolist()
+    starts = ([0] if not starts or starts[0] != 0 else []) + starts
+    return [(a, b - a) for a, b in zip(starts, starts[1:] + [n])]
 
 
 def pack_rows(segs: list[tuple[int, int, int]], seq_len: int) -> list[list[tuple[int, int, int]]]:
@@ -797,11 +849,67 @@ def evaluate(model, val: ValData, hp: Hyperparameters, stride: int, backend: str
         with autocast(device):
             nll = model(x, y, make_layout(x, backend, starts)).double()
         sums += torch.stack([(nll * score).sum(), score.sum().double(), (nbytes * score).sum().double()])
+    return bpb_result(sums, world)
+
+
+def bpb_result(sums: Tensor, world: int) -> dict:
+    """Loss and BPB from the float64 sums (NLL in nats, scored targets, original bytes) over all ranks."""
     if world > 1:
         dist.all_reduce(sums)
     loss_sum, count, byte_sum = sums.tolist()
     bpb = loss_sum / math.log(2) / byte_sum
     return dict(val_loss=loss_sum / count, val_bpb=bpb, tokens=int(count), bytes=int(byte_sum))
+
+
+def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, device, rank=0, world=1, record=None):
+    """Score-first test-time training. Documents, longest first, in batches of TTT_BATCH_DOCS (one LoRA set
+    each); each is walked in TTT_CHUNK-token chunks with at most TTT_CONTEXT tokens of its own context.
+    A chunk's loss and bytes are added to the totals first; only then does one AdamW step train on it, and
+    never on a document's last chunk. B and the optimizer restart with every batch (A stays warm if asked).
+    record(target_positions, nll), when given, sees every scored target (the legality tests use it)."""
+    docs = doc_spans(val.tokens)
+    order = sorted(range(len(docs)), key=lambda i: -docs[i][1])
+    batches = [order[i : i + hp.ttt_batch_docs] for i in range(0, len(order), hp.ttt_batch_docs)][rank::world]
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    lora = LoRA(hp, hp.ttt_batch_docs, len(model.virtual_layers())).to(device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for batch in batches:
+        with torch.no_grad():
+            for k in lora.B:
+                lora.B[k].zero_()
+                if not hp.ttt_warm_a:
+                    lora.A[k].normal_().div_(math.sqrt(lora.A[k].size(-2)))
+        opt = torch.optim.AdamW(lora.parameters(), lr=hp.ttt_lr, betas=(0.0, hp.ttt_beta2), eps=1e-10,
+                                weight_decay=hp.ttt_wd)  # fmt: skip
+        for c0 in range(0, docs[batch[0]][1], hp.ttt_chunk):
+            rows = [j for j, d in enumerate(batch) if docs[d][1] > c0]
+            spans = []  # (start, length, score_from) in the stream, and whether it is the document's last chunk
+            for j in rows:
+                a, n = docs[batch[j]]
+                end = min(c0 + hp.ttt_chunk, n)
+                lo = max(0, end - hp.ttt_context)
+                spans.append(((a + lo, end - lo, c0 - lo), end == n))
+            width = max(seg[1] for seg, _ in spans)
+            arrays = row_arrays([[seg] for seg, _ in spans], val, width)
+            x, y, starts, score, nbytes = (torch.from_numpy(t).to(device) for t in arrays)
+            lora.rows = torch.tensor(rows, device=device)
+            with autocast(device):
+                nll = model(x, y, make_layout(x, backend, starts), lora)
+            scored = nll.detach().double() * score
+            sums += torch.stack([scored.sum(), score.sum().double(), (nbytes * score).sum().double()])
+            if record is not None:
+                for r, ((start, length, frm), _) in enumerate(spans):
+                    record(np.arange(start + 1 + frm, start + 1 + length), nll[r, frm:length].detach().cpu().numpy())
+            learn = score & torch.tensor([not last for _, last in spans], device=device)[:, None]
+            if learn.any():  # after scoring: the step only ever trains on targets already counted
+                ((nll * learn).sum(1) / learn.sum(1).clamp_min(1)).sum().backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+    for p in frozen:
+        p.requires_grad_(True)
+    return bpb_result(sums, world)
 
 
 def autocast(device):
@@ -1278,20 +1386,26 @@ def main():
     log(f"model_params:{n_params} attn_backend:{backend} grad_accum_steps:{accum} "
         f"micro_batch_tokens:{hp.train_batch_tokens // (world * accum)} virtual_layers_looped:"
         f"{virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops)}")  # fmt: skip
+    if hp.eval_only:  # score a saved artifact: the clock starts before it is read
+        clock = EvalClock()
+        with clock("load"):
+            blob = Path(hp.eval_only).read_bytes()
+        finals = score_artifact(blob, hp, val, backend, rank, world, device, log, clock)
+        return finish(log, hp, clock, finals, world)
     compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log)
     stats = train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log)
+    clock = EvalClock()  # everything after training stops counts as evaluation
     log(f"train_done steps:{stats['steps']} train_time_ms:{stats['train_ms']:.0f} tokens:{stats['tokens']} "
         f"tokens_per_s:{stats['tokens'] / max(stats['train_ms'], 1e-9) * 1000:.0f}")  # fmt: skip
     if device.type == "cuda":
         log(f"peak_memory_mib:{torch.cuda.max_memory_allocated() // 2**20}")
     model.looping = hp.num_loops > 0
-    pre = evaluate_all(step_model, val, hp, backend, rank, world, device, log, "prequant")
-
-    t0 = time.perf_counter()
-    blob, sizes = serialize(quantize_model(model.state_dict(), stats["hessians"], hp, log), hp.export_compressor)
-    code = len(source)
-    parts = " ".join(f"{k}:{v}" for k, v in sizes.items())
-    log(f"quantize_time_ms:{1000 * (time.perf_counter() - t0):.0f} model_bytes:{len(blob)} streams {parts}")
+    with clock("prequant_eval"):
+        pre = evaluate_all(step_model, val, hp, backend, rank, world, device, log, "prequant")
+    with clock("quantize"):
+        blob, sizes = serialize(quantize_model(model.state_dict(), stats["hessians"], hp, log), hp.export_compressor)
+    code, parts = len(source), " ".join(f"{k}:{v}" for k, v in sizes.items())
+    log(f"quantize_time_ms:{1000 * clock.parts['quantize']:.0f} model_bytes:{len(blob)} streams {parts}")
     if code + len(blob) > ARTIFACT_BUDGET:
         raise ArtifactError(f"artifact {code + len(blob)} bytes > {ARTIFACT_BUDGET}: code {code} + model {len(blob)} "
                             f"({parts})")  # fmt: skip
@@ -1300,15 +1414,58 @@ def main():
         tmp = artifact.with_suffix(".ptz.tmp")
         tmp.write_bytes(blob)
         tmp.replace(artifact)
-    fresh = GPT(hp).to(device)  # the score comes from a model rebuilt from the artifact bytes alone
-    fresh.load_state_dict(dequantize_model(deserialize(blob), device), strict=True)
-    fresh.looping = hp.num_loops > 0
-    post = evaluate_all(maybe_compile(fresh, hp, device), val, hp, backend, rank, world, device, log, "roundtrip")
-    log(f"final_prequant_exact val_loss:{pre['val_loss']:.8f} val_bpb:{pre['val_bpb']:.8f}")
-    log(f"final_roundtrip_exact val_loss:{post['val_loss']:.8f} val_bpb:{post['val_bpb']:.8f}")
-    log(f"artifact_bytes:{code + len(blob)} code_bytes:{code} model_bytes:{len(blob)} "
-        f"bits_per_param:{8 * len(blob) / n_params:.3f} artifact:{artifact}")  # fmt: skip
-    log(f"step_avg_ms:{stats['step_avg_ms']:.2f} steps:{stats['steps']} train_tokens:{stats['tokens']}")
+    finals = [f"final_prequant_exact val_loss:{pre['val_loss']:.8f} val_bpb:{pre['val_bpb']:.8f}"]
+    finals += score_artifact(blob, hp, val, backend, rank, world, device, log, clock)
+    finals.append(f"artifact_bytes:{code + len(blob)} code_bytes:{code} model_bytes:{len(blob)} "
+                  f"bits_per_param:{8 * len(blob) / n_params:.3f} artifact:{artifact}")  # fmt: skip
+    finals.append(f"step_avg_ms:{stats['step_avg_ms']:.2f} steps:{stats['steps']} train_tokens:{stats['tokens']}")
+    finish(log, hp, clock, finals, world)
+
+
+class EvalClock:
+    """Seconds by part since training stopped (or since an EVAL_ONLY run began)."""
+
+    def __init__(self):
+        self.t0, self.parts = time.perf_counter(), {}
+
+    @contextlib.contextmanager
+    def __call__(self, part: str):
+        t = time.perf_counter()
+        yield
+        self.parts[part] = self.parts.get(part, 0.0) + time.perf_counter() - t
+
+
+def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, clock) -> list[str]:
+    """The official evaluation: a fresh model built from the artifact bytes alone, scored plainly and, with
+    TTT_ENABLED, by score-first test-time training. Returns its final lines."""
+    with clock("load"):
+        fresh = GPT(hp).to(device)
+        fresh.load_state_dict(dequantize_model(deserialize(blob), device), strict=True)
+        fresh.looping = hp.num_loops > 0
+        scorer = maybe_compile(fresh, hp, device)
+    if scorer is not fresh:
+        with clock("compile_warmup"), torch.no_grad(), autocast(device):  # random tokens, never validation ones
+            rows = max(1, hp.val_batch_size // (hp.eval_seq_len * world))
+            x = torch.randint(2, hp.vocab_size, (rows, hp.eval_seq_len), device=device)
+            scorer(x, x, make_layout(x, backend))
+    with clock("roundtrip_eval"):
+        post = evaluate_all(scorer, val, hp, backend, rank, world, device, log, "roundtrip")
+    finals = [f"final_roundtrip_exact val_loss:{post['val_loss']:.8f} val_bpb:{post['val_bpb']:.8f}"]
+    if hp.ttt_enabled:
+        with clock("ttt_eval"):
+            ttt = ttt_evaluate(fresh, val, hp, backend, device, rank, world)
+        log_eval(log, "ttt_eval", ttt, 1000 * clock.parts["ttt_eval"])
+        finals.append(f"final_ttt_exact val_loss:{ttt['val_loss']:.8f} val_bpb:{ttt['val_bpb']:.8f}")
+    return finals
+
+
+def finish(log, hp, clock: EvalClock, finals: list[str], world: int):
+    total = time.perf_counter() - clock.t0
+    for line in finals:
+        log(line)
+    log(f"eval_time_s:{total:.2f} " + " ".join(f"{k}:{v:.2f}" for k, v in clock.parts.items()))
+    if total > hp.eval_max_seconds:
+        log(f"eval_time_violation: {total:.1f} s after training > EVAL_MAX_SECONDS={hp.eval_max_seconds:g}")
     if world > 1:
         dist.destroy_process_group()
 

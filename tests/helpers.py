@@ -26,6 +26,10 @@ TINY = {  # the architecture of the flagship at toy size: every technique on
     "VAL_BATCH_SIZE": "4096",
     "ITERATIONS": "4",
     "TRAIN_LOG_EVERY": "1",
+    "TTT_ENABLED": "0",  # the TTT tests switch it on, on short documents
+    "TTT_LORA_RANK": "4",
+    "TTT_CHUNK": "16",
+    "TTT_BATCH_DOCS": "3",
 }
 
 
