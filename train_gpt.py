@@ -866,7 +866,7 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
     each); each is walked in TTT_CHUNK-token chunks with at most TTT_CONTEXT tokens of its own context.
     A chunk's loss and bytes are added to the totals first; only then does one AdamW step train on it, and
     never on a document's last chunk. B and the optimizer restart with every batch (A stays warm if asked).
-    record(target_positions, nll), when given, sees every scored target (the legality tests use it)."""
+    record(target_positions, nll, lora, row), when given, sees every scored target before any step on it (tests)."""
     docs = doc_spans(val.tokens)
     order = sorted(range(len(docs)), key=lambda i: -docs[i][1])
     batches = [order[i : i + hp.ttt_batch_docs] for i in range(0, len(order), hp.ttt_batch_docs)][rank::world]
@@ -901,7 +901,8 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
             sums += torch.stack([scored.sum(), score.sum().double(), (nbytes * score).sum().double()])
             if record is not None:
                 for r, ((start, length, frm), _) in enumerate(spans):
-                    record(np.arange(start + 1 + frm, start + 1 + length), nll[r, frm:length].detach().cpu().numpy())
+                    record(np.arange(start + 1 + frm, start + 1 + length), nll[r, frm:length].detach().cpu().numpy(),
+                           lora, rows[r])  # fmt: skip
             learn = score & torch.tensor([not last for _, last in spans], device=device)[:, None]
             if learn.any():  # after scoring: the step only ever trains on targets already counted
                 ((nll * learn).sum(1) / learn.sum(1).clamp_min(1)).sum().backward()
