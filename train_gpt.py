@@ -11,6 +11,7 @@ Every knob is an environment variable (the Hyperparameters class below); the REA
 from __future__ import annotations
 
 import contextlib
+import copy
 import glob
 import io
 import json
@@ -767,7 +768,8 @@ class EMA:
         torch._foreach_lerp_(list(self.shadow.values()), [state[k].float() for k in self.shadow], 1 - self.decay)
 
     def copy_to(self, model: nn.Module):
-        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+        dtypes = {k: v.dtype for k, v in model.state_dict().items()}  # built once, not once per tensor
+        model.load_state_dict({k: v.to(dtypes[k]) for k, v in self.shadow.items()})
 
 
 # -----------------------------------------------------------------------------
@@ -1203,7 +1205,7 @@ def sync_gradients(params: list[Tensor], world: int):
 
 def train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device) -> tuple[float, float]:
     """One optimizer step over the global batch: (mean loss, gradient norm before clipping)."""
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     micros = loader.next_batch(seq_len, device)
     total = torch.zeros((), device=device)
     for x, y in micros:
@@ -1240,8 +1242,7 @@ def compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accu
     if hp.warmup_steps == 0:
         return
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    states = [{k: v for k, v in opt.state_dict().items()} for opt in optimizers]
-    states = [torch.utils._pytree.tree_map(lambda t: t.clone() if isinstance(t, Tensor) else t, s) for s in states]
+    states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
     loader = TrainLoader(hp, rank, world, accum)
     lengths = [length for length, _ in hp.seq_len_schedule_parsed]
     for i in range(hp.warmup_steps):
