@@ -1,11 +1,6 @@
-"""Parameter Golf: train the best language model whose artifact (this file + compressed weights) fits in
-16,000,000 bytes, in 600 s on 8xH100, scored in bits per byte on the FineWeb validation set.
-
-    torchrun --standalone --nproc_per_node=8 train_gpt.py      # the flagship configuration (defaults)
-    python3 train_gpt.py                                        # one process (CPU or one GPU)
-
-Every knob is an environment variable (the Hyperparameters class below); the README lists the CPU and
-1-GPU configurations as overrides. One model forward serves training, evaluation and test-time training.
+"""Parameter Golf: the best language model whose artifact (this file + compressed weights) fits in 16,000,000
+bytes, trained in 600 s on 8xH100 and scored in bits per byte on FineWeb validation.
+    torchrun --standalone --nproc_per_node=8 train_gpt.py   # the flagship (defaults); every knob is an env var
 """
 
 from __future__ import annotations
@@ -56,7 +51,6 @@ except ImportError:
 # -----------------------------------------------------------------------------
 # Hyperparameters: every knob, read once from the environment and checked
 # -----------------------------------------------------------------------------
-
 # name, type, default, allowed (inclusive (lo, hi) range, or a tuple of choices), meaning
 CASEOPS = "sp8192_lossless_caps_caseops_v1_reserved"  # the flagship's data: data/download.py --variant caseops
 HPARAMS = (
@@ -138,6 +132,11 @@ HPARAMS = (
     ("TTT_WARM_A", int, 1, (0, 1), "keep the adapters' A across batches (B always restarts at zero)"),
     ("TTT_LORA_RANK", int, 80, (1, 4096), "rank of the per-document test-time LoRA adapters"),
     ("TTT_LORA_ALPHA", float, 144.0, (0.0, 1e6), "LoRA output scale = alpha / rank"),
+    ("TTT_PHASES", int, 3, (0, 64), "global SGD phases of the base model on documents already scored (0: none)"),
+    ("TTT_PHASE_DOCS", int, 2500, (1, 10**7), "scored documents the phases cover (boundaries at k/PHASES of it)"),
+    ("TTT_SGD_LR", float, 1e-3, (0.0, 10.0), "global SGD peak learning rate (cosine decay over each phase)"),
+    ("TTT_SGD_MOMENTUM", float, 0.9, (0.0, 1.0), "global SGD momentum"),
+    ("TTT_SGD_BATCH_TOKENS", int, 65536, (1, 2**30), "global SGD tokens per step over all ranks"),
     ("EXPORT_COMPRESSOR", str, "brotli", ("brotli", "zlib", "zstd", "lzma", "best"), "artifact compressor"),
     # quantization
     ("GPTQ", int, 1, (0, 1), "GPTQ with calibration Hessians (0: round to nearest)"),
@@ -182,9 +181,7 @@ class Hyperparameters:
             setattr(self, name.lower(), default if raw is None else _parse(name, typ, raw, allowed))
         self.run_id = self.run_id or uuid.uuid4().hex[:12]
         self.seq_len_schedule_parsed = parse_seq_len_schedule(self.seq_len_schedule, self.train_seq_len)
-        self._check()
 
-    def _check(self):
         def need(ok, what):
             if not ok:
                 raise HyperparameterError(what)
@@ -195,17 +192,10 @@ class Hyperparameters:
         need(self.rope_dims % 2 == 0 and self.rope_dims <= hd, f"ROPE_DIMS={self.rope_dims}: expected even, <= {hd}")
         need(self.gate_window <= self.model_dim, f"GATE_WINDOW={self.gate_window}: expected <= MODEL_DIM")
         if self.num_loops:
-            need(
-                self.loop_start <= self.loop_end < self.num_layers,
-                f"LOOP_START={self.loop_start}, LOOP_END={self.loop_end}: expected 0 <= start <= end < NUM_LAYERS",
-            )
-            need(
-                self.parallel_start_layer > self.loop_end,
-                f"PARALLEL_START_LAYER={self.parallel_start_layer}: expected > LOOP_END={self.loop_end}",
-            )
-
-    def items(self):
-        return [(name, getattr(self, name.lower())) for name, *_ in HPARAMS]
+            loops = f"LOOP_START={self.loop_start}, LOOP_END={self.loop_end}"
+            need(self.loop_start <= self.loop_end < self.num_layers, f"{loops}: expected start <= end < NUM_LAYERS")
+            need(self.parallel_start_layer > self.loop_end,
+                 f"PARALLEL_START_LAYER={self.parallel_start_layer}: expected > LOOP_END={self.loop_end}")  # fmt: skip
 
 
 def parse_seq_len_schedule(spec: str, default_len: int) -> list[tuple[int, float]]:
@@ -218,9 +208,7 @@ def parse_seq_len_schedule(spec: str, default_len: int) -> list[tuple[int, float
             length, until = part.split("@")
             out.append((int(length), float(until)))
         except ValueError:
-            raise HyperparameterError(
-                f"SEQ_LEN_SCHEDULE={spec!r}: expected len@fraction,... e.g. 1024@0.1,2048@1"
-            ) from None
+            raise HyperparameterError(f"SEQ_LEN_SCHEDULE={spec!r}: expected len@fraction,... e.g. 1024@0.1") from None
     fracs = [u for _, u in out]
     if fracs != sorted(fracs) or fracs[-1] != 1.0 or min(length for length, _ in out) < 2:
         raise HyperparameterError(f"SEQ_LEN_SCHEDULE={spec!r}: fractions must increase and end at 1.0, lengths >= 2")
@@ -234,7 +222,6 @@ def seq_len_at(schedule: list[tuple[int, float]], frac: float) -> int:
 # -----------------------------------------------------------------------------
 # Data: challenge shards, validation bytes, the training stream
 # -----------------------------------------------------------------------------
-
 SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
 BOS_ID = 1
 
@@ -352,8 +339,8 @@ class TrainLoader:
         self.total, self.first = hp.train_batch_tokens, rank * accum * self.micro
         self.span = accum * self.micro + 1
         self.queue: queue.Queue = queue.Queue(maxsize=2)
-        self.error: BaseException | None = None
-        self.closed = False
+        self.error: BaseException | None
+        self.error, self.closed = None, False
         threading.Thread(target=self._produce, daemon=True).start()
 
     def _produce(self):
@@ -375,19 +362,14 @@ class TrainLoader:
         span = self.queue.get()
         if span is None:
             raise self.error
-        span = span.to(device, non_blocking=True)
-        micros = []
-        for a in range(0, span.numel() - 1, self.micro):
-            x, y = span[a : a + self.micro], span[a + 1 : a + self.micro + 1]
-            micros.append((x.view(-1, seq_len), y.view(-1, seq_len)))
-        return micros
+        span, m = span.to(device, non_blocking=True), self.micro
+        cut = lambda a: span[a : a + m].view(-1, seq_len)
+        return [(cut(a), cut(a + 1)) for a in range(0, span.numel() - 1, m)]
 
 
 # -----------------------------------------------------------------------------
 # Attention over packed documents: a position attends to earlier positions of its own document
 # -----------------------------------------------------------------------------
-
-
 @dataclass
 class DocLayout:
     """Where attention segments begin in a [B, T] batch: at every BOS, at position 0 and wherever the caller
@@ -453,8 +435,6 @@ def attend(q: Tensor, k: Tensor, v: Tensor, layout: DocLayout) -> Tensor:
 # -----------------------------------------------------------------------------
 # Model
 # -----------------------------------------------------------------------------
-
-
 def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
@@ -499,16 +479,24 @@ class LoRA(nn.Module):
     on Q, K, V, the attention output, the MLP output, and the LM head. B starts at zero: a fresh set is the
     base model exactly. `rows` picks the documents of the batch being run."""
 
-    def __init__(self, hp: Hyperparameters, n_docs: int, n_virtual: int):
+    def __init__(self, hp: Hyperparameters, n_docs: int, n_virtual: int, seed: int = 0):
         super().__init__()
         d, r, kv = hp.model_dim, hp.ttt_lora_rank, hp.num_kv_heads * (hp.model_dim // hp.num_heads)
         dims = {"q": (d, d), "k": (d, kv), "v": (d, kv), "o": (d, d), "mlp": (d, d), "head": (d, hp.vocab_size)}
         layers = {k: 1 if k == "head" else n_virtual for k in dims}
-        self.A = nn.ParameterDict(
-            {k: nn.Parameter(torch.randn(layers[k], n_docs, i, r) / math.sqrt(i)) for k, (i, _) in dims.items()}
-        )
+        self.A = nn.ParameterDict({k: nn.Parameter(torch.empty(layers[k], n_docs, i, r)) for k, (i, _) in dims.items()})
         self.B = nn.ParameterDict({k: nn.Parameter(torch.zeros(layers[k], n_docs, r, o)) for k, (_, o) in dims.items()})
         self.scale, self.rows = hp.ttt_lora_alpha / r, None
+        self.reset(seed)
+
+    @torch.no_grad()
+    def reset(self, seed: int | None):
+        """B to zero; A redrawn from `seed` (the same on every rank, whatever the world size), or kept if None."""
+        g = None if seed is None else torch.Generator(self.A["q"].device).manual_seed(seed)
+        for k, A in self.A.items():
+            self.B[k].zero_()
+            if g is not None:
+                A.copy_(torch.randn(A.shape, generator=g, device=A.device) / math.sqrt(A.size(-2)))
 
     def at(self, v: int):
         def delta(key: str, x: Tensor) -> Tensor:
@@ -665,7 +653,6 @@ class GPT(nn.Module):
 # -----------------------------------------------------------------------------
 # Optimizers: Muon (MuonEq-R, Polar Express) for matrices, AdamW for the rest
 # -----------------------------------------------------------------------------
-
 POLAR_EXPRESS = (  # per-iteration minimax (a, b, c) of Polar Express, for a 2% safety margin on the norm
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
     (4.042929935166739, -2.808917465908714, 0.5000178451051316),
@@ -775,14 +762,10 @@ class EMA:
 # -----------------------------------------------------------------------------
 # Evaluation: exact bits per byte over every validation target, each scored once
 # -----------------------------------------------------------------------------
-
-
 def eval_segments(tokens: np.ndarray, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
-    """(start, length, score_from) windows over input positions 0..N-2 that score every target once.
-
-    stride 0: the stream cut into seq_len chunks (attention still stops at each BOS). stride > 0: each
-    document on its own; a document longer than seq_len is covered by windows that advance by `stride`,
-    each scoring only its new targets with up to seq_len tokens of the document as context."""
+    """(start, length, score_from) windows over input positions 0..N-2 that score every target once. stride 0:
+    the stream cut into seq_len chunks (attention still stops at each BOS). stride > 0: per document, windows
+    advancing by `stride`, each scoring only its new targets with up to seq_len tokens of context."""
     n_inputs = len(tokens) - 1
     if stride == 0:
         return [(s, min(seq_len, n_inputs - s), 0) for s in range(0, n_inputs, seq_len)]
@@ -846,12 +829,18 @@ def evaluate(model, val: ValData, hp: Hyperparameters, stride: int, backend: str
     per_batch = max(1, hp.val_batch_size // (hp.eval_seq_len * world))
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     for b in range(0, len(rows), per_batch):
-        arrays = row_arrays(rows[b : b + per_batch], val, hp.eval_seq_len)
-        x, y, starts, score, nbytes = (torch.from_numpy(a).to(device) for a in arrays)
-        with autocast(device):
-            nll = model(x, y, make_layout(x, backend, starts)).double()
-        sums += torch.stack([(nll * score).sum(), score.sum().double(), (nbytes * score).sum().double()])
+        sums += run_rows(model, rows[b : b + per_batch], val, hp.eval_seq_len, backend, device)[2]
     return bpb_result(sums, world)
+
+
+def run_rows(model, rows, val: ValData, width: int, backend: str, device, lora=None):
+    """Packed rows through the one model forward: per-token NLL, the score mask, and the float64 sums of the
+    scored targets' NLL (nats), their count and their original bytes."""
+    x, y, starts, score, nbytes = (torch.from_numpy(a).to(device) for a in row_arrays(rows, val, width))
+    with autocast(device):
+        nll = model(x, y, make_layout(x, backend, starts), lora)
+    scored = nll.detach().double() * score
+    return nll, score, torch.stack([scored.sum(), score.sum().double(), (nbytes * score).sum().double()])
 
 
 def bpb_result(sums: Tensor, world: int) -> dict:
@@ -863,56 +852,102 @@ def bpb_result(sums: Tensor, world: int) -> dict:
     return dict(val_loss=loss_sum / count, val_bpb=bpb, tokens=int(count), bytes=int(byte_sum))
 
 
-def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, device, rank=0, world=1, record=None):
-    """Score-first test-time training. Documents, longest first, in batches of TTT_BATCH_DOCS (one LoRA set
-    each); each is walked in TTT_CHUNK-token chunks with at most TTT_CONTEXT tokens of its own context.
-    A chunk's loss and bytes are added to the totals first; only then does one AdamW step train on it, and
-    never on a document's last chunk. B and the optimizer restart with every batch (A stays warm if asked).
-    record(target_positions, nll, lora, row), when given, sees every scored target before any step on it (tests)."""
+def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, device, rank=0, world=1, record=None,
+                 log=lambda msg: None):  # fmt: skip
+    """Score-first test-time training over documents, longest first, in batches of TTT_BATCH_DOCS (one LoRA
+    set each; ranks take a phase's batches round-robin). At each phase boundary the base model takes global
+    SGD on the documents scored so far, then adapters start afresh; the base model is restored at the end.
+    record(segments, nll, lora, rows), when given, sees every scored chunk before any step on it (tests)."""
     docs = doc_spans(val.tokens)
     order = sorted(range(len(docs)), key=lambda i: -docs[i][1])
-    batches = [order[i : i + hp.ttt_batch_docs] for i in range(0, len(order), hp.ttt_batch_docs)][rank::world]
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    lora = LoRA(hp, hp.ttt_batch_docs, len(model.virtual_layers())).to(device)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
-    for batch in batches:
-        with torch.no_grad():
-            for k in lora.B:
-                lora.B[k].zero_()
-                if not hp.ttt_warm_a:
-                    lora.A[k].normal_().div_(math.sqrt(lora.A[k].size(-2)))
-        opt = torch.optim.AdamW(lora.parameters(), lr=hp.ttt_lr, betas=(0.0, hp.ttt_beta2), eps=1e-10,
-                                weight_decay=hp.ttt_wd)  # fmt: skip
-        for c0 in range(0, docs[batch[0]][1], hp.ttt_chunk):
-            rows = [j for j, d in enumerate(batch) if docs[d][1] > c0]
-            spans = []  # (start, length, score_from) in the stream, and whether it is the document's last chunk
-            for j in rows:
-                a, n = docs[batch[j]]
-                end = min(c0 + hp.ttt_chunk, n)
-                lo = max(0, end - hp.ttt_context)
-                spans.append(((a + lo, end - lo, c0 - lo), end == n))
-            width = max(seg[1] for seg, _ in spans)
-            arrays = row_arrays([[seg] for seg, _ in spans], val, width)
-            x, y, starts, score, nbytes = (torch.from_numpy(t).to(device) for t in arrays)
-            lora.rows = torch.tensor(rows, device=device)
-            with autocast(device):
-                nll = model(x, y, make_layout(x, backend, starts), lora)
-            scored = nll.detach().double() * score
-            sums += torch.stack([scored.sum(), score.sum().double(), (nbytes * score).sum().double()])
-            if record is not None:
-                for r, ((start, length, frm), _) in enumerate(spans):
-                    record(np.arange(start + 1 + frm, start + 1 + length), nll[r, frm:length].detach().cpu().numpy(),
-                           lora, rows[r])  # fmt: skip
-            learn = score & torch.tensor([not last for _, last in spans], device=device)[:, None]
-            if learn.any():  # after scoring: the step only ever trains on targets already counted
-                ((nll * learn).sum(1) / learn.sum(1).clamp_min(1)).sum().backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-    for p in frozen:
-        p.requires_grad_(True)
+    batches = [order[i : i + hp.ttt_batch_docs] for i in range(0, len(order), hp.ttt_batch_docs)]
+    bounds = phase_boundaries(hp, len(docs), len(batches))
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()} if bounds else None
+    model.requires_grad_(False)  # the adapters learn; the base model only in global SGD
+    sums, lo, scored = torch.zeros(3, dtype=torch.float64, device=device), 0, []
+    for phase, (hi, n_docs) in enumerate([*bounds, (len(batches), None)]):
+        lora = LoRA(hp, hp.ttt_batch_docs, len(model.virtual_layers()), seed=hp.seed + phase).to(device)
+        for b in range(lo + rank, hi, world):
+            lora.reset(None if hp.ttt_warm_a else hp.seed + 7919 * (b + 1))
+            sums += ttt_batch(model, lora, val, [docs[d] for d in batches[b]], hp, backend, device, record)
+            scored += batches[b]
+        if n_docs is not None:  # every rank learns from the documents scored by all of them, cut to the boundary
+            t0 = time.perf_counter()
+            if world > 1:
+                gathered = [None] * world
+                dist.all_gather_object(gathered, scored)
+                scored = [d for part in gathered for d in part]
+            seen = set(scored)
+            done = [d for d in order if d in seen][:n_docs]
+            steps = global_sgd(model, val, [docs[d] for d in done], hp, backend, device, rank, world)
+            log(f"ttt_phase:{phase + 1}/{len(bounds)} docs:{len(done)} sgd_steps:{steps} "
+                f"time_ms:{1000 * (time.perf_counter() - t0):.0f}")  # fmt: skip
+        lo = hi
+    if base is not None:
+        model.load_state_dict(base)
+    model.requires_grad_(True)
     return bpb_result(sums, world)
+
+
+def phase_boundaries(hp: Hyperparameters, n_docs: int, n_batches: int) -> list[tuple[int, int]]:
+    """(batches scored before it, documents it trains on) per global SGD phase with unscored batches after it."""
+    docs = [min(hp.ttt_phase_docs, n_docs) * k // hp.ttt_phases for k in range(1, hp.ttt_phases + 1)]
+    ends = {-(-n // hp.ttt_batch_docs): n for n in docs}  # a batch end shared by two boundaries keeps the later
+    return [(hi, n) for hi, n in ends.items() if 0 < hi < n_batches]
+
+
+def ttt_batch(model, lora: LoRA, val: ValData, spans, hp, backend, device, record) -> Tensor:
+    """Each document walked in TTT_CHUNK-token chunks with at most TTT_CONTEXT tokens of its own context. A
+    chunk's loss and bytes are added to the sums first; only then does one AdamW step train the adapters on
+    it, and never on a document's last chunk. The optimizer restarts with every batch."""
+    opt = torch.optim.AdamW(lora.parameters(), lr=hp.ttt_lr, betas=(0.0, hp.ttt_beta2), eps=1e-10,
+                            weight_decay=hp.ttt_wd)  # fmt: skip
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for c0 in range(0, spans[0][1], hp.ttt_chunk):
+        rows = [j for j, (_, n) in enumerate(spans) if n > c0]
+        segs = []  # (start, length, score_from) in the stream, and whether it is the document's last chunk
+        for j in rows:
+            a, n = spans[j]
+            end = min(c0 + hp.ttt_chunk, n)
+            lo = max(0, end - hp.ttt_context)
+            segs.append(((a + lo, end - lo, c0 - lo), end == n))
+        lora.rows = torch.tensor(rows, device=device)
+        nll, score, chunk = run_rows(model, [[seg] for seg, _ in segs], val, max(s[1] for s, _ in segs), backend,
+                                     device, lora)  # fmt: skip
+        sums += chunk
+        if record is not None:
+            record([seg for seg, _ in segs], nll.detach().cpu().numpy(), lora, rows)
+        learn = score & torch.tensor([not last for _, last in segs], device=device)[:, None]
+        if learn.any():  # after scoring: the step only ever trains on targets already counted
+            ((nll * learn).sum(1) / learn.sum(1).clamp_min(1)).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    return sums
+
+
+def global_sgd(model: GPT, val: ValData, spans, hp: Hyperparameters, backend: str, device, rank: int, world: int):
+    """One epoch of full-parameter SGD (momentum, cosine decay, clip 1.0) on already-scored documents, cut into
+    doc-masked rows of TTT_CONTEXT tokens; each step's rows are split over ranks and gradients summed."""
+    L, params = hp.ttt_context, list(model.parameters())
+    rows = pack_rows([(a + o, min(L, n - o), 0) for a, n in spans for o in range(0, n, L)], L)
+    per_step = max(1, hp.ttt_sgd_batch_tokens // L)
+    steps = -(-len(rows) // per_step)
+    opt = torch.optim.SGD(params, lr=hp.ttt_sgd_lr, momentum=hp.ttt_sgd_momentum)
+    model.requires_grad_(True)
+    for s in range(steps):
+        opt.param_groups[0]["lr"] = hp.ttt_sgd_lr * 0.5 * (1 + math.cos(math.pi * s / steps))
+        step_rows = rows[s * per_step : (s + 1) * per_step]
+        targets = sum(seg[1] for row in step_rows for seg in row)  # over all ranks: the loss is their mean
+        mine = step_rows[rank::world]
+        if mine:
+            nll, score, _ = run_rows(model, mine, val, L, backend, device)
+            ((nll * score).sum() / targets).backward()
+        sync_gradients(params, world, average=False)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.requires_grad_(False)
+    return steps
 
 
 def autocast(device):
@@ -925,7 +960,6 @@ def autocast(device):
 # Quantization: GPTQ with per-row SD clipping, the most salient column group at int8 (AWQ-lite),
 # and low-rank repair of the worst tensors (LQER)
 # -----------------------------------------------------------------------------
-
 ARTIFACT_BUDGET = 16_000_000
 
 
@@ -1053,7 +1087,6 @@ def dequantize_model(packed: dict, device="cpu") -> dict[str, Tensor]:
 # -----------------------------------------------------------------------------
 # Artifact: our own container, one compressed stream per tensor class, checksums; never torch.load
 # -----------------------------------------------------------------------------
-
 ARTIFACT_MAGIC = b"PGA2"
 COMPRESSORS = {  # name -> (compress, decompress); the artifact stores the index of the name
     "brotli": (lambda b: brotli.compress(b, quality=11), brotli.decompress),
@@ -1115,14 +1148,8 @@ def deserialize(blob: bytes) -> dict:
         raw[name], pos = decompress(data), pos + clen
         if len(raw[name]) != rawlen:
             raise ArtifactError(f"artifact stream {name!r} decompressed to {len(raw[name])} bytes, not {rawlen}")
-    packed = {}
-    for name, kind, meta, refs in header["tensors"]:
-        arrays = {}
-        for key, stream, offset, dtype, shape in refs:
-            a = np.frombuffer(raw[stream], dtype=np.dtype(dtype), count=math.prod(shape), offset=offset)
-            arrays[key] = a.reshape(shape)
-        packed[name] = (kind, arrays, meta)
-    return packed
+    view = lambda stream, at, dtype, shape: np.frombuffer(raw[stream], dtype, math.prod(shape), at).reshape(shape)
+    return {name: (kind, {key: view(*ref) for key, *ref in refs}, meta) for name, kind, meta, refs in header["tensors"]}
 
 
 def estimate_model_bytes(model: nn.Module, hp: Hyperparameters) -> int:
@@ -1144,8 +1171,6 @@ def estimate_model_bytes(model: nn.Module, hp: Hyperparameters) -> int:
 # -----------------------------------------------------------------------------
 # Training
 # -----------------------------------------------------------------------------
-
-
 class Logger:
     """key:value lines to the console (rank 0) and to LOG_DIR/RUN_ID.txt."""
 
@@ -1173,10 +1198,9 @@ def setup_distributed():
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    if world > 1 and device.type == "cuda":
-        dist.init_process_group("nccl", device_id=device)
-    elif world > 1:
-        dist.init_process_group("gloo")
+    if world > 1:
+        cuda = device.type == "cuda"
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
     return rank, world, local, device
 
 
@@ -1185,20 +1209,21 @@ def grad_accum_steps(hp: Hyperparameters, world: int) -> int:
     micro = hp.train_batch_tokens / (world * accum)
     for length, _ in hp.seq_len_schedule_parsed:
         if micro != int(micro) or int(micro) % length:
-            raise HyperparameterError(
-                f"TRAIN_BATCH_TOKENS={hp.train_batch_tokens} over {world} ranks x {accum} micro-steps gives "
-                f"{micro:g} tokens, which must be a multiple of every sequence length ({length})"
-            )
+            msg = f"TRAIN_BATCH_TOKENS={hp.train_batch_tokens} over {world} ranks x {accum} micro-steps gives {micro:g}"
+            raise HyperparameterError(f"{msg} tokens, which must be a multiple of every sequence length ({length})")
     return accum
 
 
-def sync_gradients(params: list[Tensor], world: int):
-    """Average gradients over ranks with one flat all-reduce (no DDP: Muon shards its own work)."""
+def sync_gradients(params: list[Tensor], world: int, average: bool = True):
+    """Average (or sum) gradients over ranks with one flat all-reduce (no DDP: Muon shards its own work). A
+    parameter unused this step (skip slots before looping) gets a zero gradient, which keeps ranks in step."""
+    for p in params:
+        p.grad = torch.zeros_like(p) if p.grad is None else p.grad
     if world == 1:
         return
     flat = torch.cat([p.grad.flatten() for p in params])
     dist.all_reduce(flat)
-    flat /= world
+    flat /= world if average else 1
     for p, g in zip(params, flat.split([p.numel() for p in params])):
         p.grad.copy_(g.view_as(p))
 
@@ -1213,9 +1238,6 @@ def train_step(model, step_model, optimizers, loader, seq_len, backend, hp, worl
             loss = step_model(x, y, make_layout(x, backend)).mean()
         (loss / len(micros)).backward()
         total += loss.detach() / len(micros)
-    for p in params:
-        if p.grad is None:  # unused this step (e.g. skip slots before looping): a zero keeps ranks in step
-            p.grad = torch.zeros_like(p)
     sync_gradients(params, world)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, hp.grad_clip_norm or math.inf)
     for opt in optimizers:
@@ -1278,10 +1300,9 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
         last_ms = 1000 * (time.perf_counter() - t0)
         train_ms += last_ms
         if step % hp.train_log_every == 0 or step <= 5:
-            log(
-                f"step:{step}/{hp.iterations} train_loss:{loss:.6f} grad_norm:{grad_norm:.4f} lr_mul:{mul:.4f} "
-                f"seq_len:{seq_len} train_time_ms:{train_ms:.0f} step_avg_ms:{train_ms / step:.2f} tokens:{tokens}"
-            )
+            log(f"step:{step}/{hp.iterations} train_loss:{loss:.6f} grad_norm:{grad_norm:.4f} lr_mul:{mul:.4f} "
+                f"seq_len:{seq_len} train_time_ms:{train_ms:.0f} step_avg_ms:{train_ms / step:.2f} "
+                f"tokens:{tokens}")  # fmt: skip
         if hp.val_loss_every and step % hp.val_loss_every == 0:
             r = evaluate(step_model, val, hp, 0, backend, device, rank, world)
             log(f"step:{step}/{hp.iterations} val_loss:{r['val_loss']:.6f} val_bpb:{r['val_bpb']:.6f} "
@@ -1364,10 +1385,8 @@ def main():
     source = Path(__file__).read_bytes()  # the file that runs is the counted code, read once at start
     log(source.decode(), console=False)
     log(f"python:{sys.version.split()[0]} torch:{torch.__version__} device:{device.type} world_size:{world}")
-    for name, value in hp.items():
-        log(f"hparam {name}={value}", console=False)
+    log("\n".join(f"hparam {name}={getattr(hp, name.lower())}" for name, *_ in HPARAMS), console=False)
     torch.manual_seed(hp.seed)
-    np.random.seed(hp.seed)
     backend = pick_backend(hp.attn_backend, device)
     accum = grad_accum_steps(hp, world)
     sp = load_tokenizer(hp.tokenizer_path, hp.vocab_size)
@@ -1455,7 +1474,7 @@ def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, cloc
     finals = [f"final_roundtrip_exact val_loss:{post['val_loss']:.8f} val_bpb:{post['val_bpb']:.8f}"]
     if hp.ttt_enabled:
         with clock("ttt_eval"):
-            ttt = ttt_evaluate(fresh, val, hp, backend, device, rank, world)
+            ttt = ttt_evaluate(fresh, val, hp, backend, device, rank, world, log=log)
         log_eval(log, "ttt_eval", ttt, 1000 * clock.parts["ttt_eval"])
         finals.append(f"final_ttt_exact val_loss:{ttt['val_loss']:.8f} val_bpb:{ttt['val_bpb']:.8f}")
     return finals

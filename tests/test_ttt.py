@@ -1,5 +1,7 @@
 """The challenge's evaluation rules (C1-C4), tested on the real scoring path with TTT switched on."""
 
+import copy
+import json
 import os
 import re
 import subprocess
@@ -15,7 +17,9 @@ from tests.helpers import TINY, randomize, tiny_hp
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
-TTT = dict(TTT_ENABLED=1, TTT_CHUNK=32, TTT_CONTEXT=256, TTT_BATCH_DOCS=2, TTT_LORA_RANK=4, TTT_LR=0.01)
+TTT = dict(TTT_ENABLED=1, TTT_CHUNK=32, TTT_CONTEXT=256, TTT_BATCH_DOCS=2, TTT_LORA_RANK=4, TTT_LR=0.01,
+           TTT_PHASES=1, TTT_PHASE_DOCS=2, TTT_SGD_BATCH_TOKENS=1024, TTT_SGD_LR=0.05)  # fmt: skip
+# Phased: the two longest documents are scored, the base model takes global SGD on them, then the other two.
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +36,22 @@ def setup(sp1024_dataset):
 
 
 def run_ttt(setup, tokens=None, **over):
+    """The real TTT path with a record hook: per target its loss, how often it was scored, and when (the event
+    index into `states`, which holds the adapter state, the adapter row and the base model state it saw)."""
     hp, val, model = setup
     if tokens is not None:
         val = tg.ValData(tokens, val.target_bytes, val.byte_source)
-    losses, counts, states = np.full(len(val.tokens), np.nan), np.zeros(len(val.tokens), int), []
+    losses, counts, states, bases = np.full(len(val.tokens), np.nan), np.zeros(len(val.tokens), int), [], []
     event = np.full(len(val.tokens), -1)  # when each target was scored: the scoring order
-    torch.manual_seed(1)  # the adapters' A init
 
-    def record(pos, nll, lora, row):
-        losses[pos], counts[pos], event[pos] = nll, counts[pos] + 1, len(states)
-        states.append(({k: v.detach().clone() for k, v in lora.state_dict().items()}, row))
+    def record(segs, nll, lora, rows):
+        if not bases or not torch.equal(bases[-1]["tok_emb.weight"], model.tok_emb.weight):  # global SGD ran
+            bases.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        adapters = {k: v.detach().clone() for k, v in lora.state_dict().items()}
+        for r, (start, length, frm) in enumerate(segs):
+            pos = np.arange(start + 1 + frm, start + 1 + length)
+            losses[pos], counts[pos], event[pos] = nll[r, frm:length], counts[pos] + 1, len(states)
+            states.append((adapters, rows[r], bases[-1]))
 
     result = tg.ttt_evaluate(model, val, tiny_hp(DATA_PATH=hp.data_path, **{**TTT, **over}), "sdpa", CPU, record=record)
     return result, losses, counts, states, event
@@ -86,12 +96,16 @@ def test_c2_the_scored_distribution_is_normalised_over_the_whole_vocabulary(setu
         end = pos.max() - a
         lo = max(0, end - TTT["TTT_CONTEXT"])
         x = torch.tensor(val.tokens[a + lo : a + end])[None]
-        state, row = states[e]
+        state, row, base = states[e]
         lora.load_state_dict(state)
         lora.rows = torch.tensor([row])
         assert any(v.abs().sum() > 0 for k, v in state.items() if k.startswith("B."))
+        scorer = copy.deepcopy(model)
+        scorer.load_state_dict(base)
         with torch.no_grad():
-            logp = torch.log_softmax(model.logits(model.hidden(x, tg.make_layout(x, "sdpa"), lora), lora).double(), -1)
+            logp = torch.log_softmax(
+                scorer.logits(scorer.hidden(x, tg.make_layout(x, "sdpa"), lora), lora).double(), -1
+            )
         assert logp.shape[-1] == 1024 and torch.allclose(
             logp.exp().sum(-1), torch.ones(1, x.size(1), dtype=torch.float64)
         )
@@ -117,10 +131,68 @@ def test_c3_each_chunk_is_scored_before_any_step_on_it(setup):
 def test_adapters_change_the_scores_and_zero_lr_is_the_plain_model(setup):
     hp, val, model = setup
     plain = tg.evaluate(model, val, tiny_hp(EVAL_SEQ_LEN=256, VAL_BATCH_SIZE=4096), 32, "sdpa", CPU)
-    frozen, *_ = run_ttt(setup, TTT_LR=0)
-    trained, *_ = run_ttt(setup, TTT_LR=1e-3)
+    frozen, *_ = run_ttt(setup, TTT_LR=0, TTT_SGD_LR=0)
+    trained, *_ = run_ttt(setup, TTT_LR=1e-3, TTT_PHASES=0)
     assert frozen["val_bpb"] == pytest.approx(plain["val_bpb"], rel=1e-9)  # same contexts (<= 256), no update
     assert trained["val_bpb"] < frozen["val_bpb"]
+
+
+def test_phase_boundaries_follow_the_scored_documents():
+    flagship = tg.Hyperparameters({})  # 3 phases over the first 2,500 of 50,000 documents, batches of 64
+    assert tg.phase_boundaries(flagship, 50_000, 782) == [(14, 833), (27, 1666), (40, 2500)]
+    small = tiny_hp(TTT_BATCH_DOCS=2, TTT_PHASES=3, TTT_PHASE_DOCS=4)
+    assert tg.phase_boundaries(small, 4, 2) == [(1, 2)]  # 1 doc rounds up to batch 1 (kept: 2); 4 leaves none after
+    assert tg.phase_boundaries(tiny_hp(TTT_PHASES=0), 100, 34) == []
+
+
+def test_global_sgd_phases_train_the_base_model_and_leave_it_as_it_was(setup):
+    """Phases move the score; with a zero SGD rate they are exact no-ops (nothing else differs: the adapters'
+    A is drawn per batch); and the model handed in is unchanged afterwards."""
+    hp, val, model = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cold = dict(TTT_WARM_A=0)
+    none, *_ = run_ttt(setup, TTT_PHASES=0, **cold)
+    idle, *_ = run_ttt(setup, TTT_SGD_LR=0, **cold)
+    phased, _, counts, _, _ = run_ttt(setup, **cold)
+    assert idle["val_loss"] == none["val_loss"] and phased["val_loss"] != none["val_loss"]
+    assert counts[0] == 0 and (counts[1:] == 1).all()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def _ranked_ttt(rank, world, port, hp, val, out):
+    """One rank of a gloo group: the plain evaluation and phased TTT of the same seeded model."""
+    import torch.distributed as dist
+
+    if world > 1:
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    model = randomize(tg.GPT(hp), std=0.05)
+    model.looping = True
+    plain = tg.evaluate(model, val, hp, 32, "sdpa", CPU, rank, world)
+    ttt = tg.ttt_evaluate(model, val, hp, "sdpa", CPU, rank, world)
+    if rank == 0:
+        Path(out).write_text(json.dumps([plain, ttt]))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def test_the_result_is_the_same_for_one_and_two_ranks(setup, tmp_path):
+    """Eight documents, four TTT batches, a phase after two: each rank scores its own batches, both take
+    global SGD on the documents both scored, and the sums meet in one all-reduce."""
+    _, val, _ = setup
+    ends = np.flatnonzero(val.tokens == tg.BOS_ID)
+    short = np.concatenate([val.tokens[ends[i] : ends[i] + n] for i in range(4) for n in (90, 130)] + [[1]])
+    small = tg.ValData(short, np.ones_like(short), "ones")
+    hp = tiny_hp(**{**TTT, "TTT_PHASE_DOCS": 4, "TTT_WARM_A": 0, "TTT_SGD_BATCH_TOKENS": 512})
+    _ranked_ttt(0, 1, 0, hp, small, tmp_path / "one.json")
+    port = 29500 + os.getpid() % 1000
+    torch.multiprocessing.spawn(_ranked_ttt, args=(2, port, hp, small, str(tmp_path / "two.json")), nprocs=2)
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    for a, b in zip(one, two):
+        assert a["tokens"] == b["tokens"] == len(short) - 1 and a["bytes"] == b["bytes"]
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+    assert one[1]["val_loss"] != pytest.approx(one[0]["val_loss"], rel=1e-4)  # TTT did something
 
 
 def test_eval_only_scores_a_saved_artifact_and_reports_the_clock(small_dataset, tmp_path):

@@ -1,0 +1,70 @@
+"""Evaluation variants of one saved artifact: no TTT, LoRA TTT, and LoRA TTT with phased global SGD.
+
+Each variant is a separate `EVAL_ONLY=<artifact> python3 train_gpt.py` run with the configuration in the
+environment (the one the artifact was trained with, e.g. the README's CPU configuration) plus the variant's
+overrides, so what is measured is exactly the script's evaluation, its eval clock included:
+
+    env <README CPU configuration> python3 bench/ttt.py --artifact logs/<run>.ptz --out bench/results/ttt_cpu.json
+
+Runs one variant at a time (concurrent CPU runs oversubscribe the cores and distort the clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {  # overrides on top of the environment's configuration
+    "no_ttt": {"TTT_ENABLED": "0"},
+    "lora_ttt": {"TTT_PHASES": "0"},
+    "phased_ttt": {},
+}
+
+
+def parse_log(text: str) -> dict:
+    """The score lines and the eval clock by part."""
+    out = {}
+    for tag in ("final_roundtrip_exact", "final_ttt_exact"):
+        m = re.search(rf"^{tag} val_loss:([\d.]+) val_bpb:([\d.]+)$", text, re.M)
+        if m:
+            out[tag] = {"val_loss": float(m.group(1)), "val_bpb": float(m.group(2))}
+    m = re.search(r"^eval_time_s:([\d.]+)((?: \w+:[\d.]+)*)$", text, re.M)
+    if m:
+        out["eval_time_s"] = float(m.group(1))
+        out["eval_parts_s"] = {k: float(v) for k, v in re.findall(r"(\w+):([\d.]+)", m.group(2))}
+    return out
+
+
+def run_variant(artifact: Path, overrides: dict, logdir: Path, name: str) -> dict:
+    env = {**os.environ, **overrides, "EVAL_ONLY": str(artifact), "RUN_ID": name, "LOG_DIR": str(logdir)}
+    p = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], env=env, cwd=ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"variant {name} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return {"overrides": overrides, **parse_log((logdir / f"{name}.txt").read_text())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--artifact", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--only", nargs="*", choices=list(VARIANTS), help="a subset of the variants")
+    args = ap.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as logdir:
+        for name in args.only or VARIANTS:
+            results[name] = run_variant(args.artifact.resolve(), VARIANTS[name], Path(logdir), name)
+            print(name, json.dumps(results[name]), flush=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"artifact": str(args.artifact), "variants": results}, indent=1) + "\n")
+    tmp.replace(args.out)
+
+
+if __name__ == "__main__":
+    main()
