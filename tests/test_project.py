@@ -33,3 +33,17 @@ def test_readme_cpu_configuration_is_valid():
     assert set(env) <= names and hp.data_path == "data/datasets/sample_sp1024"
     assert hp.vocab_size == 1024 and hp.num_loops == 2 and hp.smear_gate and hp.sparse_attn_gate and hp.xsa_last_n == 6
     assert tg.grad_accum_steps(hp, 1) == 1
+
+
+def test_readme_lists_every_environment_variable():
+    """The README's table is the one generated from HPARAMS: a knob added, renamed or re-defaulted without
+    regenerating it fails here."""
+    import train_gpt as tg
+    from tools import env_table
+
+    readme = (ROOT / "README.md").read_text()
+    assert env_table.with_table(readme) == readme
+    for name, _, default, _, meaning in tg.HPARAMS:
+        shown = re.escape(f"`{default}`" if default != "" else "(empty)")
+        row = rf"^\| `{name}` \| {shown} \| .+ \| {re.escape(meaning.replace('|', '/'))} \|$"
+        assert re.search(row, readme, re.M), name
