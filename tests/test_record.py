@@ -132,3 +132,18 @@ def test_the_verdict_needs_both_the_margin_and_the_p_value():
     assert record.significance(ours, [2.0101, 2.0100, 2.0102])["passes"]  # 0.01 nats better, tight
     assert not record.significance(ours, [2.0041, 2.0040, 2.0042])["passes"]  # significant, but < 0.005 nats
     assert not record.significance(ours, [2.05, 1.99, 2.03])["passes"]  # 0.022 better on average, too noisy
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent for p in (ROOT / "records").glob("*/*/submission.json")), ids=str)
+def test_every_committed_record_agrees_with_its_logs(folder):
+    """What a reviewer re-derives: the scores, sizes and checks in submission.json come from the logs in the
+    folder, and the train_gpt.py there is byte for byte the code every log ran."""
+    sub = json.loads((folder / "submission.json").read_text())
+    runs = [record.parse_log(p) for p in sorted((folder / "logs").glob("*.txt"))]
+    code = (folder / "train_gpt.py").read_bytes()
+    assert sorted(sub["seeds"]) == sorted(str(r.seed) for r in runs) and len(runs) >= 3
+    assert sub["val_bpb"] == pytest.approx(np.mean([r.score["val_bpb"] for r in runs]), abs=1e-9)
+    assert sub["code_bytes"] == len(code) and sub["artifact_bytes"] == max(r.artifact_bytes for r in runs)
+    fingerprint = (sub["val_fingerprint"]["val_docs"], sub["val_fingerprint"]["val_tokens"])
+    checks = record.run_checks(runs, code, fingerprint)
+    assert all(ok for _, ok, _ in checks) and sub["checks"] == {name: ok for name, ok, _ in checks}
