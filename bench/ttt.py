@@ -25,6 +25,8 @@ VARIANTS = {  # overrides on top of the environment's configuration
     "no_ttt": {"TTT_ENABLED": "0"},
     "lora_ttt": {"TTT_PHASES": "0"},
     "phased_ttt": {},
+    "phased_ttt_sgd_lr3e-3": {"TTT_SGD_LR": "3e-3"},
+    "phased_ttt_sgd_lr1e-2": {"TTT_SGD_LR": "1e-2"},
 }
 
 
@@ -61,6 +63,8 @@ def main() -> None:
         for name in args.only or VARIANTS:
             results[name] = run_variant(args.artifact.resolve(), VARIANTS[name], Path(logdir), name)
             print(name, json.dumps(results[name]), flush=True)
+    if args.out.exists():  # a partial run (--only) adds to the variants already measured
+        results = {**json.loads(args.out.read_text())["variants"], **results}
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps({"artifact": str(args.artifact), "variants": results}, indent=1) + "\n")
     tmp.replace(args.out)
