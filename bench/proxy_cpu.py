@@ -1,0 +1,78 @@
+"""CPU equal-time proxy: the flagship architecture scaled down (the README's CPU configuration, from the
+environment) against a naive-baseline configuration of the same script at the same width and depth, each
+trained for the same wallclock, then exported and scored on the validation head.
+
+The naive baseline reproduces the challenge's original choices with env overrides only: U-Net skips without
+gates, full RoPE, q gain 1.5, ReLU^2 MLP 2x, plain Muon (fixed quintic coefficients, no row normalisation, no
+weight decay) with the baseline's learning rates, no EMA, none of XSA / SmearGate / sparse gate / parallel
+lanes / recurrence / layer-norm scale, int8 per-row round-to-nearest + zlib, no TTT.
+
+    env <README CPU configuration> python3 bench/proxy_cpu.py --out bench/results/proxy_cpu.json [--seeds 1337]
+
+Runs one configuration at a time (concurrent CPU runs distort the clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tools.record import parse_log  # noqa: E402
+
+NAIVE = {
+    "SKIP_GATES": "0", "QK_GAIN_INIT": "1.5", "MLP_ACT": "relu2", "MLP_MULT": "2", "LN_SCALE": "0",
+    "XSA_LAST_N": "0", "SMEAR_GATE": "0", "SPARSE_ATTN_GATE": "0", "NUM_LOOPS": "0",
+    "MUON_NS": "quintic", "MUON_ROW_NORM": "0", "MUON_WD": "0", "EMBED_WD": "0", "SCALAR_WD": "0",
+    "MATRIX_LR": "0.04", "SCALAR_LR": "0.04", "TIED_EMBED_LR": "0.05", "MUON_MOMENTUM": "0.95",
+    "MUON_MOMENTUM_WARMUP_START": "0.85", "BETA2": "0.95", "GRAD_CLIP_NORM": "0", "EMA_DECAY": "0",
+    "GPTQ": "0", "GPTQ_RESERVE_SECONDS": "0", "LQER_TOP_K": "0", "AWQ_GROUP": "0",
+    "ATTN_BITS": "8", "MLP_BITS": "8", "EMBED_BITS": "8",
+    "ATTN_CLIP_SIGMAS": "16", "MLP_CLIP_SIGMAS": "16", "EMBED_CLIP_SIGMAS": "16",
+    "EXPORT_COMPRESSOR": "zlib", "TTT_ENABLED": "0",
+}  # fmt: skip
+
+
+def naive_overrides(env: dict) -> dict:
+    """NAIVE plus what depends on the shape: full RoPE over the head, no parallel lanes."""
+    heads, dim, layers = int(env.get("NUM_HEADS", 8)), int(env.get("MODEL_DIM", 512)), env.get("NUM_LAYERS", "11")
+    return {**NAIVE, "ROPE_DIMS": str(dim // heads), "PARALLEL_START_LAYER": layers}
+
+
+def run(name: str, overrides: dict, seed: int, logdir: Path) -> dict:
+    env = {**os.environ, **overrides, "SEED": str(seed), "RUN_ID": f"{name}_seed{seed}", "LOG_DIR": str(logdir)}
+    p = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], env=env, cwd=ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"{name} seed {seed} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    r = parse_log(logdir / f"{name}_seed{seed}.txt")
+    keep = ("stages", "steps", "step_avg_ms", "train_tokens", "train_s", "artifact_bytes", "model_bytes", "eval_s")
+    out = {k: v for k, v in asdict(r).items() if k in keep}
+    return {**out, "eval_parts": r.eval_parts, "tokens_per_s": r.train_tokens / r.train_s, "overrides": overrides}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1337])
+    args = ap.parse_args()
+    configs = {"flagship_cpu": {}, "naive_baseline_cpu": naive_overrides(dict(os.environ))}
+    results = {name: {} for name in configs}
+    with tempfile.TemporaryDirectory() as logdir:
+        for seed in args.seeds:
+            for name, overrides in configs.items():
+                results[name][str(seed)] = run(name, overrides, seed, Path(logdir))
+                print(name, seed, json.dumps(results[name][str(seed)]["stages"]), flush=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"wallclock_s": os.environ.get("MAX_WALLCLOCK_SECONDS"), "runs": results}, indent=1))
+    tmp.replace(args.out)
+
+
+if __name__ == "__main__":
+    main()
