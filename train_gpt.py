@@ -1487,8 +1487,9 @@ def finish(log, hp, clock: EvalClock, finals: list[str], world: int):
     log(f"eval_time_s:{total:.2f} " + " ".join(f"{k}:{v:.2f}" for k, v in clock.parts.items()))
     if total > hp.eval_max_seconds:
         log(f"eval_time_violation: {total:.1f} s after training > EVAL_MAX_SECONDS={hp.eval_max_seconds:g}")
-    if world > 1:
+    if world > 1:  # all is logged; skip interpreter teardown, where gloo ranks sometimes abort (torch 2.13, CPU)
         dist.destroy_process_group()
+        os._exit(0)
 
 
 if __name__ == "__main__":
