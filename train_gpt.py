@@ -479,13 +479,14 @@ class LoRA(nn.Module):
     on Q, K, V, the attention output, the MLP output, and the LM head. B starts at zero: a fresh set is the
     base model exactly. `rows` picks the documents of the batch being run."""
 
-    def __init__(self, hp: Hyperparameters, n_docs: int, n_virtual: int, seed: int = 0):
+    def __init__(self, hp: Hyperparameters, n_docs: int, n_virtual: int, seed: int = 0, device=None):
         super().__init__()
         d, r, kv = hp.model_dim, hp.ttt_lora_rank, hp.num_kv_heads * (hp.model_dim // hp.num_heads)
         dims = {"q": (d, d), "k": (d, kv), "v": (d, kv), "o": (d, d), "mlp": (d, d), "head": (d, hp.vocab_size)}
         layers = {k: 1 if k == "head" else n_virtual for k in dims}
-        self.A = nn.ParameterDict({k: nn.Parameter(torch.empty(layers[k], n_docs, i, r)) for k, (i, _) in dims.items()})
-        self.B = nn.ParameterDict({k: nn.Parameter(torch.zeros(layers[k], n_docs, r, o)) for k, (_, o) in dims.items()})
+        new = lambda shape, fill: nn.Parameter(fill(shape, device=device))  # on the device: A is drawn there
+        self.A = nn.ParameterDict({k: new((layers[k], n_docs, i, r), torch.empty) for k, (i, _) in dims.items()})
+        self.B = nn.ParameterDict({k: new((layers[k], n_docs, r, o), torch.zeros) for k, (_, o) in dims.items()})
         self.scale, self.rows = hp.ttt_lora_alpha / r, None
         self.reset(seed)
 
@@ -864,21 +865,20 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
     bounds = phase_boundaries(hp, len(docs), len(batches))
     base = {k: v.detach().clone() for k, v in model.state_dict().items()} if bounds else None
     model.requires_grad_(False)  # the adapters learn; the base model only in global SGD
-    sums, lo, scored = torch.zeros(3, dtype=torch.float64, device=device), 0, []
+    sums, lo, scored = torch.zeros(3, dtype=torch.float64, device=device), 0, set()
     for phase, (hi, n_docs) in enumerate([*bounds, (len(batches), None)]):
-        lora = LoRA(hp, hp.ttt_batch_docs, len(model.virtual_layers()), seed=hp.seed + phase).to(device)
+        lora = LoRA(hp, hp.ttt_batch_docs, len(model.virtual_layers()), hp.seed + phase, device)
         for b in range(lo + rank, hi, world):
             lora.reset(None if hp.ttt_warm_a else hp.seed + 7919 * (b + 1))
             sums += ttt_batch(model, lora, val, [docs[d] for d in batches[b]], hp, backend, device, record)
-            scored += batches[b]
+            scored.update(batches[b])
         if n_docs is not None:  # every rank learns from the documents scored by all of them, cut to the boundary
             t0 = time.perf_counter()
             if world > 1:
                 gathered = [None] * world
                 dist.all_gather_object(gathered, scored)
-                scored = [d for part in gathered for d in part]
-            seen = set(scored)
-            done = [d for d in order if d in seen][:n_docs]
+                scored = set().union(*gathered)
+            done = [d for d in order if d in scored][:n_docs]
             steps = global_sgd(model, val, [docs[d] for d in done], hp, backend, device, rank, world)
             log(f"ttt_phase:{phase + 1}/{len(bounds)} docs:{len(done)} sgd_steps:{steps} "
                 f"time_ms:{1000 * (time.perf_counter() - t0):.0f}")  # fmt: skip

@@ -14,13 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tools.record import eval_clock, final_scores  # noqa: E402
+
 VARIANTS = {  # overrides on top of the environment's configuration
     "no_ttt": {"TTT_ENABLED": "0"},
     "lora_ttt": {"TTT_PHASES": "0"},
@@ -31,16 +33,11 @@ VARIANTS = {  # overrides on top of the environment's configuration
 
 
 def parse_log(text: str) -> dict:
-    """The score lines and the eval clock by part."""
-    out = {}
-    for tag in ("final_roundtrip_exact", "final_ttt_exact"):
-        m = re.search(rf"^{tag} val_loss:([\d.]+) val_bpb:([\d.]+)$", text, re.M)
-        if m:
-            out[tag] = {"val_loss": float(m.group(1)), "val_bpb": float(m.group(2))}
-    m = re.search(r"^eval_time_s:([\d.]+)((?: \w+:[\d.]+)*)$", text, re.M)
-    if m:
-        out["eval_time_s"] = float(m.group(1))
-        out["eval_parts_s"] = {k: float(v) for k, v in re.findall(r"(\w+):([\d.]+)", m.group(2))}
+    """The score lines and the eval clock by part (an EVAL_ONLY log has no training lines for parse_log)."""
+    stages, clock = final_scores(text), eval_clock(text)
+    out = {f"final_{s}_exact": stages[s] for s in ("roundtrip", "ttt") if s in stages}
+    if clock:
+        out["eval_time_s"], out["eval_parts_s"] = clock
     return out
 
 

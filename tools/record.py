@@ -79,6 +79,22 @@ class RunLog:
         return self.stages.get("ttt") or self.stages["roundtrip"]
 
 
+def final_scores(text: str) -> dict[str, dict[str, float]]:
+    """stage (prequant / roundtrip / ttt) -> val_loss, val_bpb, from the final_*_exact lines present."""
+    stages = {}
+    for stage in ("prequant", "roundtrip", "ttt"):
+        m = re.search(rf"^final_{stage}_exact val_loss:{NUM} val_bpb:{NUM}$", text, re.M)
+        if m:
+            stages[stage] = {"val_loss": float(m.group(1)), "val_bpb": float(m.group(2))}
+    return stages
+
+
+def eval_clock(text: str) -> tuple[float, dict[str, float]] | None:
+    """(total seconds, seconds by part) from the eval_time_s: line, if there is one."""
+    m = re.search(rf"^eval_time_s:{NUM}((?: \w+:{NUM})*)$", text, re.M)
+    return (float(m.group(1)), {k: float(v) for k, v in re.findall(r"(\w+):([\d.]+)", m.group(2))}) if m else None
+
+
 def _need(pattern: str, text: str, path: Path, what: str) -> re.Match:
     m = re.search(pattern, text, re.M)
     if m is None:
@@ -94,17 +110,14 @@ def parse_log(path: Path) -> RunLog:
     source = raw[:code_bytes]
     if not raw[code_bytes:].startswith(b"\npython:"):
         raise RecordError(f"{path}: the log does not begin with the {code_bytes} bytes of source it reports")
-    stages = {}
-    for stage in ("prequant", "roundtrip", "ttt"):
-        m = re.search(rf"^final_{stage}_exact val_loss:{NUM} val_bpb:{NUM}$", text, re.M)
-        if m:
-            stages[stage] = {"val_loss": float(m.group(1)), "val_bpb": float(m.group(2))}
+    stages, clock = final_scores(text), eval_clock(text)
     if "roundtrip" not in stages:
         raise RecordError(f"{path}: no `final_roundtrip_exact` line (did the run finish?)")
     avg = _need(rf"^step_avg_ms:{NUM} steps:(\d+) train_tokens:(\d+)", text, path, "step_avg_ms:")
     done = _need(r"^train_done steps:\d+ train_time_ms:(\d+)", text, path, "train_done")
     calib = re.search(rf"^gptq_calibration_batches:\d+ gptq_calibration_end_s:{NUM}", text, re.M)
-    ev = _need(rf"^eval_time_s:{NUM}((?: \w+:{NUM})*)$", text, path, "eval_time_s:")
+    if clock is None:
+        raise RecordError(f"{path}: no `eval_time_s:` line (did the run finish? is it a train_gpt.py log?)")
     val = _need(r"^val_tokens:(\d+) val_docs:(\d+) val_bytes:(\d+)", text, path, "val_tokens:")
     env = _need(r"^python:\S+ torch:(\S+) device:(\w+) world_size:(\d+)", text, path, "python:")
     hparams = dict(re.findall(r"^hparam (\w+)=(.*)$", text, re.M))
@@ -114,7 +127,7 @@ def parse_log(path: Path) -> RunLog:
         artifact_bytes=int(art.group(1)), code_bytes=code_bytes, model_bytes=int(art.group(3)),
         steps=int(avg.group(2)), step_avg_ms=float(avg.group(1)), train_tokens=int(avg.group(3)),
         train_s=train_s, train_with_calibration_s=float(calib.group(1)) if calib else train_s,
-        eval_s=float(ev.group(1)), eval_parts={k: float(v) for k, v in re.findall(r"(\w+):([\d.]+)", ev.group(2))},
+        eval_s=clock[0], eval_parts=clock[1],
         eval_violation="\neval_time_violation:" in text,
         val_tokens=int(val.group(1)), val_docs=int(val.group(2)), val_bytes=int(val.group(3)),
         device=env.group(2), world_size=int(env.group(3)), torch_version=env.group(1),
@@ -356,13 +369,13 @@ def build_record(logs: list[Path], out_root: Path, args) -> Path:
     if reference and reference["source"] != "values":
         ref_logs = sorted((Path(reference["source"]) / "logs").glob("*.txt"))
         ref_hp = parse_log(ref_logs[0]).hparams if ref_logs else None
-    date, world = args.date or datetime.date.today().isoformat(), runs[0].world_size
+    date, world, summary = args.date or datetime.date.today().isoformat(), runs[0].world_size, summarize(runs)
     meta = {
         "name": args.name, "author": args.author, "github_id": args.github_id, "track": args.track, "date": date,
         "hardware": args.hardware or f"{runs[0].world_size}x {runs[0].device} ({this_machine()})",
-        "summary": summarize(runs), "reference": reference, "significance": sig, "notes": args.notes,
+        "summary": summary, "reference": reference, "significance": sig, "notes": args.notes,
         "launch": "python3" if runs[0].world_size == 1 else f"torchrun --standalone --nproc_per_node={world}",
-        "improvement_bpb": (float(np.mean(reference["val_bpb"])) - summarize(runs)["val_bpb"]) if reference else None,
+        "improvement_bpb": (float(np.mean(reference["val_bpb"])) - summary["val_bpb"]) if reference else None,
     }  # fmt: skip
     submission = {
         "name": args.name, "author": args.author, "github_id": args.github_id, "track": args.track, "date": date,
