@@ -1,11 +1,13 @@
 """Quantization ablation on one trained model: BPB before quantization, int6 round-to-nearest, GPTQ,
-GPTQ+LQER and GPTQ+LQER+AWQ-lite, with the model bytes and bits per parameter of each.
+GPTQ+LQER and GPTQ+LQER+AWQ-lite, with the model bytes and bits per parameter of each, and each stream of
+quantized integers' compressed bytes against the empirical entropy of its symbols.
 
 Trains with the configuration in the environment (e.g. the README's CPU configuration), using the
 script's own training loop, then quantizes the same EMA weights with each variant and evaluates the
 rebuilt model on the validation split with the script's evaluation:
 
-    env <README CPU configuration> python3 bench/quantization.py --out bench/results/quant_cpu.json
+    env <README CPU configuration> python3 bench/quantization.py --out bench/results/quantization_cpu.json \
+        [--checkpoint <file>.pt]   # saved on the first run, then reused: the variants see the same weights
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,6 +32,31 @@ VARIANTS = {  # name -> (overrides of the quantization knobs, GPTQ on the embedd
     "gptq_lqer": ({"AWQ_GROUP": "0"}, True),
     "gptq_lqer_awq": ({"AWQ_GROUP": "64"}, True),
 }
+
+
+def entropy_bits(symbols: np.ndarray) -> float:
+    """Empirical zeroth-order entropy of the values, in bits for all of them: what an ideal coder that knows
+    only the value histogram would need (a context model can go below it, a dictionary coder usually not)."""
+    counts = np.unique(symbols, return_counts=True)[1]
+    p = counts / counts.sum()
+    return float(-(counts * np.log2(p)).sum())
+
+
+def symbol_entropy(packed: dict, sizes: dict[str, int]) -> dict[str, dict]:
+    """Per stream of quantized integers (embed / attn / mlp): symbols, their entropy in bytes over the whole
+    stream and tensor by tensor, and the bytes the compressor made of the stream."""
+    out = {}
+    for _, arrays, meta in packed.values():
+        if "q" in arrays and "cls" in meta:
+            q = arrays["q"].ravel()
+            s = out.setdefault(meta["cls"], {"symbols": 0, "per_tensor_bytes": 0.0, "values": []})
+            s["symbols"] += q.size
+            s["per_tensor_bytes"] += entropy_bits(q) / 8
+            s["values"].append(q)
+    for cls, s in out.items():
+        s["stream_bytes"] = entropy_bits(np.concatenate(s.pop("values"))) / 8
+        s["compressed_bytes"] = sizes[cls]
+    return out
 
 
 def main() -> None:
@@ -65,7 +93,7 @@ def main() -> None:
         fresh.looping = model.looping
         r = tg.evaluate(fresh, val, hp, hp.eval_stride, "sdpa", device)
         rows[name] = {**r, "model_bytes": len(blob), "bits_per_param": 8 * len(blob) / n_params, "streams": sizes,
-                      "quantize_s": time.perf_counter() - t0}  # fmt: skip
+                      "quantize_s": time.perf_counter() - t0, "entropy": symbol_entropy(packed, sizes)}  # fmt: skip
         print(f"variant:{name} val_bpb:{r['val_bpb']:.8f} model_bytes:{len(blob)}", flush=True)
     result = {"params": n_params, "steps": stats["steps"], "train_tokens": stats["tokens"], "variants": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

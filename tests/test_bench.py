@@ -8,8 +8,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+import ablations  # noqa: E402
+import gpu_proxy  # noqa: E402
+import numpy as np  # noqa: E402
 import proxy_cpu  # noqa: E402
+import quantization  # noqa: E402
 import report  # noqa: E402
+import torch  # noqa: E402
 
 import train_gpt as tg  # noqa: E402
 
@@ -42,11 +47,116 @@ def test_results_md_marks_what_was_not_measured(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
     report.main()
     empty = (tmp_path / "RESULTS.md").read_text()
-    assert empty.count("**Not measured yet.**") == 6
+    assert empty.count("**Not measured yet.**") == 7
     (tmp_path / "results").mkdir()
     classical = {"val_docs": 2, "val_bytes": 100, "train_bytes": 1000,
                  "compressors": {"xz": {"setting": "s", "alone_bpb": 2.5, "marginal_bpb": 2.0}}}  # fmt: skip
     (tmp_path / "results" / "classical.json").write_text(json.dumps(classical))
     report.main()
     text = (tmp_path / "RESULTS.md").read_text()
-    assert text.count("**Not measured yet.**") == 5 and "| xz | s | 2.5000 | 2.0000 |" in text
+    assert text.count("**Not measured yet.**") == 6 and "| xz | s | 2.5000 | 2.0000 |" in text
+
+
+def test_each_ablation_changes_only_its_technique():
+    env = readme_cpu_env()
+    flag = tg.Hyperparameters({**env, **ablations.FIXED})  # the baseline as the sweep runs it
+    table = ablations.ablations(env)
+    switched = {"xsa": ("xsa_last_n", 0), "smear_gate": ("smear_gate", 0), "recurrence": ("num_loops", 0),
+                "parallel_residuals": ("parallel_start_layer", flag.num_layers), "ema": ("ema_decay", 0.0),
+                "sparse_attn_gate": ("sparse_attn_gate", 0), "partial_rope": ("rope_dims", 32), "gptq": ("gptq", 0),
+                "lqer": ("lqer_top_k", 0), "awq_lite": ("awq_group", 16), "ttt": ("ttt_enabled", 1)}  # fmt: skip
+    assert set(table) == {"baseline", "muoneq_r_polar", *switched}
+    for name, (_, overrides) in table.items():
+        hp = tg.Hyperparameters({**env, **ablations.FIXED, **overrides})
+        changed = {n.lower() for n, *_ in tg.HPARAMS if getattr(hp, n.lower()) != getattr(flag, n.lower())}
+        changed.discard("run_id")  # a fresh one per process
+        if name == "baseline":
+            assert changed == set()
+        elif name == "muoneq_r_polar":
+            assert (hp.muon_ns, hp.muon_row_norm) == ("quintic", 0) and changed == {"muon_ns", "muon_row_norm"}
+        else:
+            attr, value = switched[name]
+            assert changed == {attr} and getattr(hp, attr) == value, name
+
+
+def test_ablation_table_signs_and_effects(tmp_path):
+    def run(pre, rt, ttt=None):
+        stages = {"prequant": {"val_bpb": pre}, "roundtrip": {"val_bpb": rt}}
+        return {"stages": {**stages, **({"ttt": {"val_bpb": ttt}} if ttt else {})}, "model_bytes": 100}
+
+    d = {"steps": 10, "seeds": [1, 2], "ablations": {
+            "baseline": {"change": "-", "overrides": {}, "switches_on": False},
+            "xsa": {"change": "XSA off", "overrides": {"XSA_LAST_N": "0"}, "switches_on": False},
+            "ema": {"change": "EMA off", "overrides": {"EMA_DECAY": "0"}, "switches_on": False},
+            "awq_lite": {"change": "AWQ on", "overrides": {"AWQ_GROUP": "16"}, "switches_on": True},
+            "ttt": {"change": "TTT on", "overrides": {"TTT_ENABLED": "1"}, "switches_on": True}},
+         "runs": {"baseline": {"1": run(2.0, 2.01), "2": run(2.002, 2.012)},
+                  "xsa": {"1": run(2.05, 2.06), "2": run(2.04, 2.05)},  # worse without XSA: it helps
+                  "ema": {"1": run(2.0, 2.0), "2": run(2.002, 2.02)},  # mixed signs
+                  "awq_lite": {"1": run(2.0, 2.0), "2": run(2.002, 2.0)},  # better with AWQ on: it helps
+                  "ttt": {"1": run(2.0, 2.01, 1.9), "2": run(2.002, 2.012, 1.95)}}}  # fmt: skip
+    rows = {r.split(" | ")[0][2:]: r.split(" | ") for r in report.ablation(d) if r.startswith("| ")}
+    assert rows["xsa"][4] == "+0.04400" and rows["xsa"][-1] == "helps |"
+    assert rows["ema"][-1] == "no clear effect |"
+    assert rows["awq_lite"][4] == "+0.01100" and rows["awq_lite"][-1] == "helps |"
+    assert rows["ttt"][3] == "—" and rows["ttt"][5] == "+0.11000 / +0.06200"
+    del d["runs"]["baseline"]["2"]
+    assert report.ablation(d) == []  # no baseline for every seed: nothing to compare
+
+
+def test_symbol_entropy_of_known_distributions():
+    uniform4 = np.tile(np.arange(-2, 2, dtype=np.int8), 256).reshape(32, 32)
+    constant = np.zeros((8, 16), dtype=np.int8)
+    packed = {"a": ("gptq", {"q": uniform4, "scale": np.ones(32)}, {"cls": "mlp"}),
+              "b": ("gptq", {"q": constant + 1, "scale": np.ones(8)}, {"cls": "mlp"}),
+              "c": ("fp16", {"w": np.ones(4)}, {})}  # fmt: skip
+    e = quantization.symbol_entropy(packed, {"mlp": 300, "rest": 10})
+    assert set(e) == {"mlp"} and e["mlp"]["symbols"] == 1024 + 128 and e["mlp"]["compressed_bytes"] == 300
+    assert abs(e["mlp"]["per_tensor_bytes"] - 1024 * 2 / 8) < 1e-9  # 2 bits each; a constant tensor costs 0
+    assert e["mlp"]["stream_bytes"] > e["mlp"]["per_tensor_bytes"]  # one histogram for both is worse
+
+
+def test_mfu_flop_count_matches_torch_flop_counter():
+    """The analytic matmul count of the MFU figure against what torch counts in a forward + backward of the real
+    model, with every feature on, before and after the recurrence switches on."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    env = dict(
+        VOCAB_SIZE="64",
+        NUM_LAYERS="4",
+        MODEL_DIM="32",
+        NUM_HEADS="4",
+        NUM_KV_HEADS="2",
+        LOOP_START="1",
+        LOOP_END="2",
+        NUM_LOOPS="1",
+        PARALLEL_START_LAYER="3",
+        XSA_LAST_N="2",
+        ROPE_DIMS="4",
+        GATE_WINDOW="4",
+    )
+    hp = tg.Hyperparameters(env)
+    for looping in (False, True):
+        model = tg.GPT(hp)
+        model.looping = looping
+        x = torch.randint(0, 64, (2, 16))
+        with FlopCounterMode(display=False) as counter:
+            model(x, x, tg.make_layout(x, "sdpa")).mean().backward()
+        counted = sum(v for k, v in counter.get_flop_counts()["Global"].items() if str(k) in ("aten.mm", "aten.addmm"))
+        assert counted == 6 * gpu_proxy.matmul_params(hp, looping) * x.numel()
+    with_attention = gpu_proxy.train_flops_per_token(hp, True, 16)
+    assert with_attention == 6 * gpu_proxy.matmul_params(hp, True) + 3 * 6 * 4 * 32 * 8  # 6 virtual layers
+
+
+def test_gpu_proxy_figures_from_a_run_log():
+    log = next((ROOT / "records").glob("*/*/logs/*.txt"))
+    hp = tg.Hyperparameters({k: v for k, v in re.findall(r"^hparam (\w+)=(.*)$", log.read_text(), re.M)})
+    r = gpu_proxy.summarize(log, hp, 100.0)
+    assert r["tokens_per_s"] == r["train_tokens"] / r["train_s"] and r["peak_memory_mib"] is None  # a CPU log
+    assert 0 < r["looped_steps"] < r["steps"]  # the recurrence switched on part-way
+    lo, hi = (gpu_proxy.train_flops_per_token(hp, on, hp.train_seq_len) for on in (False, True))
+    assert lo < r["train_flops_per_token"] < hi
+    assert r["mfu"] == r["train_flops_per_token"] * r["tokens_per_s"] / 100e12
+    assert abs(r["vs_record_tokens_per_s_per_gpu"] * 808_000 / r["tokens_per_s"] - 1) < 0.001
+    table = report.gpu(r)[-1]  # the RESULTS.md row
+    assert f"| {r['steps']} | {r['step_avg_ms']:.1f} | {r['tokens_per_s']:,.0f} |" in table

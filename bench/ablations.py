@@ -1,0 +1,149 @@
+"""Ablations: from the configuration in the environment (the README's CPU configuration), switch off one
+technique at a time, train for a fixed number of steps with each seed, and score the exported artifact.
+
+Every run is the script itself (`python3 train_gpt.py`), so what is ablated is exactly what the flagship runs.
+Training ablations change the model or optimizer; the quantization ablations (GPTQ, LQER, AWQ-lite) train the
+same model again (CPU training is deterministic for a seed, which the identical pre-quantization scores show)
+and differ only in the export; TTT is ablated by scoring each baseline artifact with `EVAL_ONLY` and TTT on.
+
+    env <README CPU configuration> python3 bench/ablations.py --out bench/results/ablations_cpu.json \
+        [--steps 200] [--seeds 1337 42] [--jobs 2] [--only xsa ema]
+
+Results are saved after every run and finished runs are skipped on a rerun (the logs and artifacts stay in
+--logdir), so an interrupted sweep resumes. With --jobs 2 two single-threaded runs share the 2 cores: the
+scores are those of a 2-thread run (same seed, same numbers), only the step times are not comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tools.record import final_scores, parse_log  # noqa: E402
+from train_gpt import HPARAMS  # noqa: E402
+
+FIXED = {"MAX_WALLCLOCK_SECONDS": "0", "GPTQ_RESERVE_SECONDS": "0", "VAL_LOSS_EVERY": "0", "TTT_ENABLED": "0"}
+
+
+SWITCHED_ON = {"awq_lite", "ttt"}  # off in the baseline: their rows switch them on
+
+
+def ablations(env: dict) -> dict[str, tuple[str, dict]]:
+    """name -> (what changes against the baseline, env overrides). AWQ-lite is off in the flagship (its int8
+    columns cost more bytes than they save in BPB there), so its row switches it on, at the flagship's
+    fraction of the width (64 of 512 columns)."""
+    heads, dim, layers = int(env.get("NUM_HEADS", 8)), int(env.get("MODEL_DIM", 512)), env.get("NUM_LAYERS", "11")
+    return {
+        "baseline": ("nothing (the configuration as given)", {}),
+        "xsa": ("XSA off", {"XSA_LAST_N": "0"}),
+        "smear_gate": ("SmearGate off", {"SMEAR_GATE": "0"}),
+        "parallel_residuals": ("parallel residual lanes off", {"PARALLEL_START_LAYER": layers}),
+        "recurrence": ("depth recurrence off", {"NUM_LOOPS": "0"}),
+        "sparse_attn_gate": ("sparse attention gate off", {"SPARSE_ATTN_GATE": "0"}),
+        "partial_rope": ("full RoPE instead of partial", {"ROPE_DIMS": str(dim // heads)}),
+        "muoneq_r_polar": ("MuonEq-R + Polar Express off (quintic)", {"MUON_NS": "quintic", "MUON_ROW_NORM": "0"}),
+        "ema": ("EMA off", {"EMA_DECAY": "0"}),
+        "gptq": ("GPTQ off (round to nearest)", {"GPTQ": "0"}),
+        "lqer": ("LQER off", {"LQER_TOP_K": "0"}),
+        "awq_lite": (f"AWQ-lite on ({dim // 8} int8 columns)", {"AWQ_GROUP": str(dim // 8)}),
+        "ttt": ("TTT on: the baseline artifact scored with phased LoRA TTT", {"TTT_ENABLED": "1"}),
+    }  # fmt: skip
+
+
+class Sweep:
+    """The results file, rewritten (atomically) after every finished run."""
+
+    def __init__(self, path: Path, header: dict):
+        self.path, self.lock = path, threading.Lock()
+        old = json.loads(path.read_text()) if path.exists() else {}
+        same = {k: old.get(k) for k in header} == header
+        self.data = old if same else {**header, "runs": {}}
+
+    def done(self, name: str, seed: int) -> bool:
+        return str(seed) in self.data["runs"].get(name, {})
+
+    def save(self):
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
+        tmp.replace(self.path)
+
+    def add(self, name: str, seed: int, result: dict):
+        with self.lock:
+            self.data["runs"].setdefault(name, {})[str(seed)] = result
+            self.save()
+        stages = " ".join(f"{k}:{v['val_bpb']:.5f}" for k, v in result["stages"].items())
+        print(f"ablation:{name} seed:{seed} {stages}", flush=True)
+
+
+def run_script(env: dict, log: Path) -> str:
+    p = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], env=env, cwd=ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{log.stem} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return log.read_text()
+
+
+def train_run(name: str, overrides: dict, seed: int, base: dict, logdir: Path) -> dict:
+    run_id = f"{name}_seed{seed}"
+    run_script({**base, **overrides, "SEED": str(seed), "RUN_ID": run_id}, logdir / f"{run_id}.txt")
+    r = parse_log(logdir / f"{run_id}.txt")
+    return {"stages": r.stages, "model_bytes": r.model_bytes, "artifact_bytes": r.artifact_bytes, "steps": r.steps,
+            "step_avg_ms": r.step_avg_ms, "eval_parts": r.eval_parts}  # fmt: skip
+
+
+def ttt_run(seed: int, base: dict, logdir: Path) -> dict:
+    """The baseline artifact of this seed, scored again with TTT on (its round trip must come out the same)."""
+    run_id, artifact = f"ttt_seed{seed}", logdir / f"baseline_seed{seed}.ptz"
+    env = {**base, "TTT_ENABLED": "1", "EVAL_ONLY": str(artifact), "RUN_ID": run_id}
+    text = run_script(env, logdir / f"{run_id}.txt")
+    return {"stages": final_scores(text), "model_bytes": artifact.stat().st_size}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1337, 42])
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once, each with cores/jobs threads")
+    ap.add_argument("--logdir", type=Path, default=ROOT / "bench" / "logs" / "ablations")
+    ap.add_argument("--only", nargs="*", help="a subset of the ablations (the baseline always runs)")
+    args = ap.parse_args()
+    table = ablations(dict(os.environ))
+    unknown = set(args.only or []) - set(table)
+    if unknown:
+        raise SystemExit(f"--only {' '.join(sorted(unknown))}: expected names among {', '.join(table)}")
+    names = ["baseline"] + [n for n in table if n != "baseline" and (not args.only or n in args.only)]
+    args.logdir.mkdir(parents=True, exist_ok=True)
+    config = {k: os.environ[k] for k in sorted(os.environ) if k in {h[0] for h in HPARAMS} - {*FIXED, "ITERATIONS"}}
+    sweep = Sweep(args.out, {"steps": args.steps, "seeds": args.seeds, "config": config})
+    sweep.data["ablations"] = {n: {"change": c, "overrides": o, "switches_on": n in SWITCHED_ON}
+                               for n, (c, o) in table.items()}  # fmt: skip
+    sweep.save()
+    # LOCAL_WORLD_SIZE is how train_gpt.py divides the cores between processes, as under torchrun
+    base = {**os.environ, **FIXED, "ITERATIONS": str(args.steps), "LOG_DIR": str(args.logdir.resolve()),
+            "LOCAL_WORLD_SIZE": str(args.jobs)}  # fmt: skip
+
+    def job(name: str, seed: int):
+        if sweep.done(name, seed):
+            return
+        if name == "ttt":
+            sweep.add(name, seed, ttt_run(seed, base, args.logdir))
+        else:
+            sweep.add(name, seed, train_run(name, table[name][1], seed, base, args.logdir))
+
+    with ThreadPoolExecutor(args.jobs) as pool:  # the baselines first: the TTT rows read their artifacts
+        for f in [pool.submit(job, "baseline", s) for s in args.seeds]:
+            f.result()
+        for f in [pool.submit(job, n, s) for n in names[1:] for s in args.seeds]:
+            f.result()
+
+
+if __name__ == "__main__":
+    main()
