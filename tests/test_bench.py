@@ -121,20 +121,9 @@ def test_mfu_flop_count_matches_torch_flop_counter():
     model, with every feature on, before and after the recurrence switches on."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    env = dict(
-        VOCAB_SIZE="64",
-        NUM_LAYERS="4",
-        MODEL_DIM="32",
-        NUM_HEADS="4",
-        NUM_KV_HEADS="2",
-        LOOP_START="1",
-        LOOP_END="2",
-        NUM_LOOPS="1",
-        PARALLEL_START_LAYER="3",
-        XSA_LAST_N="2",
-        ROPE_DIMS="4",
-        GATE_WINDOW="4",
-    )
+    env = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", LOOP_START="1",
+               LOOP_END="2", NUM_LOOPS="1", PARALLEL_START_LAYER="3", XSA_LAST_N="2", ROPE_DIMS="4",
+               GATE_WINDOW="4")  # fmt: skip
     hp = tg.Hyperparameters(env)
     for looping in (False, True):
         model = tg.GPT(hp)
