@@ -85,8 +85,8 @@ def ablation(d: dict) -> list[str]:
             f"wallclock cap), seeds {', '.join(seeds)}; scored on the validation head (sliding 256/128). "
             "**Δ = BPB without the technique − BPB with it**, per seed against the baseline of the same seed: "
             "positive means the technique helps at this scale. The scored BPB is the round trip of the "
-            "artifact (no TTT) except on the TTT row. Effect: *helps* / *hurts* when both seeds agree in sign "
-            "and the mean |Δ| exceeds the baseline's own seed-to-seed spread "
+            "artifact (no TTT) except on the TTT row. Effect: *helps* / *hurts* when the seeds agree in sign "
+            "and every seed's |Δ| exceeds the baseline's own seed-to-seed spread "
             f"({spread['roundtrip']:.5f} round trip, {spread['prequant']:.5f} before quantization), else "
             "*no clear effect*.", "",
             "| technique | change | overrides | Δ before quantization | Δ scored | Δ scored per seed | "
@@ -107,9 +107,8 @@ def ablation(d: dict) -> list[str]:
             sign = -1 if meta["switches_on"] else 1
             pre = [sign * (bpb(r[s], "prequant") - bpb(base[s], "prequant")) for s in seeds]
             scored = [sign * (bpb(r[s], "roundtrip") - bpb(base[s], "roundtrip")) for s in seeds]
-        same_sign = all(x > 0 for x in scored) or all(x < 0 for x in scored)
-        effect = ("helps" if mean(scored) > 0 else "hurts") if same_sign and abs(mean(scored)) > spread["roundtrip"] \
-            else "no clear effect"  # fmt: skip
+        clear = all(x > spread["roundtrip"] for x in scored) or all(x < -spread["roundtrip"] for x in scored)
+        effect = ("helps" if mean(scored) > 0 else "hurts") if clear else "no clear effect"
         over = " ".join(f"{k}={v}" for k, v in meta["overrides"].items())
         rows.append(f"| {name} | {meta['change']} | {over} | {f'{mean(pre):+.5f}' if pre else '—'} | "
                     f"{mean(scored):+.5f} | " + " / ".join(f"{x:+.5f}" for x in scored) +

@@ -88,16 +88,18 @@ def test_ablation_table_signs_and_effects(tmp_path):
             "baseline": {"change": "-", "overrides": {}, "switches_on": False},
             "xsa": {"change": "XSA off", "overrides": {"XSA_LAST_N": "0"}, "switches_on": False},
             "ema": {"change": "EMA off", "overrides": {"EMA_DECAY": "0"}, "switches_on": False},
+            "lqer": {"change": "LQER off", "overrides": {"LQER_TOP_K": "0"}, "switches_on": False},
             "awq_lite": {"change": "AWQ on", "overrides": {"AWQ_GROUP": "16"}, "switches_on": True},
             "ttt": {"change": "TTT on", "overrides": {"TTT_ENABLED": "1"}, "switches_on": True}},
          "runs": {"baseline": {"1": run(2.0, 2.01), "2": run(2.002, 2.012)},
                   "xsa": {"1": run(2.05, 2.06), "2": run(2.04, 2.05)},  # worse without XSA: it helps
                   "ema": {"1": run(2.0, 2.0), "2": run(2.002, 2.02)},  # mixed signs
+                  "lqer": {"1": run(2.0, 2.0101), "2": run(2.002, 2.05)},  # one seed within the noise
                   "awq_lite": {"1": run(2.0, 2.0), "2": run(2.002, 2.0)},  # better with AWQ on: it helps
                   "ttt": {"1": run(2.0, 2.01, 1.9), "2": run(2.002, 2.012, 1.95)}}}  # fmt: skip
     rows = {r.split(" | ")[0][2:]: r.split(" | ") for r in report.ablation(d) if r.startswith("| ")}
     assert rows["xsa"][4] == "+0.04400" and rows["xsa"][-1] == "helps |"
-    assert rows["ema"][-1] == "no clear effect |"
+    assert rows["ema"][-1] == "no clear effect |" and rows["lqer"][-1] == "no clear effect |"
     assert rows["awq_lite"][4] == "+0.01100" and rows["awq_lite"][-1] == "helps |"
     assert rows["ttt"][3] == "—" and rows["ttt"][5] == "+0.11000 / +0.06200"
     del d["runs"]["baseline"]["2"]
