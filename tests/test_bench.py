@@ -151,3 +151,10 @@ def test_gpu_proxy_figures_from_a_run_log():
     assert abs(r["vs_record_tokens_per_s_per_gpu"] * 808_000 / r["tokens_per_s"] - 1) < 0.001
     table = report.gpu(r)[-1]  # the RESULTS.md row
     assert f"| {r['steps']} | {r['step_avg_ms']:.1f} | {r['tokens_per_s']:,.0f} |" in table
+
+
+def test_committed_results_md_is_what_report_writes(tmp_path, monkeypatch):
+    """RESULTS.md is generated from bench/results, never edited by hand or left stale."""
+    monkeypatch.setattr(report, "BENCH", tmp_path)
+    report.main()
+    assert (tmp_path / "RESULTS.md").read_text() == (ROOT / "bench" / "RESULTS.md").read_text()
