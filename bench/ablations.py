@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +38,8 @@ SWITCHED_ON = {"awq_lite", "ttt"}  # off in the baseline: their rows switch them
 
 
 def ablations(env: dict) -> dict[str, tuple[str, dict]]:
-    """name -> (what changes against the baseline, env overrides). AWQ-lite is off in the flagship (its int8
-    columns cost more bytes than they save in BPB there), so its row switches it on, at the flagship's
-    fraction of the width (64 of 512 columns)."""
+    """name -> (what changes against the baseline, env overrides). AWQ-lite is off in the flagship defaults,
+    so its row switches it on, at the fraction of the width suggested for the flagship (64 of 512 columns)."""
     heads, dim, layers = int(env.get("NUM_HEADS", 8)), int(env.get("MODEL_DIM", 512)), env.get("NUM_LAYERS", "11")
     return {
         "baseline": ("nothing (the configuration as given)", {}),
@@ -65,12 +65,15 @@ class Sweep:
         self.path, self.lock = path, threading.Lock()
         old = json.loads(path.read_text()) if path.exists() else {}
         same = {k: old.get(k) for k in header} == header
+        if old and not same:
+            print(f"{path}: steps, seeds or configuration differ from this sweep's; starting it afresh", flush=True)
         self.data = old if same else {**header, "runs": {}}
 
     def done(self, name: str, seed: int) -> bool:
         return str(seed) in self.data["runs"].get(name, {})
 
     def save(self):
+        self.data["date"] = date.today().isoformat()  # of the last finished run
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=1) + "\n")
         tmp.replace(self.path)

@@ -15,6 +15,7 @@ import json
 import lzma
 import os
 import time
+from datetime import date
 from pathlib import Path
 
 import brotli
@@ -70,7 +71,7 @@ def main() -> None:
         print(f"classical {name}: alone {row['alone_bpb']:.4f} bpb, with train context {row['marginal_bpb']:.4f} bpb "
               f"({row['seconds']:.0f} s)", flush=True)  # fmt: skip
     tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    tmp.write_text(json.dumps({**results, "date": date.today().isoformat()}, indent=1) + "\n")
     tmp.replace(args.out)
 
 

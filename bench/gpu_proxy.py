@@ -26,6 +26,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,10 +92,12 @@ def main() -> None:
         p = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], env=env, cwd=ROOT)
         if p.returncode != 0:
             raise SystemExit(f"train_gpt.py failed ({p.returncode})")
-        hp = tg.Hyperparameters(env)
-        cuda = "cuda" in parse_log(Path(logdir) / "gpu_proxy.txt").device
-        result = summarize(Path(logdir) / "gpu_proxy.txt", hp, args.peak_tflops if cuda else None)
-    result["command"] = "python3 " + " ".join(sys.argv)
+        result = summarize(Path(logdir) / "gpu_proxy.txt", tg.Hyperparameters(env), args.peak_tflops)
+    if result["device"] == "cuda":
+        result["gpu"] = tg.torch.cuda.get_device_name(0)
+    else:  # a CPU smoke run: the GPU's peak means nothing there
+        result["mfu"] = None
+    result["command"], result["date"] = "python3 " + " ".join(sys.argv), date.today().isoformat()
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     tmp.replace(args.out)

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import asdict
+from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,8 @@ def main() -> None:
                 results[name][str(seed)] = run(name, overrides, seed, Path(logdir))
                 print(name, seed, json.dumps(results[name][str(seed)]["stages"]), flush=True)
     tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"wallclock_s": os.environ.get("MAX_WALLCLOCK_SECONDS"), "runs": results}, indent=1))
+    wallclock = os.environ.get("MAX_WALLCLOCK_SECONDS")
+    tmp.write_text(json.dumps({"wallclock_s": wallclock, "date": date.today().isoformat(), "runs": results}, indent=1))
     tmp.replace(args.out)
 
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -95,9 +96,12 @@ def main() -> None:
         rows[name] = {**r, "model_bytes": len(blob), "bits_per_param": 8 * len(blob) / n_params, "streams": sizes,
                       "quantize_s": time.perf_counter() - t0, "entropy": symbol_entropy(packed, sizes)}  # fmt: skip
         print(f"variant:{name} val_bpb:{r['val_bpb']:.8f} model_bytes:{len(blob)}", flush=True)
-    result = {"params": n_params, "steps": stats["steps"], "train_tokens": stats["tokens"], "variants": rows}
+    result = {"params": n_params, "steps": stats["steps"], "train_tokens": stats["tokens"],
+              "date": date.today().isoformat(), "variants": rows}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(args.out)
     print(f"{'variant':16} {'val_bpb':>11} {'delta':>9} {'model_bytes':>12} {'bits/param':>10}")
     base = rows["prequant"]["val_bpb"]
     for name, r in rows.items():

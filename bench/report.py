@@ -19,8 +19,12 @@ def load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def section(title: str, command: str, machine: str, body: list[str] | None) -> list[str]:
-    out = [f"## {title}", "", f"Command: `{command}`  ", f"Machine: {machine}", ""]
+def section(title: str, command: str, machine: str, d: dict | None, render) -> list[str]:
+    """A benchmark's table from its results d (None: not measured), with the command, machine and date."""
+    body = render(d) if d else None
+    out = [f"## {title}", "", f"Command: `{command}`  ", f"Machine: {machine}" + ("  " if body else ""), ""]
+    if body:
+        out.insert(-1, f"Date: {d['date']}")
     return out + (body if body else ["**Not measured yet.**"]) + [""]
 
 
@@ -167,22 +171,20 @@ def main() -> None:
              "head: they compare this project's configurations, not leaderboard entries.", ""]  # fmt: skip
     proxy_cmd = f"{CPU_ENV} python3 bench/proxy_cpu.py --out bench/results/proxy_cpu.json"
     lines += section("CPU equal-time proxy: flagship architecture against the naive baseline", proxy_cmd, cpu,
-                     proxy(d) if (d := load("proxy_cpu.json")) else None)  # fmt: skip
+                     load("proxy_cpu.json"), proxy)  # fmt: skip
     lines += section("Classical compressors", "python3 bench/classical.py --out bench/results/classical.json", cpu,
-                     classical(d) if (d := load("classical.json")) else None)  # fmt: skip
+                     load("classical.json"), classical)  # fmt: skip
     abl_cmd = f"{CPU_ENV} python3 bench/ablations.py --out bench/results/ablations_cpu.json --steps 200 --jobs 2"
-    lines += section("Ablations: one technique off at a time", abl_cmd, cpu,
-                     ablation(d) if (d := load("ablations_cpu.json")) else None)  # fmt: skip
+    lines += section("Ablations: one technique off at a time", abl_cmd, cpu, load("ablations_cpu.json"), ablation)
     quant_cmd = f"{CPU_ENV} python3 bench/quantization.py --out bench/results/quantization_cpu.json"
-    q = load("quantization_cpu.json")
-    lines += section("Quantization", quant_cmd, cpu, quantization(q) if q else None)
+    lines += section("Quantization", quant_cmd, cpu, load("quantization_cpu.json"), quantization)
     lines += section("Packing: compressed bytes against the entropy of the stored symbols", quant_cmd, cpu,
-                     entropy(q) if q else None)  # fmt: skip
+                     load("quantization_cpu.json"), entropy)  # fmt: skip
     ttt_cmd = f"{CPU_ENV} python3 bench/ttt.py --artifact <run>.ptz --out bench/results/ttt_cpu.json"
-    lines += section("Test-time training", ttt_cmd, cpu, ttt(d) if (d := load("ttt_cpu.json")) else None)
-    gpu_cmd = "python3 bench/gpu_proxy.py --out bench/results/gpu_proxy.json --wallclock 180 (on the device)"
+    lines += section("Test-time training", ttt_cmd, cpu, load("ttt_cpu.json"), ttt)
     g = load("gpu_proxy.json")
-    lines += section("1×H100 proxy", g["command"] if g else gpu_cmd, "one H100 (device tool)", gpu(g) if g else None)
+    gpu_cmd = g["command"] if g else "python3 bench/gpu_proxy.py --out bench/results/gpu_proxy.json (on the device)"
+    lines += section("1×H100 proxy", gpu_cmd, g.get("gpu", "one GPU") if g else "one H100 (device tool)", g, gpu)
     out = BENCH / "RESULTS.md"
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines))

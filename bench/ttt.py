@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,8 @@ def main() -> None:
     if args.out.exists():  # a partial run (--only) adds to the variants already measured
         results = {**json.loads(args.out.read_text())["variants"], **results}
     tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"artifact": str(args.artifact), "variants": results}, indent=1) + "\n")
+    out = {"artifact": str(args.artifact), "date": date.today().isoformat(), "variants": results}
+    tmp.write_text(json.dumps(out, indent=1) + "\n")
     tmp.replace(args.out)
 
 
