@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tools.record import final_scores, parse_log  # noqa: E402
+from tools.record import final_scores, parse_log, run_train_gpt  # noqa: E402
 from train_gpt import HPARAMS  # noqa: E402
 
 FIXED = {"MAX_WALLCLOCK_SECONDS": "0", "GPTQ_RESERVE_SECONDS": "0", "VAL_LOSS_EVERY": "0", "TTT_ENABLED": "0"}
@@ -86,17 +85,8 @@ class Sweep:
         print(f"ablation:{name} seed:{seed} {stages}", flush=True)
 
 
-def run_script(env: dict, log: Path) -> str:
-    p = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], env=env, cwd=ROOT, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"{log.stem} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return log.read_text()
-
-
-def train_run(name: str, overrides: dict, seed: int, base: dict, logdir: Path) -> dict:
-    run_id = f"{name}_seed{seed}"
-    run_script({**base, **overrides, "SEED": str(seed), "RUN_ID": run_id}, logdir / f"{run_id}.txt")
-    r = parse_log(logdir / f"{run_id}.txt")
+def train_run(name: str, overrides: dict, seed: int, base: dict) -> dict:
+    r = parse_log(run_train_gpt({**base, **overrides, "SEED": str(seed), "RUN_ID": f"{name}_seed{seed}"}))
     return {"stages": r.stages, "model_bytes": r.model_bytes, "artifact_bytes": r.artifact_bytes, "steps": r.steps,
             "step_avg_ms": r.step_avg_ms, "eval_parts": r.eval_parts}  # fmt: skip
 
@@ -105,7 +95,7 @@ def ttt_run(seed: int, base: dict, logdir: Path) -> dict:
     """The baseline artifact of this seed, scored again with TTT on (its round trip must come out the same)."""
     run_id, artifact = f"ttt_seed{seed}", logdir / f"baseline_seed{seed}.ptz"
     env = {**base, "TTT_ENABLED": "1", "EVAL_ONLY": str(artifact), "RUN_ID": run_id}
-    text = run_script(env, logdir / f"{run_id}.txt")
+    text = run_train_gpt(env).read_text()
     return {"stages": final_scores(text), "model_bytes": artifact.stat().st_size}
 
 
@@ -139,7 +129,7 @@ def main() -> None:
         if name == "ttt":
             sweep.add(name, seed, ttt_run(seed, base, args.logdir))
         else:
-            sweep.add(name, seed, train_run(name, table[name][1], seed, base, args.logdir))
+            sweep.add(name, seed, train_run(name, table[name][1], seed, base))
 
     with ThreadPoolExecutor(args.jobs) as pool:  # the baselines first: the TTT rows read their artifacts
         for f in [pool.submit(job, "baseline", s) for s in args.seeds]:

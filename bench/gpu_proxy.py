@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from datetime import date
@@ -32,10 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import train_gpt as tg  # noqa: E402
-from tools.record import parse_log  # noqa: E402
+from tools.record import parse_log, run_train_gpt  # noqa: E402
 
 RECORD_TOKENS_PER_S_PER_GPU = 786_432 / 0.1217 / 8  # the public record: 786,432 tokens per 121.7 ms step, 8 GPUs
 H100_BF16_DENSE_TFLOPS = 989.4  # H100 SXM, dense bf16 tensor-core peak
+
+
+def virtual_depth(hp: tg.Hyperparameters, looping: bool) -> int:
+    return len(tg.virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops if looping else 0))
 
 
 def matmul_params(hp: tg.Hyperparameters, looping: bool) -> int:
@@ -45,15 +48,13 @@ def matmul_params(hp: tg.Hyperparameters, looping: bool) -> int:
     d, hd = hp.model_dim, hp.model_dim // hp.num_heads
     per_layer = 2 * d * d + 2 * d * hp.num_kv_heads * hd + 2 * d * int(hp.mlp_mult * d)
     per_layer += hp.num_heads * hp.gate_window if hp.sparse_attn_gate else 0
-    layers = len(tg.virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops if looping else 0))
-    return layers * per_layer + hp.vocab_size * d
+    return virtual_depth(hp, looping) * per_layer + hp.vocab_size * d
 
 
 def train_flops_per_token(hp: tg.Hyperparameters, looping: bool, seq_len: int) -> float:
     """Forward + backward (3x the forward): 2 FLOPs per weight, plus causal attention, whose q.k and a.v
     products cost 2 x 2 x heads x head_dim x context per token with a mean context of seq_len / 2."""
-    layers = len(tg.virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops if looping else 0))
-    attention = layers * 4 * hp.model_dim * seq_len / 2
+    attention = virtual_depth(hp, looping) * 4 * hp.model_dim * seq_len / 2
     return 3 * (2 * matmul_params(hp, looping) + attention)
 
 
@@ -89,10 +90,7 @@ def main() -> None:
            "MAX_WALLCLOCK_SECONDS": str(args.wallclock), "RUN_ID": "gpu_proxy"}  # fmt: skip
     with tempfile.TemporaryDirectory() as logdir:
         env["LOG_DIR"] = logdir
-        p = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], env=env, cwd=ROOT)
-        if p.returncode != 0:
-            raise SystemExit(f"train_gpt.py failed ({p.returncode})")
-        result = summarize(Path(logdir) / "gpu_proxy.txt", tg.Hyperparameters(env), args.peak_tflops)
+        result = summarize(run_train_gpt(env, capture=False), tg.Hyperparameters(env), args.peak_tflops)
     if result["device"] == "cuda":
         result["gpu"] = tg.torch.cuda.get_device_name(0)
     else:  # a CPU smoke run: the GPU's peak means nothing there

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict
@@ -26,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tools.record import parse_log  # noqa: E402
+from tools.record import parse_log, run_train_gpt  # noqa: E402
 
 NAIVE = {
     "SKIP_GATES": "0", "QK_GAIN_INIT": "1.5", "MLP_ACT": "relu2", "MLP_MULT": "2", "LN_SCALE": "0",
@@ -49,10 +48,7 @@ def naive_overrides(env: dict) -> dict:
 
 def run(name: str, overrides: dict, seed: int, logdir: Path) -> dict:
     env = {**os.environ, **overrides, "SEED": str(seed), "RUN_ID": f"{name}_seed{seed}", "LOG_DIR": str(logdir)}
-    p = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], env=env, cwd=ROOT, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"{name} seed {seed} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    r = parse_log(logdir / f"{name}_seed{seed}.txt")
+    r = parse_log(run_train_gpt(env))
     keep = ("stages", "steps", "step_avg_ms", "train_tokens", "train_s", "artifact_bytes", "model_bytes", "eval_s")
     out = {k: v for k, v in asdict(r).items() if k in keep}
     return {**out, "eval_parts": r.eval_parts, "tokens_per_s": r.train_tokens / r.train_s, "overrides": overrides}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from datetime import date
@@ -22,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tools.record import eval_clock, final_scores  # noqa: E402
+from tools.record import eval_clock, final_scores, run_train_gpt  # noqa: E402
 
 VARIANTS = {  # overrides on top of the environment's configuration
     "no_ttt": {"TTT_ENABLED": "0"},
@@ -44,10 +43,7 @@ def parse_log(text: str) -> dict:
 
 def run_variant(artifact: Path, overrides: dict, logdir: Path, name: str) -> dict:
     env = {**os.environ, **overrides, "EVAL_ONLY": str(artifact), "RUN_ID": name, "LOG_DIR": str(logdir)}
-    p = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], env=env, cwd=ROOT, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"variant {name} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return {"overrides": overrides, **parse_log((logdir / f"{name}.txt").read_text())}
+    return {"overrides": overrides, **parse_log(run_train_gpt(env).read_text())}
 
 
 def main() -> None:

@@ -147,3 +147,9 @@ def test_every_committed_record_agrees_with_its_logs(folder):
     fingerprint = (sub["val_fingerprint"]["val_docs"], sub["val_fingerprint"]["val_tokens"])
     checks = record.run_checks(runs, code, fingerprint)
     assert all(ok for _, ok, _ in checks) and sub["checks"] == {name: ok for name, ok, _ in checks}
+
+
+def test_a_failed_bench_run_names_the_run_and_the_script_error(tmp_path):
+    env = {**os.environ, "VOCAB_SIZE": "many", "RUN_ID": "bad_run", "LOG_DIR": str(tmp_path)}
+    with pytest.raises(record.RecordError, match=r"(?s)bad_run exited with 2:.*VOCAB_SIZE='many': expected int"):
+        record.run_train_gpt(env)

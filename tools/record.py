@@ -414,6 +414,16 @@ def build_record(logs: list[Path], out_root: Path, args) -> Path:
     return folder
 
 
+def run_train_gpt(env: dict, capture: bool = True) -> Path:
+    """Runs this checkout's train_gpt.py in one process with env (which names LOG_DIR and RUN_ID); returns the
+    log's path. A failure raises RecordError with the end of its stderr (when captured)."""
+    p = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], env=env, cwd=ROOT, capture_output=capture,
+                       text=True)  # fmt: skip
+    if p.returncode != 0:
+        raise RecordError(f"train_gpt.py run {env['RUN_ID']} exited with {p.returncode}:\n{(p.stderr or '')[-3000:]}")
+    return Path(env["LOG_DIR"]) / f"{env['RUN_ID']}.txt"
+
+
 def run_seeds(seeds: list[int], nproc: int, workdir: Path) -> list[Path]:
     """Packs train_gpt.py and runs it once per seed with the environment's configuration; returns the logs."""
     sys.path.insert(0, str(ROOT))
