@@ -416,6 +416,17 @@ def make_layout(tokens: Tensor, backend: str, seg_starts: Tensor | None = None) 
     return layout
 
 
+_COMPILED_FLEX = []
+
+
+def compiled_flex_attention():
+    """Eager flex_attention materialises every score (B x H x T x T); the uncompiled callers on CUDA (TTT, global
+    SGD) get this compiled copy with the fused kernel. Inside a compiled model the plain one is traced instead."""
+    if not _COMPILED_FLEX:
+        _COMPILED_FLEX.append(torch.compile(flex_attention))
+    return _COMPILED_FLEX[0]
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, layout: DocLayout) -> Tensor:
     """q [B,T,H,D], k and v [B,T,Hkv,D] -> [B,T,H,D]; the same maths on every backend."""
     B, T, H, D = q.shape
@@ -426,7 +437,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, layout: DocLayout) -> Tensor:
         return out.view(B, T, H, D)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if layout.backend == "flex":
-        out = flex_attention(q, k, v, block_mask=layout.block_mask, enable_gqa=k.size(1) != H)
+        flex = flex_attention if torch.compiler.is_compiling() or not q.is_cuda else compiled_flex_attention()
+        out = flex(q, k, v, block_mask=layout.block_mask, enable_gqa=k.size(1) != H)
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, enable_gqa=k.size(1) != H)
     return out.transpose(1, 2)

@@ -1,0 +1,372 @@
+"""The prepared GPU check: every CUDA path of train_gpt.py measured stage by stage on one GPU, in one command
+that fits the lent machine's few minutes. Each stage runs the script's own functions at the flagship defaults
+and is saved the moment it ends, so a stage that fails or a run that is stopped keeps what came before.
+
+Stages, in order of how much a lost run would cost us to learn later:
+  env      GPU, torch, triton, CUDA, attention backends and compressors found
+  train    the flagship step (786,432 tokens as 8 micro-steps of 48x2048) compiled, looping off then on:
+           compile seconds, ms/step, tokens/s, MFU, peak memory, recompiles inside the timed steps
+  ttt      one score-first TTT batch of the 64 longest validation documents, chunk by chunk (ms, rows,
+           width, memory), then one global SGD step
+  export   GPTQ Hessians (per batch), quantization, brotli packing: seconds and bytes at flagship size
+  eval     the artifact scored as the official evaluation does it (load, compile warmup, chunked and
+           sliding eval): seconds by part and recompiles
+  parity   each attention backend against float32 SDPA with an explicit document mask, forward and backward
+
+On the device machine (data and wheels carried; see README.md, "The first GPU run"):
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+    PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --out $OUT --budget 330
+On CPU, `--tiny` runs every stage at a toy size (the test suite does, so the script cannot rot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from gpu_proxy import H100_BF16_DENSE_TFLOPS, RECORD_TOKENS_PER_S_PER_GPU, train_flops_per_token  # noqa: E402
+
+import train_gpt as tg  # noqa: E402
+
+SAMPLE = ROOT / "data" / "datasets" / "sample_caseops_sp8192"
+RECORD_STEP_MS_8GPU = 121.7  # the public record's 786,432-token step on 8xH100
+TINY = {  # a toy model with every flagship feature switched on, for the CPU smoke run
+    "NUM_LAYERS": "4", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "LOOP_START": "1",
+    "LOOP_END": "2", "PARALLEL_START_LAYER": "3", "XSA_LAST_N": "4", "ROPE_DIMS": "8", "TRAIN_SEQ_LEN": "128",
+    "EVAL_SEQ_LEN": "128", "TRAIN_BATCH_TOKENS": "2048", "VAL_BATCH_SIZE": "2048", "TTT_BATCH_DOCS": "4",
+    "TTT_CONTEXT": "128", "TTT_LORA_RANK": "4", "TTT_SGD_BATCH_TOKENS": "512", "EVAL_STRIDE": "32",
+}  # fmt: skip
+
+
+class StageTimeout(Exception):
+    """Raised inside a stage (from a per-chunk hook) when its share of the budget is spent."""
+
+
+def dynamo_counts() -> dict[str, int]:
+    from torch._dynamo.utils import counters
+
+    return {"frames": counters["frames"]["ok"], "graphs": counters["stats"]["unique_graphs"]}
+
+
+def delta(before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before[k] for k, v in dynamo_counts().items()}
+
+
+class Check:
+    """Runs stages against a shared deadline and writes the JSON after each one (atomically)."""
+
+    def __init__(self, out: Path, budget_s: float, device: torch.device):
+        self.out, self.device, self.t0, self.budget_s = out, device, time.perf_counter(), budget_s
+        self.result: dict = {"command": "python3 " + " ".join(sys.argv), "date": date.today().isoformat(),
+                             "budget_s": budget_s, "stages": {}}  # fmt: skip
+
+    def left(self) -> float:
+        return self.budget_s - (time.perf_counter() - self.t0)
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def stage(self, name: str, need_s: float, fn):
+        print(f"stage:{name} start left_s:{self.left():.0f}", flush=True)
+        if self.left() < need_s:
+            r = {"skipped": f"{self.left():.0f} s left of the budget, the stage needs about {need_s:.0f}"}
+        else:
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            try:
+                r = fn()
+            except Exception as e:  # recorded, and the next stage still runs
+                r = {"error": f"{type(e).__name__}: {e}"[:2000], "traceback": traceback.format_exc()[-4000:]}
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            r["stage_s"] = time.perf_counter() - t0
+            if self.device.type == "cuda":
+                r["stage_peak_memory_mib"] = torch.cuda.max_memory_allocated() // 2**20
+        self.result["stages"][name] = r
+        self.save()
+        brief = {k: v for k, v in r.items() if not isinstance(v, (list, dict)) and k != "traceback"}
+        print(f"stage:{name} done {json.dumps(brief)}", flush=True)
+        if "traceback" in r:
+            print(r["traceback"], flush=True)
+
+    def save(self):
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "gpu_check.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.result, indent=1) + "\n")
+        tmp.replace(path)
+
+
+def env_stage(hp, device) -> dict:
+    import brotli
+    import zstandard
+
+    r = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+         "device": device.type, "flash_backend": tg.FLASH_BACKEND, "flex": tg.flex_attention is not None,
+         "attn_backend": tg.pick_backend(hp.attn_backend, device), "brotli": brotli.__version__,
+         "zstandard": zstandard.__version__, "cpu_count": os.cpu_count()}  # fmt: skip
+    try:
+        import triton
+
+        r["triton"] = triton.__version__
+    except ImportError:
+        r["triton"] = None
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        r.update(gpu=p.name, sm_count=p.multi_processor_count, memory_gib=p.total_memory / 2**30,
+                 capability=f"{p.major}.{p.minor}")  # fmt: skip
+    return r
+
+
+class Run:
+    """The flagship model, its optimizers and the training stream, shared by the stages that follow."""
+
+    def __init__(self, hp, device):
+        self.hp, self.device = hp, device
+        self.backend = tg.pick_backend(hp.attn_backend, device)
+        self.accum = tg.grad_accum_steps(hp, 1)
+        torch.manual_seed(hp.seed)
+        self.model = tg.GPT(hp).to(device)
+        self.step_model = tg.maybe_compile(self.model, hp, device)
+        self.optimizers = tg.build_optimizers(self.model, hp, 0, 1, device)
+        self.ema = tg.EMA(self.model, hp.ema_decay) if hp.ema_decay > 0 else None
+        self.loader = tg.TrainLoader(hp, 0, 1, self.accum)
+        self.steps, self.blob = 0, None
+
+    def step(self, sync) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        loss, _ = tg.train_step(self.model, self.step_model, self.optimizers, self.loader, self.hp.train_seq_len,
+                                self.backend, self.hp, 1, self.device)  # fmt: skip
+        if self.ema is not None:
+            self.ema.update(self.model)
+        sync()
+        self.steps += 1
+        return 1000 * (time.perf_counter() - t0), loss
+
+
+def train_stage(run: Run, check: Check, timed_steps: int, peak_tflops: float) -> dict:
+    """Per looping mode: the first step (compile), one settling step, then timed steps that must not recompile."""
+    hp, out = run.hp, {}
+    for looping in (False, True):
+        run.model.looping = looping
+        before = dynamo_counts()
+        first_ms, _ = run.step(check.sync)
+        compiles = delta(before)
+        run.step(check.sync)
+        before = dynamo_counts()
+        ms, losses = zip(*[run.step(check.sync) for _ in range(timed_steps)])
+        step_ms = float(np.median(ms))
+        flops = train_flops_per_token(hp, looping, hp.train_seq_len)
+        tokens_per_s = hp.train_batch_tokens / step_ms * 1000
+        out["looping_on" if looping else "looping_off"] = {
+            "first_step_s": first_ms / 1000, "compile": compiles, "step_ms": list(ms), "step_ms_median": step_ms,
+            "tokens_per_s": tokens_per_s, "vs_record_tokens_per_s_per_gpu": tokens_per_s / RECORD_TOKENS_PER_S_PER_GPU,
+            "step_ms_scaled_to_8_gpus": step_ms / 8, "train_flops_per_token": flops,
+            "mfu": flops * tokens_per_s / (peak_tflops * 1e12) if check.device.type == "cuda" else None,
+            "recompiles_in_timed_steps": delta(before), "last_loss": losses[-1],
+        }  # fmt: skip
+        if check.device.type == "cuda":
+            out["peak_memory_mib"] = torch.cuda.max_memory_allocated() // 2**20
+    out["profile_looping_on"] = profile_step(run, check)
+    run.model.looping = False
+    out.update(batch_tokens=hp.train_batch_tokens, grad_accum_steps=run.accum, steps_taken=run.steps,
+               attn_backend=run.backend, params=sum(p.numel() for p in run.model.parameters()))  # fmt: skip
+    return out
+
+
+def profile_step(run: Run, check: Check, top: int = 25) -> list[dict]:
+    """Where one training step's time goes: the kernels (or CPU ops) with the most self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = check.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        run.step(check.sync)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, key, None)
+        us = getattr(e, "self_cuda_time_total", 0) if us is None else us
+        rows.append({"name": e.key[:160], "self_us": float(us), "count": e.count})
+    return sorted(rows, key=lambda r: -r["self_us"])[:top]
+
+
+def export_stage(run: Run, check: Check, batches: int) -> dict:
+    hp = copy.copy(run.hp)
+    hp.gptq_calibration_batches = batches
+    run.model.looping = hp.num_loops > 0  # calibrated as the exported model runs
+    if run.ema is not None:
+        run.ema.copy_to(run.model)
+    t0 = time.perf_counter()
+    hessians, n = tg.collect_hessians(run.model, run.loader, hp, hp.train_seq_len, math.inf, run.backend,
+                                      check.device, 1)  # fmt: skip
+    check.sync()
+    hess_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    packed = tg.quantize_model(run.model.state_dict(), hessians, hp, log=lambda _: None)
+    check.sync()
+    quant_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run.blob, sizes = tg.serialize(packed, hp.export_compressor)
+    pack_s = time.perf_counter() - t0
+    code = len((ROOT / "train_gpt.py").read_bytes())
+    return {"calibration_batches": n, "hessian_s": hess_s, "hessian_s_per_batch": hess_s / n,
+            "hessian_s_at_default_batches": hess_s / n * run.hp.gptq_calibration_batches, "quantize_s": quant_s,
+            "pack_s": pack_s, "compressor": hp.export_compressor, "model_bytes": len(run.blob), "streams": sizes,
+            "code_bytes": code, "artifact_bytes": code + len(run.blob),
+            "fits": code + len(run.blob) <= tg.ARTIFACT_BUDGET, "trained_steps": run.steps}  # fmt: skip
+
+
+def eval_stage(run: Run, check: Check, val) -> dict:
+    hp = copy.copy(run.hp)
+    hp.ttt_enabled = 0
+    clock, lines, before = tg.EvalClock(), [], dynamo_counts()
+    tg.score_artifact(run.blob, hp, val, run.backend, 0, 1, check.device, lines.append, clock)
+    check.sync()
+    return {"parts_s": clock.parts, "log": lines, "compiles": delta(before), "val_tokens": int(len(val.tokens))}
+
+
+def fresh_model(run: Run, device) -> tg.GPT:
+    model = tg.GPT(run.hp).to(device)
+    model.load_state_dict(tg.dequantize_model(tg.deserialize(run.blob), device), strict=True)
+    model.looping = run.hp.num_loops > 0
+    return model
+
+
+def ttt_stage(run: Run, check: Check, val, seconds: float) -> dict:
+    """The first (longest) TTT batch as ttt_evaluate runs it, stopped after `seconds`; then one global SGD step."""
+    hp, device = run.hp, check.device
+    model = fresh_model(run, device)
+    model.requires_grad_(False)
+    docs = tg.doc_spans(val.tokens)
+    order = sorted(range(len(docs)), key=lambda i: -docs[i][1])[: hp.ttt_batch_docs]
+    spans = [docs[d] for d in order]
+    lora = tg.LoRA(hp, hp.ttt_batch_docs, len(model.virtual_layers()), hp.seed, device)
+    chunks, before, deadline = [], dynamo_counts(), time.perf_counter() + seconds
+    last = [time.perf_counter()]
+
+    def record(segs, nll, lora_, rows):  # called after each chunk is scored: time the previous chunk's step too
+        now = time.perf_counter()
+        chunks.append({"rows": len(rows), "width": max(s[1] for s in segs), "ms": 1000 * (now - last[0])})
+        last[0] = now
+        if now > deadline:
+            raise StageTimeout
+
+    t0 = time.perf_counter()
+    try:
+        tg.ttt_batch(model, lora, val, spans, hp, run.backend, device, record)
+        finished = True
+    except StageTimeout:
+        finished = False
+    check.sync()
+    ttt_s = time.perf_counter() - t0
+    out = {"docs": len(spans), "longest_doc": spans[0][1], "chunks_total": -(-spans[0][1] // hp.ttt_chunk),
+           "chunks_done": len(chunks), "finished": finished, "seconds": ttt_s, "chunks": chunks,
+           "compiles": delta(before)}  # fmt: skip
+    if device.type == "cuda":
+        out["peak_memory_mib"] = torch.cuda.max_memory_allocated() // 2**20
+    # global SGD: the documents that make one step of TTT_SGD_BATCH_TOKENS, timed twice (the first compiles)
+    sgd_docs, n = [], 0
+    for d in order:
+        if n >= hp.ttt_sgd_batch_tokens:
+            break
+        sgd_docs.append(docs[d])
+        n += docs[d][1]
+    for attempt in ("first", "second"):
+        t0 = time.perf_counter()
+        steps = tg.global_sgd(model, val, sgd_docs, hp, run.backend, device, 0, 1)
+        check.sync()
+        out[f"sgd_{attempt}_s"], out["sgd_steps"], out["sgd_tokens"] = time.perf_counter() - t0, steps, n
+    return out
+
+
+def parity_stage(hp, device) -> dict:
+    """Every backend this machine has, on random document-packed batches, against float32 SDPA with the mask."""
+    B, T = (2, 2048) if device.type == "cuda" else (2, 256)
+    H, kv, D = hp.num_heads, hp.num_kv_heads, hp.model_dim // hp.num_heads
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(2, hp.vocab_size, (B, T), generator=g)
+    tokens[torch.rand(B, T, generator=g) < 4 / T * 4] = tg.BOS_ID  # about 16 documents a row
+    tokens = tokens.to(device)
+    q, k, v = (torch.randn(B, T, h, D, generator=g).to(device) for h in (H, kv, kv))
+    w = torch.randn(B, T, H, D, generator=g).to(device)
+
+    def run(backend, dtype):
+        qq, kk, vv = (t.clone().to(dtype).requires_grad_(True) for t in (q, k, v))
+        out = tg.attend(qq, kk, vv, tg.make_layout(tokens, backend))
+        (out.float() * w).sum().backward()
+        return [out.detach().float(), qq.grad.float(), kk.grad.float(), vv.grad.float()]
+
+    ref = run("sdpa", torch.float32)
+    low = torch.bfloat16 if device.type == "cuda" else torch.float32
+    backends = ["sdpa"] + (["flex"] if tg.flex_attention is not None else []) + [b for b in ("fa3", "fa2") if
+                                                                              b == tg.FLASH_BACKEND]  # fmt: skip
+    out = {"shape": [B, T, H, kv, D], "dtype": str(low)}
+    for backend in backends:
+        try:
+            got = run(backend, low)
+            err = [float((a - b).norm() / b.norm()) for a, b in zip(got, ref)]  # outputs are detached copies
+            out[backend] = dict(zip(["out_rel_err", "dq_rel_err", "dk_rel_err", "dv_rel_err"], err))
+        except Exception as e:
+            out[backend] = {"error": f"{type(e).__name__}: {e}"[:1000]}
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json")
+    ap.add_argument("--budget", type=float, default=330.0, help="seconds for all stages; late ones are skipped")
+    ap.add_argument("--data", type=Path, default=SAMPLE)
+    ap.add_argument("--steps", type=int, default=5, help="timed training steps per looping mode")
+    ap.add_argument("--ttt-seconds", type=float, default=40.0)
+    ap.add_argument("--calibration-batches", type=int, default=2)
+    ap.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
+    ap.add_argument("--only", default="train,export,ttt,eval,parity", help="stages to run (env always runs)")
+    ap.add_argument("--tiny", action="store_true", help="a toy size for CPU (the test suite's smoke run)")
+    args = ap.parse_args(argv)
+    env = {"DATA_PATH": str(args.data), "TOKENIZER_PATH": str(args.data / "tokenizer.model"),
+           **(TINY if args.tiny else {}), **os.environ}  # fmt: skip
+    hp = tg.Hyperparameters(env)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    check = Check(args.out, args.budget, device)
+    check.result["hparams"] = {n: getattr(hp, n.lower()) for n, *_ in tg.HPARAMS}
+    check.stage("env", 0, lambda: env_stage(hp, device))
+    val = tg.load_validation(hp, tg.load_tokenizer(hp.tokenizer_path, hp.vocab_size))
+    only = set(args.only.split(","))
+    run = Run(hp, device)  # the stages after train use its model (untrained when train is not among them)
+    if "train" in only:
+        check.stage("train", 60, lambda: train_stage(run, check, args.steps, args.peak_tflops))
+    if "error" in check.result["stages"].get("train", {}):
+        print("stage:train failed; the stages that need its model are skipped", flush=True)
+    elif only & {"export", "ttt", "eval"}:
+        check.stage("export", 30, lambda: export_stage(run, check, args.calibration_batches))
+        if run.blob is not None and "ttt" in only:
+            check.stage("ttt", 30, lambda: ttt_stage(run, check, val, min(args.ttt_seconds, check.left() - 60)))
+        if run.blob is not None and "eval" in only:
+            check.stage("eval", 45, lambda: eval_stage(run, check, val))
+    run.loader.close()
+    if "parity" in only:
+        check.stage("parity", 15, lambda: parity_stage(hp, device))
+    check.result["total_s"] = time.perf_counter() - check.t0
+    check.save()
+    return check.result
+
+
+if __name__ == "__main__":
+    main()
