@@ -1347,7 +1347,9 @@ def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, bac
 
     def add(name: str, x: Tensor):
         x = x.detach().flatten(0, -2).float()
-        sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+        with torch.autocast(x.device.type, enabled=False):  # autocast would sum x x^T in bf16 (cholesky refuses)
+            xx = x.T @ x
+        sums[name] = sums[name] + xx if name in sums else xx
 
     linears = [(n + ".weight", m) for n, m in model.named_modules() if isinstance(m, Linear)]
     hooks = [m.register_forward_hook(lambda m, inp, out, n=n: add(n, inp[0])) for n, m in linears]

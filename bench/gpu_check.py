@@ -242,6 +242,23 @@ def eval_stage(run: Run, check: Check, val) -> dict:
     return {"parts_s": clock.parts, "log": lines, "compiles": delta(before), "val_tokens": int(len(val.tokens))}
 
 
+def eval_steady_stage(run: Run, check: Check, val) -> dict:
+    """Each evaluation pass twice through one compiled model from the artifact: the second is the steady rate
+    (tokens computed per second), with the compiles of the first counted."""
+    hp, model = run.hp, fresh_model(run, check.device)
+    scorer, out = tg.maybe_compile(model, hp, check.device), {}
+    for mode, stride in (("chunked", 0), ("sliding", hp.eval_stride)):
+        segs = tg.eval_segments(val.tokens, hp.eval_seq_len, stride)
+        for attempt in ("first", "second"):
+            before, t0 = dynamo_counts(), time.perf_counter()
+            r = tg.evaluate(scorer, val, hp, stride, run.backend, check.device)
+            check.sync()
+            out[f"{mode}_{attempt}"] = {"s": time.perf_counter() - t0, "compiles": delta(before),
+                                        "val_bpb": r["val_bpb"], "scored_tokens": r["tokens"],
+                                        "computed_tokens": sum(n for _, n, _ in segs)}  # fmt: skip
+    return out
+
+
 def fresh_model(run: Run, device) -> tg.GPT:
     model = tg.GPT(run.hp).to(device)
     model.load_state_dict(tg.dequantize_model(tg.deserialize(run.blob), device), strict=True)
@@ -328,6 +345,59 @@ def parity_stage(hp, device) -> dict:
     return out
 
 
+def full_val_lengths(val_tokens: np.ndarray, docs: int = 50_000, seed: int = 0) -> np.ndarray:
+    """Document lengths of a 50,000-document validation set drawn from the sample's own lengths (the full set
+    is not on the machine); longest first, as TTT batches them."""
+    lengths = np.array([n for _, n in tg.doc_spans(val_tokens)])
+    return np.sort(np.random.default_rng(seed).choice(lengths, docs))[::-1]
+
+
+def computed_tokens(lengths: np.ndarray, seq_len: int, stride: int) -> int:
+    """Positions a pass runs through the model (eval_segments in closed form): each document once in the
+    chunked pass; in the sliding pass a document longer than seq_len adds a full window per stride."""
+    if stride == 0:
+        return int(lengths.sum())
+    longer = np.maximum(lengths - seq_len, 0)
+    return int(np.minimum(lengths, seq_len).sum() + seq_len * (-(-longer // stride)).sum())
+
+
+def projection(result: dict, lengths: np.ndarray, gpus: int = 8) -> dict:
+    """Eval seconds by part on `gpus` GPUs from the 1-GPU figures: passes scale with tokens and split over
+    ranks; TTT costs its median chunk step (after the compiles) once per chunk of the longest document of
+    each batch, the batches split over ranks; global SGD one measured step per TTT_SGD_BATCH_TOKENS of
+    the phases' documents, its rows split over ranks. Per-rank parts (load, warmup, export) stay as measured."""
+    hp, st = result["hparams"], result["stages"]
+    ev, ttt, ex = st.get("eval", {}), st.get("ttt", {}), st.get("export", {})
+    out: dict = {"gpus": gpus, "val_docs": int(len(lengths)), "val_tokens": int(lengths.sum())}
+    if "quantize_s" in ex:
+        out["quantize_s"], out["pack_s"] = ex["quantize_s"], ex["pack_s"]
+    if "parts_s" in ev:
+        out["load_s"], out["compile_warmup_s"] = ev["parts_s"]["load"], ev["parts_s"].get("compile_warmup", 0.0)
+        scale = out["val_tokens"] / (ev["val_tokens"] - 1) / gpus
+        for line in ev["log"]:  # an upper bound: these first passes include their recompiles
+            mode = line.split("mode:")[1].split()[0]
+            out[f"{mode}_eval_s"] = float(line.split("eval_time_ms:")[1]) / 1000 * scale
+    steady = st.get("eval_steady", {})
+    for mode, stride in (("chunked", 0), ("sliding", hp["EVAL_STRIDE"])):
+        if f"{mode}_second" in steady:  # the steady rate in tokens computed per second, over the full layout
+            r = steady[f"{mode}_second"]
+            out[f"{mode}_eval_s"] = (
+                computed_tokens(lengths, hp["EVAL_SEQ_LEN"], stride) / (r["computed_tokens"] / r["s"]) / gpus
+            )
+    if ttt.get("chunks"):
+        steady = [c["ms"] for c in ttt["chunks"][4:]] or [c["ms"] for c in ttt["chunks"]]
+        step_ms, B, C = float(np.median(steady)), hp["TTT_BATCH_DOCS"], hp["TTT_CHUNK"]
+        chunk_steps = sum(-(-int(lengths[i]) // C) for i in range(0, len(lengths), B))
+        out.update(ttt_chunk_step_ms=step_ms, ttt_chunk_steps=int(chunk_steps),
+                   ttt_s=step_ms / 1000 * chunk_steps / gpus)  # fmt: skip
+        phase_docs = sum(min(hp["TTT_PHASE_DOCS"], len(lengths)) * k // hp["TTT_PHASES"]
+                         for k in range(1, hp["TTT_PHASES"] + 1))  # fmt: skip
+        sgd_steps = phase_docs * float(lengths.mean()) / hp["TTT_SGD_BATCH_TOKENS"]
+        out["sgd_s"] = ttt["sgd_second_s"] / ttt["sgd_steps"] * sgd_steps / gpus
+    out["total_s"] = sum(v for k, v in out.items() if k.endswith("_s"))
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json")
@@ -337,9 +407,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--ttt-seconds", type=float, default=40.0)
     ap.add_argument("--calibration-batches", type=int, default=2)
     ap.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
-    ap.add_argument("--only", default="train,export,ttt,eval,parity", help="stages to run (env always runs)")
+    stages = "train,export,ttt,eval,eval_steady,parity"
+    ap.add_argument("--only", default=stages, help="stages to run (env always runs)")
     ap.add_argument("--tiny", action="store_true", help="a toy size for CPU (the test suite's smoke run)")
+    ap.add_argument("--project", type=Path, help="only (re)compute the 8-GPU projection of a saved JSON")
     args = ap.parse_args(argv)
+    if args.project:  # on a machine without the GPU: the lengths come from the local sample
+        result = json.loads(args.project.read_text())
+        val = tg.load_shard(str(next(args.data.glob("fineweb_val_0*.bin")))).astype(np.int64)
+        result["projection"] = projection(result, full_val_lengths(val))
+        tmp = args.project.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.replace(args.project)
+        return result
     env = {"DATA_PATH": str(args.data), "TOKENIZER_PATH": str(args.data / "tokenizer.model"),
            **(TINY if args.tiny else {}), **os.environ}  # fmt: skip
     hp = tg.Hyperparameters(env)
@@ -354,16 +434,19 @@ def main(argv=None) -> dict:
         check.stage("train", 60, lambda: train_stage(run, check, args.steps, args.peak_tflops))
     if "error" in check.result["stages"].get("train", {}):
         print("stage:train failed; the stages that need its model are skipped", flush=True)
-    elif only & {"export", "ttt", "eval"}:
+    elif only & {"export", "ttt", "eval", "eval_steady"}:
         check.stage("export", 30, lambda: export_stage(run, check, args.calibration_batches))
         if run.blob is not None and "ttt" in only:
             check.stage("ttt", 30, lambda: ttt_stage(run, check, val, min(args.ttt_seconds, check.left() - 60)))
         if run.blob is not None and "eval" in only:
             check.stage("eval", 45, lambda: eval_stage(run, check, val))
+        if run.blob is not None and "eval_steady" in only:
+            check.stage("eval_steady", 30, lambda: eval_steady_stage(run, check, val))
     run.loader.close()
     if "parity" in only:
         check.stage("parity", 15, lambda: parity_stage(hp, device))
     check.result["total_s"] = time.perf_counter() - check.t0
+    check.result["projection"] = projection(check.result, full_val_lengths(val.tokens))
     check.save()
     return check.result
 
