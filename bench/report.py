@@ -163,6 +163,73 @@ def gpu(d: dict) -> list[str]:
             f"{parts} |"]  # fmt: skip
 
 
+RECORD_TOKENS_PER_S_PER_GPU, RECORD_STEP_MS = 807_757, 121.7  # the public record, 8xH100
+
+
+def gpu_check(d: dict) -> list[str]:
+    """The staged GPU check (bench/gpu_check.py): training step, export, eval parts with the 8-GPU projection,
+    attention parity and the step's top kernels."""
+    st, env, p = d["stages"], d["stages"]["env"], d["projection"]
+    runs = "; ".join(f"`{r['file']}` ({', '.join(r['stages'])}): `{r['command']}`" for r in d.get("runs", []))
+    out = [f"{env['gpu']}, torch {env['torch']}, Triton {env['triton']}, CUDA {env['cuda']}; attention backend "
+           f"`{env['attn_backend']}` (FlashAttention: {env['flash_backend'] or 'not installed'}). Flagship defaults "
+           "on the CaseOps sp8192 sample; one GPU takes the 8 ranks' 786,432-token step as 8 micro-steps of "
+           f"48×2048. Stages from: {runs}.", "",
+           "| looping | first step incl. compile (s) | ms/step | ÷ 8 GPUs (record 121.7) | tokens/s per GPU "
+           "(record 807,757) | vs record | MFU (989.4 TFLOP/s) | recompiles after warmup |",
+           "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    tr = st.get("train", {})
+    for mode in ("looping_off", "looping_on"):
+        if mode in tr:
+            m = tr[mode]
+            out.append(f"| {mode.split('_')[1]} | {m['first_step_s']:.1f} | {m['step_ms_median']:.1f} | "
+                       f"{m['step_ms_median'] / 8:.1f} | {m['tokens_per_s']:,.0f} | "
+                       f"{m['tokens_per_s'] / RECORD_TOKENS_PER_S_PER_GPU:.3f}× | {100 * m['mfu']:.1f} % | "
+                       f"{m['recompiles_in_timed_steps']['graphs']} |")  # fmt: skip
+    if tr:
+        out += ["", f"Peak memory in training: {tr['peak_memory_mib']:,} MiB; {tr['params']:,} parameters."]
+    ex = st.get("export", {})
+    if "model_bytes" in ex:
+        out += ["", "| GPTQ Hessians (s per batch; at the default batches) | quantize (s) | pack (s) | compressor | "
+                "model bytes | artifact bytes | fits 16,000,000 |", "|---|---|---|---|---|---|---|",
+                f"| {ex['hessian_s_per_batch']:.1f}; {ex['hessian_s_at_default_batches']:.0f} | "
+                f"{ex['quantize_s']:.1f} | {ex['pack_s']:.1f} | {ex['compressor']} | {ex['model_bytes']:,} | "
+                f"{ex['artifact_bytes']:,} | {'yes' if ex['fits'] else '**no**'} |",
+                "", f"(After {ex['trained_steps']} training steps: the size of the flagship's shapes, not of a trained "
+                "model's value distribution.)"]  # fmt: skip
+    names = {"quantize_s": "quantize (GPTQ)", "pack_s": "pack (compress)", "load_s": "load", "compile_warmup_s":
+             "compile warmup", "chunked_eval_s": "chunked pass (steady rate)", "sliding_eval_s":
+             "sliding pass (steady rate)", "pass_recompile_s": "recompiles inside one round of passes",
+             "ttt_s": "TTT (median chunk step × chunk steps ÷ 8)", "ttt_compile_s": "TTT recompiles",
+             "sgd_s": "global SGD phases"}  # fmt: skip
+    out += ["", f"Evaluation by part, projected to {p['gpus']} GPUs and {p['val_docs']:,} documents "
+            f"({p['val_tokens']:,} tokens, lengths drawn from the sample's): passes at the steady rate of their "
+            f"second run; TTT at {p.get('ttt_chunk_step_ms', 0):.0f} ms per chunk step, "
+            f"{p.get('ttt_chunk_steps', 0):,} chunk steps.", "", "| part | seconds |", "|---|---|"]  # fmt: skip
+    out += [f"| {label} | {p[k]:.1f} |" for k, label in names.items() if k in p]
+    total = p["main_today_s"]
+    out.append(f"| **today's main() in all** (both passes before and after quantization) | **{total:.0f}** |")
+    par = st.get("parity", {})
+    if par:
+        out += ["", f"Attention parity against float32 SDPA with the document mask ({par['dtype']}, shape "
+                f"B,T,H,Hkv,D = {par['shape']}), relative error:", "",
+                "| backend | out | dq | dk | dv |", "|---|---|---|---|---|"]  # fmt: skip
+        for b, r in par.items():
+            if isinstance(r, dict) and "out_rel_err" in r:
+                out.append(f"| {b} | {r['out_rel_err']:.2e} | {r['dq_rel_err']:.2e} | {r['dk_rel_err']:.2e} | "
+                           f"{r['dv_rel_err']:.2e} |")  # fmt: skip
+    prof = tr.get("profile_looping_on", [])
+    if prof:
+        seen, rows = set(), []
+        for r in prof:
+            if r["name"] not in seen:
+                seen.add(r["name"])
+                rows.append(f"| {r['self_us'] / 1000:.1f} | {r['count']} | `{r['name'][:90]}` |")
+        out += ["", "Where one looped training step's time goes (PyTorch profiler, self time on the GPU):", "",
+                "| ms | calls | kernel |", "|---|---|---|", *rows[:12]]  # fmt: skip
+    return out
+
+
 def main() -> None:
     cpu = "2 CPU cores (AMD EPYC), torch 2.13 CPU"
     lines = ["# Benchmark results", "",
@@ -182,6 +249,10 @@ def main() -> None:
                      load("quantization_cpu.json"), entropy)  # fmt: skip
     ttt_cmd = f"{CPU_ENV} python3 bench/ttt.py --artifact <run>.ptz --out bench/results/ttt_cpu.json"
     lines += section("Test-time training", ttt_cmd, cpu, load("ttt_cpu.json"), ttt)
+    gc = load("gpu_check.json")
+    gc_cmd = gc["command"] if gc else "python3 bench/gpu_check.py --out <dir> (on the device: README, first GPU run)"
+    gc_machine = gc["stages"]["env"]["gpu"] + " (device tool)" if gc else "one H100 or H200 (device tool)"
+    lines += section("GPU check: the flagship on one GPU, stage by stage", gc_cmd, gc_machine, gc, gpu_check)
     g = load("gpu_proxy.json")
     gpu_cmd = g["command"] if g else "python3 bench/gpu_proxy.py --out bench/results/gpu_proxy.json (on the device)"
     lines += section("1×H100 proxy", gpu_cmd, g.get("gpu", "one GPU") if g else "one H100 (device tool)", g, gpu)
