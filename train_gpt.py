@@ -395,6 +395,14 @@ def pick_backend(requested: str, device: torch.device) -> str:
     return "sdpa"
 
 
+def varlen_room(B: int, T: int, n_segments: int = 0) -> int:
+    """Segments cu_seqlens has room for, the rest zero-length at the end: one length per micro-batch shape, since the
+    model is compiled with dynamic=False and a recompile costs about 70 s. B + B*T/256 holds documents averaging
+    >= 256 tokens (the sample's 48 x 2048 micro-batches hold 70-171 segments, room 432); more take a multiple."""
+    room = B + B * T // 256
+    return room * max(1, -(-n_segments // room))
+
+
 def make_layout(tokens: Tensor, backend: str, seg_starts: Tensor | None = None) -> DocLayout:
     B, T = tokens.shape
     starts = tokens == BOS_ID
@@ -405,8 +413,8 @@ def make_layout(tokens: Tensor, backend: str, seg_starts: Tensor | None = None) 
     layout = DocLayout(starts, doc_ids, backend)
     if backend in ("fa3", "fa2"):
         where = torch.nonzero(starts.flatten()).flatten().int()
-        pad = -(where.numel() + 1) % 64  # a few fixed lengths (empty tail sequences), not a recompile per batch
-        layout.cu_seqlens = torch.cat([where, where.new_full((1 + pad,), B * T)])
+        tail = where.new_full((varlen_room(B, T, where.numel()) + 1 - where.numel(),), B * T)
+        layout.cu_seqlens = torch.cat([where, tail])  # int32, as both kernels require
     elif backend == "flex":
         same_doc_causal = lambda b, h, q, k: (q >= k) & (doc_ids[b, q] == doc_ids[b, k])
         layout.block_mask = create_block_mask(same_doc_causal, B, None, T, T, tokens.device, _compile=tokens.is_cuda)
@@ -431,9 +439,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, layout: DocLayout) -> Tensor:
     """q [B,T,H,D], k and v [B,T,Hkv,D] -> [B,T,H,D]; the same maths on every backend."""
     B, T, H, D = q.shape
     if layout.backend in ("fa3", "fa2"):
-        cu = layout.cu_seqlens
-        out = _flash_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu, cu, T, T, causal=True)
-        out = out[0] if isinstance(out, tuple) else out
+        cu = layout.cu_seqlens  # keywords common to FA2's and FA3's flash_attn_varlen_func; max_seqlen a constant
+        out = _flash_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens_q=cu, cu_seqlens_k=cu,
+                            max_seqlen_q=T, max_seqlen_k=T, causal=True)  # fmt: skip
+        out = out[0] if isinstance(out, tuple) else out  # FA3 builds before 2025 return (out, lse)
         return out.view(B, T, H, D)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if layout.backend == "flex":
