@@ -685,9 +685,14 @@ POLAR_EXPRESS = (  # per-iteration minimax (a, b, c) of Polar Express, for a 2% 
 QUINTIC = ((3.4445, -4.7750, 2.0315),) * 5  # the naive baseline's fixed Newton-Schulz coefficients
 
 
+def ns_dtype(device: torch.device) -> torch.dtype:
+    """Newton-Schulz runs in bf16 on CUDA, float32 on CPU; Muon exchanges its updates in the same dtype (lossless)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def orthogonalize(G: Tensor, steps: int, coeffs=POLAR_EXPRESS) -> Tensor:
     """Approximate U V^T of G = U S V^T (batched over leading dims) by odd polynomial iterations."""
-    X = G.bfloat16() if G.is_cuda else G.float()
+    X = G.to(ns_dtype(G.device))
     tall = X.size(-2) > X.size(-1)
     X = X.mT if tall else X
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * (1.02 if coeffs is POLAR_EXPRESS else 1.0) + 1e-7)
@@ -700,7 +705,7 @@ def orthogonalize(G: Tensor, steps: int, coeffs=POLAR_EXPRESS) -> Tensor:
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum -> optional row normalisation (MuonEq-R) -> orthogonalisation -> scale by
     sqrt(max(1, rows/cols)), with decoupled weight decay. Gradients must already be averaged over ranks;
-    rank r computes the updates of every world-th matrix and one all-reduce shares them."""
+    rank r computes the updates of every world-th matrix and one all_gather shares them."""
 
     def __init__(self, params, lr, momentum, weight_decay, ns_steps, coeffs, row_norm, rank=0, world=1):
         params = sorted(params, key=lambda p: (tuple(p.shape), -p.numel()))
@@ -710,28 +715,38 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            params, mom = group["params"], group["momentum"]
-            mine = [p for i, p in enumerate(params) if i % self.world == self.rank]
-            updates = {p: torch.zeros_like(p) for p in params} if self.world > 1 else {}
+            params, mom, updates = group["params"], group["momentum"], {}
             by_shape: dict[tuple, list] = {}
-            for p in mine:
+            for p in params[self.rank :: self.world]:
                 buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
                 buf.mul_(mom).add_(p.grad)
                 by_shape.setdefault(tuple(p.shape), []).append((p, p.grad.add(buf, alpha=mom)))
-            for (rows, cols), items in by_shape.items():
+            for items in by_shape.values():
                 G = torch.stack([g for _, g in items])
                 if self.row_norm:
                     G = G / G.norm(dim=-1, keepdim=True).clamp_min(1e-7)
-                U = orthogonalize(G, self.ns_steps, self.coeffs) * math.sqrt(max(1.0, rows / cols))
-                for (p, _), u in zip(items, U):
-                    updates[p] = u
+                updates.update(zip([p for p, _ in items], orthogonalize(G, self.ns_steps, self.coeffs)))
             if self.world > 1:
-                flat = torch.cat([updates[p].flatten() for p in params])
-                dist.all_reduce(flat)
-                updates = dict(zip(params, flat.split([p.numel() for p in params])))
+                updates = self.exchange(params, updates)
             for p in params:
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(updates[p].view_as(p), alpha=-group["lr"])
+                p.add_(updates[p].view_as(p), alpha=-group["lr"] * math.sqrt(max(1.0, p.size(0) / p.size(1))))
+
+    def exchange(self, params: list[Tensor], mine: dict) -> dict:
+        """Each rank's unscaled updates to every rank in one all_gather, in the dtype Newton-Schulz ran in: bf16
+        on CUDA (exact, and a quarter of the bytes of an fp32 all-reduce of every update), float32 on CPU."""
+        shares = [params[r :: self.world] for r in range(self.world)]
+        sizes = [[p.numel() for p in share] for share in shares]
+        width, wire = max(map(sum, sizes)), ns_dtype(params[0].device)
+        send = torch.zeros(width, dtype=wire, device=params[0].device)
+        if shares[self.rank]:
+            send[: sum(sizes[self.rank])] = torch.cat([mine[p].flatten() for p in shares[self.rank]])
+        recv = send.new_empty(self.world * width)
+        dist.all_gather_into_tensor(recv, send)
+        out = {}
+        for share, size, flat in zip(shares, sizes, recv.split(width)):
+            out.update(zip(share, flat[: sum(size)].split(size)))
+        return out
 
 
 def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world: int, device) -> list[torch.optim.Optimizer]:
