@@ -1366,7 +1366,8 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
 def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, backend, device, world):
     """Sum of x x^T over the inputs of every quantized matrix (the LM head's input for the tied embedding),
     from training batches only, every pass of a looped layer included; summed over ranks. Stops at
-    GPTQ_CALIBRATION_BATCHES or before the deadline (perf_counter seconds), whichever comes first."""
+    GPTQ_CALIBRATION_BATCHES or before the deadline (perf_counter seconds), whichever comes first. c_q, c_k
+    and c_v read the same input: one sum, the same tensor under the three names (callers must not mutate it)."""
     sums: dict[str, Tensor] = {}
 
     def add(name: str, x: Tensor):
@@ -1375,7 +1376,8 @@ def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, bac
             xx = x.T @ x
         sums[name] = sums[name] + xx if name in sums else xx
 
-    linears = [(n + ".weight", m) for n, m in model.named_modules() if isinstance(m, Linear)]
+    shared = (".c_k", ".c_v")  # c_q's hook sums their input
+    linears = [(n + ".weight", m) for n, m in model.named_modules() if isinstance(m, Linear) and not n.endswith(shared)]
     hooks = [m.register_forward_hook(lambda m, inp, out, n=n: add(n, inp[0])) for n, m in linears]
     batches, step_s = 0, 0.0
     while batches < hp.gptq_calibration_batches:
@@ -1394,6 +1396,9 @@ def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, bac
     if world > 1:
         for name in sorted(sums):
             dist.all_reduce(sums[name])
+    for name in [n for n in sums if n.endswith(".c_q.weight")]:
+        for other in shared:
+            sums[name.replace(".c_q", other)] = sums[name]
     return (sums or None), batches
 
 
