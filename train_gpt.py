@@ -442,7 +442,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, layout: DocLayout) -> Tensor:
         cu = layout.cu_seqlens  # keywords common to FA2's and FA3's flash_attn_varlen_func; max_seqlen a constant
         out = _flash_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens_q=cu, cu_seqlens_k=cu,
                             max_seqlen_q=T, max_seqlen_k=T, causal=True)  # fmt: skip
-        out = out[0] if isinstance(out, tuple) else out  # FA3 builds before 2025 return (out, lse)
+        out = out[0] if isinstance(out, tuple) else out  # older FA3 builds return (out, lse)
         return out.view(B, T, H, D)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if layout.backend == "flex":
@@ -734,7 +734,7 @@ class Muon(torch.optim.Optimizer):
 
     def exchange(self, params: list[Tensor], mine: dict) -> dict:
         """Each rank's unscaled updates to every rank in one all_gather, in the dtype Newton-Schulz ran in: bf16
-        on CUDA (exact, and a quarter of the bytes of an fp32 all-reduce of every update), float32 on CPU."""
+        on CUDA (exact; about a quarter of the traffic of an fp32 all-reduce of every update), float32 on CPU."""
         shares = [params[r :: self.world] for r in range(self.world)]
         sizes = [[p.numel() for p in share] for share in shares]
         width, wire = max(map(sum, sizes)), ns_dtype(params[0].device)
