@@ -405,6 +405,14 @@ def pick_backend(requested: str, device: torch.device) -> str:
     return "sdpa"
 
 
+def varlen_room(B: int, T: int, n_segments: int = 0) -> int:
+    """Segments cu_seqlens has room for, the rest zero-length at the end: one length per micro-batch shape, since the
+    model is compiled with dynamic=False and a recompile costs about 70 s. B + B*T/256 holds documents averaging
+    >= 256 tokens (the sample's 48 x 2048 micro-batches hold 70-171 segments, room 432); more take a multiple."""
+    room = B + B * T // 256
+    return room * max(1, -(-n_segments // room))
+
+
 def make_layout(tokens: Tensor, backend: str, seg_starts: Tensor | None = None) -> DocLayout:
     B, T = tokens.shape
     starts = tokens == BOS_ID
@@ -415,8 +423,8 @@ def make_layout(tokens: Tensor, backend: str, seg_starts: Tensor | None = None) 
     layout = DocLayout(starts, doc_ids, backend)
     if backend in ("fa3", "fa2"):
         where = torch.nonzero(starts.flatten()).flatten().int()
-        pad = -(where.numel() + 1) % 64  # a few fixed lengths (empty tail sequences), not a recompile per batch
-        layout.cu_seqlens = torch.cat([where, where.new_full((1 + pad,), B * T)])
+        tail = where.new_full((varlen_room(B, T, where.numel()) + 1 - where.numel(),), B * T)
+        layout.cu_seqlens = torch.cat([where, tail])  # int32, as both kernels require
     elif backend == "flex":
         same_doc_causal = lambda b, h, q, k: (q >= k) & (doc_ids[b, q] == doc_ids[b, k])
         layout.block_mask = create_block_mask(same_doc_causal, B, None, T, T, tokens.device, _compile=tokens.is_cuda)
@@ -441,9 +449,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, layout: DocLayout) -> Tensor:
     """q [B,T,H,D], k and v [B,T,Hkv,D] -> [B,T,H,D]; the same maths on every backend."""
     B, T, H, D = q.shape
     if layout.backend in ("fa3", "fa2"):
-        cu = layout.cu_seqlens
-        out = _flash_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu, cu, T, T, causal=True)
-        out = out[0] if isinstance(out, tuple) else out
+        cu = layout.cu_seqlens  # keywords common to FA2's and FA3's flash_attn_varlen_func; max_seqlen a constant
+        out = _flash_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens_q=cu, cu_seqlens_k=cu,
+                            max_seqlen_q=T, max_seqlen_k=T, causal=True)  # fmt: skip
+        out = out[0] if isinstance(out, tuple) else out  # older FA3 builds return (out, lse)
         return out.view(B, T, H, D)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if layout.backend == "flex":
@@ -686,9 +695,14 @@ POLAR_EXPRESS = (  # per-iteration minimax (a, b, c) of Polar Express, for a 2% 
 QUINTIC = ((3.4445, -4.7750, 2.0315),) * 5  # the naive baseline's fixed Newton-Schulz coefficients
 
 
+def ns_dtype(device: torch.device) -> torch.dtype:
+    """Newton-Schulz runs in bf16 on CUDA, float32 on CPU; Muon exchanges its updates in the same dtype (lossless)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def orthogonalize(G: Tensor, steps: int, coeffs=POLAR_EXPRESS) -> Tensor:
     """Approximate U V^T of G = U S V^T (batched over leading dims) by odd polynomial iterations."""
-    X = G.bfloat16() if G.is_cuda else G.float()
+    X = G.to(ns_dtype(G.device))
     tall = X.size(-2) > X.size(-1)
     X = X.mT if tall else X
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * (1.02 if coeffs is POLAR_EXPRESS else 1.0) + 1e-7)
@@ -701,7 +715,7 @@ def orthogonalize(G: Tensor, steps: int, coeffs=POLAR_EXPRESS) -> Tensor:
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum -> optional row normalisation (MuonEq-R) -> orthogonalisation -> scale by
     sqrt(max(1, rows/cols)), with decoupled weight decay. Gradients must already be averaged over ranks;
-    rank r computes the updates of every world-th matrix and one all-reduce shares them."""
+    rank r computes the updates of every world-th matrix and one all_gather shares them."""
 
     def __init__(self, params, lr, momentum, weight_decay, ns_steps, coeffs, row_norm, rank=0, world=1):
         params = sorted(params, key=lambda p: (tuple(p.shape), -p.numel()))
@@ -711,28 +725,38 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            params, mom = group["params"], group["momentum"]
-            mine = [p for i, p in enumerate(params) if i % self.world == self.rank]
-            updates = {p: torch.zeros_like(p) for p in params} if self.world > 1 else {}
+            params, mom, updates = group["params"], group["momentum"], {}
             by_shape: dict[tuple, list] = {}
-            for p in mine:
+            for p in params[self.rank :: self.world]:
                 buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
                 buf.mul_(mom).add_(p.grad)
                 by_shape.setdefault(tuple(p.shape), []).append((p, p.grad.add(buf, alpha=mom)))
-            for (rows, cols), items in by_shape.items():
+            for items in by_shape.values():
                 G = torch.stack([g for _, g in items])
                 if self.row_norm:
                     G = G / G.norm(dim=-1, keepdim=True).clamp_min(1e-7)
-                U = orthogonalize(G, self.ns_steps, self.coeffs) * math.sqrt(max(1.0, rows / cols))
-                for (p, _), u in zip(items, U):
-                    updates[p] = u
+                updates.update(zip([p for p, _ in items], orthogonalize(G, self.ns_steps, self.coeffs)))
             if self.world > 1:
-                flat = torch.cat([updates[p].flatten() for p in params])
-                dist.all_reduce(flat)
-                updates = dict(zip(params, flat.split([p.numel() for p in params])))
+                updates = self.exchange(params, updates)
             for p in params:
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(updates[p].view_as(p), alpha=-group["lr"])
+                p.add_(updates[p].view_as(p), alpha=-group["lr"] * math.sqrt(max(1.0, p.size(0) / p.size(1))))
+
+    def exchange(self, params: list[Tensor], mine: dict) -> dict:
+        """Each rank's unscaled updates to every rank in one all_gather, in the dtype Newton-Schulz ran in: bf16
+        on CUDA (exact; about a quarter of the traffic of an fp32 all-reduce of every update), float32 on CPU."""
+        shares = [params[r :: self.world] for r in range(self.world)]
+        sizes = [[p.numel() for p in share] for share in shares]
+        width, wire = max(map(sum, sizes)), ns_dtype(params[0].device)
+        send = torch.zeros(width, dtype=wire, device=params[0].device)
+        if shares[self.rank]:
+            send[: sum(sizes[self.rank])] = torch.cat([mine[p].flatten() for p in shares[self.rank]])
+        recv = send.new_empty(self.world * width)
+        dist.all_gather_into_tensor(recv, send)
+        out = {}
+        for share, size, flat in zip(shares, sizes, recv.split(width)):
+            out.update(zip(share, flat[: sum(size)].split(size)))
+        return out
 
 
 def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world: int, device) -> list[torch.optim.Optimizer]:
@@ -1533,7 +1557,8 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
 def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, backend, device, world):
     """Sum of x x^T over the inputs of every quantized matrix (the LM head's input for the tied embedding),
     from training batches only, every pass of a looped layer included; summed over ranks. Stops at
-    GPTQ_CALIBRATION_BATCHES or before the deadline (perf_counter seconds), whichever comes first."""
+    GPTQ_CALIBRATION_BATCHES or before the deadline (perf_counter seconds), whichever comes first. c_q, c_k
+    and c_v read the same input: one sum, the same tensor under the three names (callers must not mutate it)."""
     sums: dict[str, Tensor] = {}
 
     def add(name: str, x: Tensor):
@@ -1542,7 +1567,8 @@ def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, bac
             xx = x.T @ x
         sums[name] = sums[name] + xx if name in sums else xx
 
-    linears = [(n + ".weight", m) for n, m in model.named_modules() if isinstance(m, Linear)]
+    shared = (".c_k", ".c_v")  # c_q's hook sums their input
+    linears = [(n + ".weight", m) for n, m in model.named_modules() if isinstance(m, Linear) and not n.endswith(shared)]
     hooks = [m.register_forward_hook(lambda m, inp, out, n=n: add(n, inp[0])) for n, m in linears]
     batches, step_s = 0, 0.0
     while batches < hp.gptq_calibration_batches:
@@ -1561,6 +1587,9 @@ def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, bac
     if world > 1:
         for name in sorted(sums):
             dist.all_reduce(sums[name])
+    for name in [n for n in sums if n.endswith(".c_q.weight")]:
+        for other in shared:
+            sums[name.replace(".c_q", other)] = sums[name]
     return (sums or None), batches
 
 
@@ -1578,13 +1607,17 @@ def evaluate_pass(model, val, hp, backend, rank, world, device, log, stage: str)
     return result
 
 
+COMPILE_ON_CPU = False  # tests only: inductor compiles on CPU too, so the CUDA path's compiled model runs there
+
+
 def maybe_compile(model: GPT, hp: Hyperparameters, device):
     """One compiled graph per shape and mode (training looped or not, eval, each TTT width, global SGD): more
     than Dynamo's default of 8 per function, past which it would silently run the rest uncompiled."""
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
-    return torch.compile(model, dynamic=False) if device.type == "cuda" and hp.compile else model
+    on = hp.compile and (device.type == "cuda" or COMPILE_ON_CPU)
+    return torch.compile(model, dynamic=False) if on else model
 
 
 def main():
