@@ -121,11 +121,21 @@ HPARAMS = (
     ("EVAL_SEQ_LEN", int, 2048, (2, 65536), "evaluation window length"),
     ("EVAL_STRIDE", int, 64, (0, 65536), "sliding-window stride inside each document (0: doc-masked chunks only)"),
     ("EVAL_ONLY", str, "", None, "path of an artifact to evaluate without training"),
-    ("EVAL_MAX_SECONDS", float, 600.0, (0.0, 1e7), "evaluation budget after training stops; over it is reported"),
+    (
+        "EVAL_MAX_SECONDS",
+        float,
+        570.0,
+        (0.0, 1e7),
+        "eval deadline after training stops (600 less a 30 s margin); "
+        "TTT stops adapting and scores the rest plainly to finish inside it",
+    ),
+    ("EVAL_DIAGNOSTICS", int, 0, (0, 1), "also score before quantization and the plain round trip (off the score)"),
     ("TTT_ENABLED", int, 1, (0, 1), "score the artifact with score-first LoRA test-time training"),
     ("TTT_BATCH_DOCS", int, 64, (1, 4096), "documents per TTT batch (one adapter set each)"),
     ("TTT_CHUNK", int, 48, (1, 65536), "tokens scored, then trained on, per TTT step"),
     ("TTT_CONTEXT", int, 2048, (1, 65536), "most tokens of the document's own context a chunk sees"),
+    ("TTT_MICRO_TOKENS", int, 32768, (1, 2**30), "most tokens per TTT forward: a chunk's rows are split to fit"),
+    ("TTT_WIDTH_BUCKETS", int, 3, (1, 16), "compiled TTT row widths: TTT_CONTEXT / 2^k, k < this"),
     ("TTT_LR", float, 1e-4, (0.0, 10.0), "TTT AdamW learning rate"),
     ("TTT_BETA2", float, 0.99, (0.0, 1.0), "TTT AdamW beta2 (beta1 is 0)"),
     ("TTT_WD", float, 0.5, (0.0, 100.0), "TTT AdamW weight decay"),
@@ -397,6 +407,14 @@ def pick_backend(requested: str, device: torch.device) -> str:
     return "sdpa"
 
 
+def varlen_room(B: int, T: int, n_segments: int = 0) -> int:
+    """Segments cu_seqlens has room for, the rest zero-length at the end: one length per micro-batch shape, since the
+    model is compiled with dynamic=False and a recompile costs about 70 s. B + B*T/256 holds documents averaging
+    >= 256 tokens (the sample's 48 x 2048 micro-batches hold 70-171 segments, room 432); more take a multiple."""
+    room = B + B * T // 256
+    return room * max(1, -(-n_segments // room))
+
+
 def make_layout(tokens: Tensor, backend: str, seg_starts: Tensor | None = None) -> DocLayout:
     B, T = tokens.shape
     starts = tokens == BOS_ID
@@ -407,8 +425,8 @@ def make_layout(tokens: Tensor, backend: str, seg_starts: Tensor | None = None) 
     layout = DocLayout(starts, doc_ids, backend)
     if backend in ("fa3", "fa2"):
         where = torch.nonzero(starts.flatten()).flatten().int()
-        pad = -(where.numel() + 1) % 64  # a few fixed lengths (empty tail sequences), not a recompile per batch
-        layout.cu_seqlens = torch.cat([where, where.new_full((1 + pad,), B * T)])
+        tail = where.new_full((varlen_room(B, T, where.numel()) + 1 - where.numel(),), B * T)
+        layout.cu_seqlens = torch.cat([where, tail])  # int32, as both kernels require
     elif backend == "flex":
         same_doc_causal = lambda b, h, q, k: (q >= k) & (doc_ids[b, q] == doc_ids[b, k])
         layout.block_mask = create_block_mask(same_doc_causal, B, None, T, T, tokens.device, _compile=tokens.is_cuda)
@@ -433,9 +451,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, layout: DocLayout) -> Tensor:
     """q [B,T,H,D], k and v [B,T,Hkv,D] -> [B,T,H,D]; the same maths on every backend."""
     B, T, H, D = q.shape
     if layout.backend in ("fa3", "fa2"):
-        cu = layout.cu_seqlens
-        out = _flash_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu, cu, T, T, causal=True)
-        out = out[0] if isinstance(out, tuple) else out
+        cu = layout.cu_seqlens  # keywords common to FA2's and FA3's flash_attn_varlen_func; max_seqlen a constant
+        out = _flash_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens_q=cu, cu_seqlens_k=cu,
+                            max_seqlen_q=T, max_seqlen_k=T, causal=True)  # fmt: skip
+        out = out[0] if isinstance(out, tuple) else out  # older FA3 builds return (out, lse)
         return out.view(B, T, H, D)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if layout.backend == "flex":
@@ -678,9 +697,14 @@ POLAR_EXPRESS = (  # per-iteration minimax (a, b, c) of Polar Express, for a 2% 
 QUINTIC = ((3.4445, -4.7750, 2.0315),) * 5  # the naive baseline's fixed Newton-Schulz coefficients
 
 
+def ns_dtype(device: torch.device) -> torch.dtype:
+    """Newton-Schulz runs in bf16 on CUDA, float32 on CPU; Muon exchanges its updates in the same dtype (lossless)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def orthogonalize(G: Tensor, steps: int, coeffs=POLAR_EXPRESS) -> Tensor:
     """Approximate U V^T of G = U S V^T (batched over leading dims) by odd polynomial iterations."""
-    X = G.bfloat16() if G.is_cuda else G.float()
+    X = G.to(ns_dtype(G.device))
     tall = X.size(-2) > X.size(-1)
     X = X.mT if tall else X
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * (1.02 if coeffs is POLAR_EXPRESS else 1.0) + 1e-7)
@@ -693,7 +717,7 @@ def orthogonalize(G: Tensor, steps: int, coeffs=POLAR_EXPRESS) -> Tensor:
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum -> optional row normalisation (MuonEq-R) -> orthogonalisation -> scale by
     sqrt(max(1, rows/cols)), with decoupled weight decay. Gradients must already be averaged over ranks;
-    rank r computes the updates of every world-th matrix and one all-reduce shares them."""
+    rank r computes the updates of every world-th matrix and one all_gather shares them."""
 
     def __init__(self, params, lr, momentum, weight_decay, ns_steps, coeffs, row_norm, rank=0, world=1):
         params = sorted(params, key=lambda p: (tuple(p.shape), -p.numel()))
@@ -703,28 +727,38 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            params, mom = group["params"], group["momentum"]
-            mine = [p for i, p in enumerate(params) if i % self.world == self.rank]
-            updates = {p: torch.zeros_like(p) for p in params} if self.world > 1 else {}
+            params, mom, updates = group["params"], group["momentum"], {}
             by_shape: dict[tuple, list] = {}
-            for p in mine:
+            for p in params[self.rank :: self.world]:
                 buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
                 buf.mul_(mom).add_(p.grad)
                 by_shape.setdefault(tuple(p.shape), []).append((p, p.grad.add(buf, alpha=mom)))
-            for (rows, cols), items in by_shape.items():
+            for items in by_shape.values():
                 G = torch.stack([g for _, g in items])
                 if self.row_norm:
                     G = G / G.norm(dim=-1, keepdim=True).clamp_min(1e-7)
-                U = orthogonalize(G, self.ns_steps, self.coeffs) * math.sqrt(max(1.0, rows / cols))
-                for (p, _), u in zip(items, U):
-                    updates[p] = u
+                updates.update(zip([p for p, _ in items], orthogonalize(G, self.ns_steps, self.coeffs)))
             if self.world > 1:
-                flat = torch.cat([updates[p].flatten() for p in params])
-                dist.all_reduce(flat)
-                updates = dict(zip(params, flat.split([p.numel() for p in params])))
+                updates = self.exchange(params, updates)
             for p in params:
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(updates[p].view_as(p), alpha=-group["lr"])
+                p.add_(updates[p].view_as(p), alpha=-group["lr"] * math.sqrt(max(1.0, p.size(0) / p.size(1))))
+
+    def exchange(self, params: list[Tensor], mine: dict) -> dict:
+        """Each rank's unscaled updates to every rank in one all_gather, in the dtype Newton-Schulz ran in: bf16
+        on CUDA (exact; about a quarter of the traffic of an fp32 all-reduce of every update), float32 on CPU."""
+        shares = [params[r :: self.world] for r in range(self.world)]
+        sizes = [[p.numel() for p in share] for share in shares]
+        width, wire = max(map(sum, sizes)), ns_dtype(params[0].device)
+        send = torch.zeros(width, dtype=wire, device=params[0].device)
+        if shares[self.rank]:
+            send[: sum(sizes[self.rank])] = torch.cat([mine[p].flatten() for p in shares[self.rank]])
+        recv = send.new_empty(self.world * width)
+        dist.all_gather_into_tensor(recv, send)
+        out = {}
+        for share, size, flat in zip(shares, sizes, recv.split(width)):
+            out.update(zip(share, flat[: sum(size)].split(size)))
+        return out
 
 
 def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world: int, device) -> list[torch.optim.Optimizer]:
@@ -819,11 +853,13 @@ def pack_rows(segs: list[tuple[int, int, int]], seq_len: int) -> list[list[tuple
     return rows
 
 
-def row_arrays(rows, val: ValData, seq_len: int):
-    """Inputs, targets, segment starts, score mask and target bytes for a list of packed rows."""
-    R = len(rows)
+def row_arrays(rows, val: ValData, seq_len: int, n_rows: int = 0):
+    """Inputs, targets, segment starts, score mask and target bytes for packed rows (padded with empty rows up
+    to n_rows). The padding after a row's segments is one unscored segment, so the layout's shape does not
+    depend on how much of a row is filled."""
+    R = max(len(rows), n_rows)
     x, y = np.zeros((R, seq_len), np.int64), np.zeros((R, seq_len), np.int64)
-    starts, score = np.ones((R, seq_len), bool), np.zeros((R, seq_len), bool)
+    starts, score = np.zeros((R, seq_len), bool), np.zeros((R, seq_len), bool)
     nbytes = np.zeros((R, seq_len), np.int64)
     for r, row in enumerate(rows):
         col = 0
@@ -831,9 +867,12 @@ def row_arrays(rows, val: ValData, seq_len: int):
             sl = slice(col, col + length)
             x[r, sl], y[r, sl] = val.tokens[start : start + length], val.tokens[start + 1 : start + length + 1]
             nbytes[r, sl] = val.target_bytes[start + 1 : start + length + 1]
-            starts[r, col + 1 : col + length] = False
+            starts[r, col] = True
             score[r, col + score_from : col + length] = True
             col += length
+        if col < seq_len:
+            starts[r, col] = True
+    starts[len(rows) :, 0] = True
     return x, y, starts, score, nbytes
 
 
@@ -841,17 +880,26 @@ def row_arrays(rows, val: ValData, seq_len: int):
 def evaluate(model, val: ValData, hp: Hyperparameters, stride: int, backend: str, device, rank=0, world=1) -> dict:
     """Loss and BPB from the sums of NLL (nats), scored targets and their original bytes over all ranks."""
     rows = pack_rows(eval_segments(val.tokens, hp.eval_seq_len, stride), hp.eval_seq_len)[rank::world]
-    per_batch = max(1, hp.val_batch_size // (hp.eval_seq_len * world))
+    per_batch = eval_rows(hp, hp.eval_seq_len, world)
     sums = torch.zeros(3, dtype=torch.float64, device=device)
-    for b in range(0, len(rows), per_batch):
-        sums += run_rows(model, rows[b : b + per_batch], val, hp.eval_seq_len, backend, device)[2]
+    for b in range(0, len(rows), per_batch):  # a compiled model sees one shape: the last batch is padded
+        sums += run_rows(model, rows[b : b + per_batch], val, hp.eval_seq_len, backend, device,
+                         n_rows=per_batch if is_compiled(model) else 0)[2]  # fmt: skip
     return bpb_result(sums, world)
 
 
-def run_rows(model, rows, val: ValData, width: int, backend: str, device, lora=None):
+def eval_rows(hp: Hyperparameters, width: int, world: int) -> int:
+    return max(1, hp.val_batch_size // (width * world))
+
+
+def is_compiled(model) -> bool:
+    return hasattr(model, "_orig_mod")
+
+
+def run_rows(model, rows, val: ValData, width: int, backend: str, device, lora=None, n_rows: int = 0):
     """Packed rows through the one model forward: per-token NLL, the score mask, and the float64 sums of the
     scored targets' NLL (nats), their count and their original bytes."""
-    x, y, starts, score, nbytes = (torch.from_numpy(a).to(device) for a in row_arrays(rows, val, width))
+    x, y, starts, score, nbytes = (torch.from_numpy(a).to(device) for a in row_arrays(rows, val, width, n_rows))
     with autocast(device):
         nll = model(x, y, make_layout(x, backend, starts), lora)
     scored = nll.detach().double() * score
@@ -868,23 +916,39 @@ def bpb_result(sums: Tensor, world: int) -> dict:
 
 
 def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, device, rank=0, world=1, record=None,
-                 log=lambda msg: None):  # fmt: skip
+                 log=lambda msg: None, runner=None, lora=None, deadline=math.inf, costs=None):  # fmt: skip
     """Score-first test-time training over documents, longest first, in batches of TTT_BATCH_DOCS (one LoRA
     set each; ranks take a phase's batches round-robin). At each phase boundary the base model takes global
     SGD on the documents scored so far, then adapters start afresh; the base model is restored at the end.
-    record(segments, nll, lora, rows), when given, sees every scored chunk before any step on it (tests)."""
+    `runner` is the forward to call (the compiled model on CUDA). Before each batch, when the batch and the
+    plain scoring of everything after it would not end by `deadline` (perf_counter seconds; `costs` from
+    ttt_warmup), this rank stops adapting: its remaining documents are scored by the plain model at the end,
+    still each target once and before any step. record(segments, nll, lora, rows), when given, sees every
+    scored chunk before any step on it (tests; lora and rows are None for plainly scored documents)."""
+    runner = model if runner is None else runner
     docs = doc_spans(val.tokens)
     order = sorted(range(len(docs)), key=lambda i: -docs[i][1])
     batches = [order[i : i + hp.ttt_batch_docs] for i in range(0, len(order), hp.ttt_batch_docs)]
     bounds = phase_boundaries(hp, len(docs), len(batches))
     base = {k: v.detach().clone() for k, v in model.state_dict().items()} if bounds else None
     model.requires_grad_(False)  # the adapters learn; the base model only in global SGD
-    sums, lo, scored = torch.zeros(3, dtype=torch.float64, device=device), 0, set()
+    lora = LoRA(hp, hp.ttt_batch_docs, len(model.virtual_layers()), hp.seed, device) if lora is None else lora
+    cost = TTTCost(hp, costs)
+    later = lambda b: [docs[d] for i in range(b, len(batches), world) for d in batches[i]]  # this rank's, from b
+    sums, lo, scored, deferred, left_s = torch.zeros(3, dtype=torch.float64, device=device), 0, set(), [], None
     for phase, (hi, n_docs) in enumerate([*bounds, (len(batches), None)]):
-        lora = LoRA(hp, hp.ttt_batch_docs, len(model.virtual_layers()), hp.seed + phase, device)
+        lora.reset(hp.seed + phase)
         for b in range(lo + rank, hi, world):
+            spans = [docs[d] for d in batches[b]]
+            now = time.perf_counter()
+            if left_s is None and now + cost.ttt(spans) + cost.plain(later(b + world)) > deadline:
+                left_s = deadline - now
+            if left_s is not None:
+                deferred.append(b)
+                continue
             lora.reset(None if hp.ttt_warm_a else hp.seed + 7919 * (b + 1))
-            sums += ttt_batch(model, lora, val, [docs[d] for d in batches[b]], hp, backend, device, record)
+            sums += ttt_batch(runner, lora, val, spans, hp, backend, device, record)
+            cost.observe(spans, time.perf_counter() - now)
             scored.update(batches[b])
         if n_docs is not None:  # every rank learns from the documents scored by all of them, cut to the boundary
             t0 = time.perf_counter()
@@ -893,13 +957,28 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
                 dist.all_gather_object(gathered, scored)
                 scored = set().union(*gathered)
             done = [d for d in order if d in scored][:n_docs]
-            steps = global_sgd(model, val, [docs[d] for d in done], hp, backend, device, rank, world)
+            spent = cost.sgd([docs[d] for d in done]) + cost.plain(later(hi + rank))
+            fits = torch.tensor(float(t0 + spent <= deadline), device=device)
+            if world > 1:  # every rank takes the phase or none does
+                dist.all_reduce(fits, op=dist.ReduceOp.MIN)
+            steps = global_sgd(model, val, [docs[d] for d in done], hp, backend, device, rank, world, runner) if (
+                fits.item()) else "skipped:deadline"  # fmt: skip
             log(f"ttt_phase:{phase + 1}/{len(bounds)} docs:{len(done)} sgd_steps:{steps} "
                 f"time_ms:{1000 * (time.perf_counter() - t0):.0f}")  # fmt: skip
         lo = hi
+    if deferred:
+        sums += plain_score(runner, lora, val, [docs[d] for b in deferred for d in batches[b]], hp, backend, device,
+                            record)  # fmt: skip
     if base is not None:
         model.load_state_dict(base)
     model.requires_grad_(True)
+    counts = torch.tensor([len(docs) - sum(len(batches[b]) for b in deferred), float(left_s is not None)],
+                          device=device)  # fmt: skip
+    if world > 1:
+        dist.all_reduce(counts)
+    log(f"ttt_adapted_docs:{int(counts[0]) - (world - 1) * len(docs)}/{len(docs)}")
+    if counts[1]:
+        log(f"eval_deadline_hit: time_left_s:{deadline - time.perf_counter():.1f} ranks:{int(counts[1])}")
     return bpb_result(sums, world)
 
 
@@ -910,40 +989,175 @@ def phase_boundaries(hp: Hyperparameters, n_docs: int, n_batches: int) -> list[t
     return [(hi, n) for hi, n in ends.items() if 0 < hi < n_batches]
 
 
-def ttt_batch(model, lora: LoRA, val: ValData, spans, hp, backend, device, record) -> Tensor:
+def ttt_widths(hp: Hyperparameters) -> list[int]:
+    """The row widths TTT runs at (few, so that a compiled model sees few shapes): TTT_CONTEXT / 2^k."""
+    return sorted({max(1, hp.ttt_context >> k) for k in range(hp.ttt_width_buckets)})
+
+
+def ttt_shape(hp: Hyperparameters, width: int) -> tuple[int, int]:
+    """(rows per forward, padded width) for rows of up to `width` tokens: at most TTT_MICRO_TOKENS a forward."""
+    w = next(b for b in ttt_widths(hp) if b >= width)
+    return max(1, min(hp.ttt_batch_docs, hp.ttt_micro_tokens // w)), w
+
+
+def sgd_rows(hp: Hyperparameters, world: int) -> int:
+    return -(-max(1, hp.ttt_sgd_batch_tokens // hp.ttt_context) // world)
+
+
+def ttt_batch(runner, lora: LoRA, val: ValData, spans, hp, backend, device, record) -> Tensor:
     """Each document walked in TTT_CHUNK-token chunks with at most TTT_CONTEXT tokens of its own context. A
     chunk's loss and bytes are added to the sums first; only then does one AdamW step train the adapters on
-    it, and never on a document's last chunk. The optimizer restarts with every batch."""
+    it, and never on a document's last chunk. A chunk's rows go through in groups of at most
+    TTT_MICRO_TOKENS, whose gradients add up before the one step. The optimizer restarts with every batch."""
     opt = torch.optim.AdamW(lora.parameters(), lr=hp.ttt_lr, betas=(0.0, hp.ttt_beta2), eps=1e-10,
                             weight_decay=hp.ttt_wd)  # fmt: skip
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    sums, fixed = torch.zeros(3, dtype=torch.float64, device=device), is_compiled(runner)
     for c0 in range(0, spans[0][1], hp.ttt_chunk):
-        rows = [j for j, (_, n) in enumerate(spans) if n > c0]
+        alive = [j for j, (_, n) in enumerate(spans) if n > c0]
         segs = []  # (start, length, score_from) in the stream, and whether it is the document's last chunk
-        for j in rows:
+        for j in alive:
             a, n = spans[j]
             end = min(c0 + hp.ttt_chunk, n)
             lo = max(0, end - hp.ttt_context)
             segs.append(((a + lo, end - lo, c0 - lo), end == n))
-        lora.rows = torch.tensor(rows, device=device)
-        nll, score, chunk = run_rows(model, [[seg] for seg, _ in segs], val, max(s[1] for s, _ in segs), backend,
-                                     device, lora)  # fmt: skip
-        sums += chunk
-        if record is not None:
-            record([seg for seg, _ in segs], nll.detach().cpu().numpy(), lora, rows)
-        learn = score & torch.tensor([not last for _, last in segs], device=device)[:, None]
-        if learn.any():  # after scoring: the step only ever trains on targets already counted
-            ((nll * learn).sum(1) / learn.sum(1).clamp_min(1)).sum().backward()
+        per, width = ttt_shape(hp, max(s[1] for s, _ in segs))
+        stepped = False
+        for g in range(0, len(alive), per):
+            part, rows = segs[g : g + per], alive[g : g + per]
+            pad = per - len(rows) if fixed else 0  # a compiled model sees one row count per width
+            lora.rows = torch.tensor(rows + rows[:1] * pad, device=device)
+            nll, score, chunk = run_rows(runner, [[seg] for seg, _ in part], val, width, backend, device, lora,
+                                         n_rows=len(rows) + pad)  # fmt: skip
+            sums += chunk
+            if record is not None:
+                record([seg for seg, _ in part], nll[: len(rows)].detach().cpu().numpy(), lora, rows)
+            learn = score & torch.tensor([not last for _, last in part] + [False] * pad, device=device)[:, None]
+            if learn.any():  # after scoring: the step only ever trains on targets already counted
+                ((nll * learn).sum(1) / learn.sum(1).clamp_min(1)).sum().backward()
+                stepped = True
+        if stepped:
             opt.step()
             opt.zero_grad(set_to_none=True)
     return sums
 
 
-def global_sgd(model: GPT, val: ValData, spans, hp: Hyperparameters, backend: str, device, rank: int, world: int):
+def plain_segments(spans, hp: Hyperparameters) -> list[tuple[int, int, int]]:
+    """The windows TTT would score these documents with (each chunk with up to TTT_CONTEXT tokens of its own
+    context), the chunks that see their whole document prefix merged into one: the same context per target."""
+    segs = []
+    for a, n in spans:
+        head = min(n, max(hp.ttt_context // hp.ttt_chunk, 1) * hp.ttt_chunk)  # chunk ends <= context: prefix only
+        segs.append((a, head, 0))
+        for c0 in range(head, n, hp.ttt_chunk):
+            end = min(c0 + hp.ttt_chunk, n)
+            lo = max(0, end - hp.ttt_context)
+            segs.append((a + lo, end - lo, c0 - lo))
+    return segs
+
+
+@torch.no_grad()
+def plain_score(runner, lora: LoRA, val: ValData, spans, hp, backend, device, record) -> Tensor:
+    """Documents the deadline left unadapted, scored by the base model through TTT's widest shape (fresh
+    adapters add exactly zero) with the contexts TTT would have given them."""
+    rows = pack_rows(plain_segments(spans, hp), hp.ttt_context)
+    per, width = ttt_shape(hp, hp.ttt_context)
+    lora.reset(None)
+    sums, fixed = torch.zeros(3, dtype=torch.float64, device=device), is_compiled(runner)
+    for g in range(0, len(rows), per):
+        part = rows[g : g + per]
+        lora.rows = torch.zeros(per if fixed else len(part), dtype=torch.long, device=device)
+        with torch.enable_grad() if fixed else contextlib.nullcontext():  # the compiled TTT graph, as warmed up
+            nll, _, chunk = run_rows(runner, part, val, width, backend, device, lora, n_rows=len(lora.rows))
+        sums += chunk
+        for r, row in enumerate(part if record is not None else []):
+            col = 0
+            for seg in row:
+                record([seg], nll[r : r + 1, col : col + seg[1]].detach().cpu().numpy(), None, None)
+                col += seg[1]
+    return sums
+
+
+class TTTCost:
+    """Seconds that a TTT batch, the plain scoring of documents and a global SGD phase will take: the warmup's
+    time per forward of each shape, scaled by how the batches run so far compared with it. Zero without costs
+    (no deadline)."""
+
+    def __init__(self, hp: Hyperparameters, costs: dict | None):
+        self.hp, self.costs, self.predicted, self.measured = hp, costs or {}, 0.0, 0.0
+
+    def scale(self) -> float:
+        return self.measured / self.predicted if self.predicted > 0 and self.measured > 0 else 1.0
+
+    def _ttt(self, spans) -> float:
+        if not self.costs:
+            return 0.0
+        total = 0.0
+        for c0 in range(0, spans[0][1], self.hp.ttt_chunk):
+            rows = [n for _, n in spans if n > c0]
+            per, width = ttt_shape(self.hp, min(max(rows), c0 + self.hp.ttt_chunk, self.hp.ttt_context))
+            total += -(-len(rows) // per) * self.costs[width]
+        return total
+
+    def ttt(self, spans) -> float:
+        return self._ttt(spans) * self.scale()
+
+    def observe(self, spans, seconds: float):
+        self.predicted, self.measured = self.predicted + self._ttt(spans), self.measured + seconds
+
+    def plain(self, spans) -> float:
+        if not self.costs or not spans:
+            return 0.0
+        rows = len(pack_rows(plain_segments(spans, self.hp), self.hp.ttt_context))
+        return -(-rows // ttt_shape(self.hp, self.hp.ttt_context)[0]) * self.costs["plain"] * self.scale()
+
+    def sgd(self, spans) -> float:
+        if not self.costs or not spans:
+            return 0.0
+        per_step = max(1, self.hp.ttt_sgd_batch_tokens // self.hp.ttt_context)
+        return -(-len(sgd_row_list(spans, self.hp.ttt_context)) // per_step) * self.costs.get("sgd", 0.0) * self.scale()
+
+
+def ttt_warmup(runner, model: GPT, lora: LoRA, hp: Hyperparameters, backend: str, device, world: int) -> dict:
+    """Every shape TTT runs, on random tokens (never validation ones), twice: the first call compiles, the second
+    is timed for the deadline. Each width's forward+backward through the adapters, the plain forward, and a
+    global SGD step's forward+backward. Nothing steps and every gradient is dropped."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+
+    def timed(rows: int, width: int, adapters) -> float:
+        for _ in range(2):
+            x, y = torch.randint(2, hp.vocab_size, (2, rows, width), device=device)  # distinct, as in scoring
+            t0 = time.perf_counter()
+            with autocast(device):
+                nll = runner(x, y, make_layout(x, backend), adapters)
+            nll.mean().backward()
+            sync()
+        return time.perf_counter() - t0
+
+    model.requires_grad_(False)
+    costs: dict = {}
+    for width in ttt_widths(hp):
+        lora.rows = torch.arange(ttt_shape(hp, width)[0], device=device) % hp.ttt_batch_docs
+        costs[width] = timed(len(lora.rows), width, lora)
+    costs["plain"] = costs[ttt_shape(hp, hp.ttt_context)[1]]
+    if hp.ttt_phases:
+        model.requires_grad_(True)
+        costs["sgd"] = timed(sgd_rows(hp, world), hp.ttt_context, None)
+        model.zero_grad(set_to_none=True)
+        model.requires_grad_(False)
+    lora.zero_grad(set_to_none=True)
+    return costs
+
+
+def sgd_row_list(spans, L: int):
+    return pack_rows([(a + o, min(L, n - o), 0) for a, n in spans for o in range(0, n, L)], L)
+
+
+def global_sgd(model: GPT, val: ValData, spans, hp: Hyperparameters, backend: str, device, rank: int, world: int,
+               runner=None):  # fmt: skip
     """One epoch of full-parameter SGD (momentum, cosine decay, clip 1.0) on already-scored documents, cut into
     doc-masked rows of TTT_CONTEXT tokens; each step's rows are split over ranks and gradients summed."""
-    L, params = hp.ttt_context, list(model.parameters())
-    rows = pack_rows([(a + o, min(L, n - o), 0) for a, n in spans for o in range(0, n, L)], L)
+    L, params, runner = hp.ttt_context, list(model.parameters()), model if runner is None else runner
+    rows = sgd_row_list(spans, L)
     per_step = max(1, hp.ttt_sgd_batch_tokens // L)
     steps = -(-len(rows) // per_step)
     opt = torch.optim.SGD(params, lr=hp.ttt_sgd_lr, momentum=hp.ttt_sgd_momentum)
@@ -953,8 +1167,9 @@ def global_sgd(model: GPT, val: ValData, spans, hp: Hyperparameters, backend: st
         step_rows = rows[s * per_step : (s + 1) * per_step]
         targets = sum(seg[1] for row in step_rows for seg in row)  # over all ranks: the loss is their mean
         mine = step_rows[rank::world]
-        if mine:
-            nll, score, _ = run_rows(model, mine, val, L, backend, device)
+        if mine:  # a compiled runner sees one row count: the warmup's
+            nll, score, _ = run_rows(runner, mine, val, L, backend, device,
+                                     n_rows=sgd_rows(hp, world) if is_compiled(runner) else 0)  # fmt: skip
             ((nll * score).sum() / targets).backward()
         sync_gradients(params, world, average=False)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -1419,7 +1634,8 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
 def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, backend, device, world):
     """Sum of x x^T over the inputs of every quantized matrix (the LM head's input for the tied embedding),
     from training batches only, every pass of a looped layer included; summed over ranks. Stops at
-    GPTQ_CALIBRATION_BATCHES or before the deadline (perf_counter seconds), whichever comes first."""
+    GPTQ_CALIBRATION_BATCHES or before the deadline (perf_counter seconds), whichever comes first. c_q, c_k
+    and c_v read the same input: one sum, the same tensor under the three names (callers must not mutate it)."""
     sums: dict[str, Tensor] = {}
 
     def add(name: str, x: Tensor):
@@ -1428,7 +1644,8 @@ def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, bac
             xx = x.T @ x
         sums[name] = sums[name] + xx if name in sums else xx
 
-    linears = [(n + ".weight", m) for n, m in model.named_modules() if isinstance(m, Linear)]
+    shared = (".c_k", ".c_v")  # c_q's hook sums their input
+    linears = [(n + ".weight", m) for n, m in model.named_modules() if isinstance(m, Linear) and not n.endswith(shared)]
     hooks = [m.register_forward_hook(lambda m, inp, out, n=n: add(n, inp[0])) for n, m in linears]
     batches, step_s = 0, 0.0
     while batches < hp.gptq_calibration_batches:
@@ -1447,6 +1664,9 @@ def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, bac
     if world > 1:
         for name in sorted(sums):
             dist.all_reduce(sums[name])
+    for name in [n for n in sums if n.endswith(".c_q.weight")]:
+        for other in shared:
+            sums[name.replace(".c_q", other)] = sums[name]
     return (sums or None), batches
 
 
@@ -1455,18 +1675,26 @@ def log_eval(log, tag: str, r: dict, ms: float):
         f"eval_time_ms:{ms:.0f}")  # fmt: skip
 
 
-def evaluate_all(model, val, hp, backend, rank, world, device, log, stage: str) -> dict:
-    """Doc-masked chunks always; the sliding window too when EVAL_STRIDE > 0, and then it is the score."""
-    result = None
-    for mode, stride in [("chunked", 0)] + ([("sliding", hp.eval_stride)] if hp.eval_stride else []):
-        t0 = time.perf_counter()
-        result = evaluate(model, val, hp, stride, backend, device, rank, world)
-        log_eval(log, f"{stage}_eval mode:{mode} stride:{stride}", result, 1000 * (time.perf_counter() - t0))
+def evaluate_pass(model, val, hp, backend, rank, world, device, log, stage: str) -> dict:
+    """The one configured pass: the sliding window when EVAL_STRIDE > 0, else doc-masked chunks."""
+    mode = "sliding" if hp.eval_stride else "chunked"
+    t0 = time.perf_counter()
+    result = evaluate(model, val, hp, hp.eval_stride, backend, device, rank, world)
+    log_eval(log, f"{stage}_eval mode:{mode} stride:{hp.eval_stride}", result, 1000 * (time.perf_counter() - t0))
     return result
 
 
+COMPILE_ON_CPU = False  # tests only: inductor compiles on CPU too, so the CUDA path's compiled model runs there
+
+
 def maybe_compile(model: GPT, hp: Hyperparameters, device):
-    return torch.compile(model, dynamic=False) if device.type == "cuda" and hp.compile else model
+    """One compiled graph per shape and mode (training looped or not, eval, each TTT width, global SGD): more
+    than Dynamo's default of 8 per function, past which it would silently run the rest uncompiled."""
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+    on = hp.compile and (device.type == "cuda" or COMPILE_ON_CPU)
+    return torch.compile(model, dynamic=False) if on else model
 
 
 def main():
@@ -1516,14 +1744,16 @@ def main():
     if device.type == "cuda":
         log(f"peak_memory_mib:{torch.cuda.max_memory_allocated() // 2**20}")
     model.looping = hp.num_loops > 0
-    with clock("prequant_eval"):
-        pre = evaluate_all(step_model, val, hp, backend, rank, world, device, log, "prequant")
+    if hp.eval_diagnostics:
+        with clock("prequant_eval"):
+            pre = evaluate_pass(step_model, val, hp, backend, rank, world, device, log, "prequant")
     with clock("checkpoint"):  # the trained model outlives whatever the export does (RESCUE_CHECKPOINT)
         if rank == 0:
             save_checkpoint(Path(hp.log_dir) / f"{hp.run_id}.float.pt", model.state_dict(), stats["hessians"])
     code = len(source)
     blob, artifact = export_artifact(model.state_dict(), stats["hessians"], hp, code, rank, log, clock)
-    finals = [f"final_prequant_exact val_loss:{pre['val_loss']:.8f} val_bpb:{pre['val_bpb']:.8f}"]
+    finals = [f"final_prequant_exact val_loss:{pre['val_loss']:.8f} val_bpb:{pre['val_bpb']:.8f}"] if (
+        hp.eval_diagnostics) else []  # fmt: skip
     finals += score_artifact(blob, hp, val, backend, rank, world, device, log, clock)
     finals.append(f"artifact_bytes:{code + len(blob)} code_bytes:{code} model_bytes:{len(blob)} "
                   f"bits_per_param:{8 * len(blob) / n_params:.3f} artifact:{artifact}")  # fmt: skip
@@ -1586,24 +1816,34 @@ def export_artifact(state, hessians, hp: Hyperparameters, code: int, rank: int, 
 
 
 def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, clock) -> list[str]:
-    """The official evaluation: a fresh model built from the artifact bytes alone, scored plainly and, with
-    TTT_ENABLED, by score-first test-time training. Returns its final lines."""
+    """The official evaluation: a fresh model built from the artifact bytes alone, scored by score-first
+    test-time training with TTT_ENABLED, else by the plain pass (also with TTT under EVAL_DIAGNOSTICS). Every
+    shape is compiled (and timed, for the deadline) on random tokens first. Returns its final lines."""
     with clock("load"):
         fresh = GPT(hp).to(device)
         fresh.load_state_dict(dequantize_model(deserialize(blob), device), strict=True)
         fresh.looping = hp.num_loops > 0
         scorer = maybe_compile(fresh, hp, device)
-    if scorer is not fresh:
-        with clock("compile_warmup"), torch.no_grad(), autocast(device):  # random tokens, never validation ones
-            rows = max(1, hp.val_batch_size // (hp.eval_seq_len * world))
-            x = torch.randint(2, hp.vocab_size, (rows, hp.eval_seq_len), device=device)
-            scorer(x, x, make_layout(x, backend))
-    with clock("roundtrip_eval"):
-        post = evaluate_all(scorer, val, hp, backend, rank, world, device, log, "roundtrip")
-    finals = [f"final_roundtrip_exact val_loss:{post['val_loss']:.8f} val_bpb:{post['val_bpb']:.8f}"]
+    plain_pass, lora, costs = not hp.ttt_enabled or hp.eval_diagnostics, None, None
+    with clock("compile_warmup") if hp.ttt_enabled or scorer is not fresh else contextlib.nullcontext():
+        if plain_pass and scorer is not fresh:  # random tokens, never validation ones
+            with torch.no_grad(), autocast(device):
+                x, y = torch.randint(
+                    2, hp.vocab_size, (2, eval_rows(hp, hp.eval_seq_len, world), hp.eval_seq_len), device=device
+                )  # fmt: skip; two tensors: an aliased pair is another graph
+                scorer(x, y, make_layout(x, backend))
+        if hp.ttt_enabled:
+            lora = LoRA(hp, hp.ttt_batch_docs, len(fresh.virtual_layers()), hp.seed, device)
+            costs = ttt_warmup(scorer, fresh, lora, hp, backend, device, world)
+    finals = []
+    if plain_pass:
+        with clock("roundtrip_eval"):
+            post = evaluate_pass(scorer, val, hp, backend, rank, world, device, log, "roundtrip")
+        finals.append(f"final_roundtrip_exact val_loss:{post['val_loss']:.8f} val_bpb:{post['val_bpb']:.8f}")
     if hp.ttt_enabled:
         with clock("ttt_eval"):
-            ttt = ttt_evaluate(fresh, val, hp, backend, device, rank, world, log=log)
+            ttt = ttt_evaluate(fresh, val, hp, backend, device, rank, world, log=log, runner=scorer, lora=lora,
+                               deadline=clock.t0 + hp.eval_max_seconds, costs=costs)  # fmt: skip
         log_eval(log, "ttt_eval", ttt, 1000 * clock.parts["ttt_eval"])
         finals.append(f"final_ttt_exact val_loss:{ttt['val_loss']:.8f} val_bpb:{ttt['val_bpb']:.8f}")
     return finals

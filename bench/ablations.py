@@ -30,7 +30,13 @@ sys.path.insert(0, str(ROOT))
 from tools.record import final_scores, parse_log, run_train_gpt  # noqa: E402
 from train_gpt import HPARAMS  # noqa: E402
 
-FIXED = {"MAX_WALLCLOCK_SECONDS": "0", "GPTQ_RESERVE_SECONDS": "0", "VAL_LOSS_EVERY": "0", "TTT_ENABLED": "0"}
+FIXED = {
+    "MAX_WALLCLOCK_SECONDS": "0",
+    "GPTQ_RESERVE_SECONDS": "0",
+    "VAL_LOSS_EVERY": "0",
+    "TTT_ENABLED": "0",
+    "EVAL_DIAGNOSTICS": "1",
+}  # the score before quantization too
 
 
 SWITCHED_ON = {"awq_lite", "ttt"}  # off in the baseline: their rows switch them on

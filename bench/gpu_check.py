@@ -267,14 +267,19 @@ def fresh_model(run: Run, device) -> tg.GPT:
 
 
 def ttt_stage(run: Run, check: Check, val, seconds: float) -> dict:
-    """The first (longest) TTT batch as ttt_evaluate runs it, stopped after `seconds`; then one global SGD step."""
+    """The warmup of every TTT shape (compiles and times them), the first (longest) TTT batch as ttt_evaluate
+    runs it through the compiled model, stopped after `seconds`; then one global SGD step."""
     hp, device = run.hp, check.device
     model = fresh_model(run, device)
-    model.requires_grad_(False)
+    runner = tg.maybe_compile(model, hp, device)
     docs = tg.doc_spans(val.tokens)
     order = sorted(range(len(docs)), key=lambda i: -docs[i][1])[: hp.ttt_batch_docs]
     spans = [docs[d] for d in order]
     lora = tg.LoRA(hp, hp.ttt_batch_docs, len(model.virtual_layers()), hp.seed, device)
+    before, t0 = dynamo_counts(), time.perf_counter()
+    costs = tg.ttt_warmup(runner, model, lora, hp, run.backend, device, 1)
+    warmup = {"seconds": time.perf_counter() - t0, "compiles": delta(before), "costs_s": {str(k): v for k, v in
+                                                                                          costs.items()}}  # fmt: skip
     chunks, before, deadline = [], dynamo_counts(), time.perf_counter() + seconds
     last = [time.perf_counter()]
 
@@ -287,7 +292,7 @@ def ttt_stage(run: Run, check: Check, val, seconds: float) -> dict:
 
     t0 = time.perf_counter()
     try:
-        tg.ttt_batch(model, lora, val, spans, hp, run.backend, device, record)
+        tg.ttt_batch(runner, lora, val, spans, hp, run.backend, device, record)
         finished = True
     except StageTimeout:
         finished = False
@@ -295,7 +300,7 @@ def ttt_stage(run: Run, check: Check, val, seconds: float) -> dict:
     ttt_s = time.perf_counter() - t0
     out = {"docs": len(spans), "longest_doc": spans[0][1], "chunks_total": -(-spans[0][1] // hp.ttt_chunk),
            "chunks_done": len(chunks), "finished": finished, "seconds": ttt_s, "chunks": chunks,
-           "compiles": delta(before)}  # fmt: skip
+           "compiles": delta(before), "warmup": warmup}  # fmt: skip
     if device.type == "cuda":
         out["peak_memory_mib"] = torch.cuda.max_memory_allocated() // 2**20
     # global SGD: the documents that make one step of TTT_SGD_BATCH_TOKENS, timed twice (the first compiles)
@@ -307,7 +312,7 @@ def ttt_stage(run: Run, check: Check, val, seconds: float) -> dict:
         n += docs[d][1]
     for attempt in ("first", "second"):
         t0 = time.perf_counter()
-        steps = tg.global_sgd(model, val, sgd_docs, hp, run.backend, device, 0, 1)
+        steps = tg.global_sgd(model, val, sgd_docs, hp, run.backend, device, 0, 1, runner)
         check.sync()
         out[f"sgd_{attempt}_s"], out["sgd_steps"], out["sgd_tokens"] = time.perf_counter() - t0, steps, n
     return out

@@ -47,7 +47,8 @@ def naive_overrides(env: dict) -> dict:
 
 
 def run(name: str, overrides: dict, seed: int, logdir: Path) -> dict:
-    env = {**os.environ, **overrides, "SEED": str(seed), "RUN_ID": f"{name}_seed{seed}", "LOG_DIR": str(logdir)}
+    env = {**os.environ, "EVAL_DIAGNOSTICS": "1", **overrides, "SEED": str(seed), "RUN_ID": f"{name}_seed{seed}",
+           "LOG_DIR": str(logdir)}  # fmt: skip
     r = parse_log(run_train_gpt(env))
     keep = ("stages", "steps", "step_avg_ms", "train_tokens", "train_s", "artifact_bytes", "model_bytes", "eval_s")
     out = {k: v for k, v in asdict(r).items() if k in keep}

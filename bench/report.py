@@ -277,6 +277,26 @@ def projection(d: dict) -> list[str]:
     for name, r in p["configs"].items():
         mb, mr = p["budget"] - code["packed"] - r["brotli"], p["budget"] - code["packed"] - r["rans"]
         out.append(f"| {name} | {r['params']:,} | {r['brotli']:,.0f} | {mb:+,.0f} | {r['rans']:,.0f} | {mr:+,.0f} |")
+
+
+def eval_cost(d: dict) -> list[str]:
+    """The flagship's evaluation on 8 GPUs on paper, by part, and TTT's memory per forward."""
+    p, names = d["defaults"]["parts"], {"export_s": "export (GPTQ + packing, measured)", "load_s": "load",
+                                        "compile_warmup_s": "compile warmup (every shape, random tokens)",
+                                        "plain_pass_s": "plain pass", "ttt_s": "TTT (compute at the rate)",
+                                        "sgd_s": "global SGD phases"}  # fmt: skip
+    out = [f"Flagship defaults, {d['val_docs']:,} documents ({d['val_tokens']:,} tokens, lengths drawn from the "
+           f"validation sample's), 8 GPUs at {d['defaults']['rate_tokens_per_s']:,.0f} training tokens/s per GPU "
+           f"({d['rate_source']}); {d['compile_s_per_graph']:.0f} s per compiled graph. TTT forwards per width: "
+           + ", ".join(f"{w}: {n:,}" for w, n in p["ttt_forwards"].items()) + " (all ranks).", "",
+           "| part | seconds |", "|---|---|"]  # fmt: skip
+    out += [f"| {label} | {p[k]:.1f} |" for k, label in names.items() if k in p]
+    out += [f"| **total** (deadline EVAL_MAX_SECONDS={d['eval_max_seconds']:g}) | **{p['total_s']:.0f}** |", "",
+            "TTT memory per forward (meta tensors on CPU: activations kept for the backward pass with flash-style "
+            "attention, fp32 weights and their bf16 copies, adapters with grads and AdamW state):", "",
+            "| rows × width | activations (GiB) | total (GiB) |", "|---|---|---|"]  # fmt: skip
+    out += [f"| {m['rows']} × {m['width']} | {m['saved_activation_bytes'] / 2**30:.1f} | "
+            f"{m['total_bytes'] / 2**30:.1f} |" for m in d["ttt_memory"]]  # fmt: skip
     return out
 
 
@@ -306,6 +326,9 @@ def main() -> None:
     lines += section("Flagship size projection", pack_cmd, cpu, load("packing.json"), projection)
     ttt_cmd = f"{CPU_ENV} python3 bench/ttt.py --artifact <run>.ptz --out bench/results/ttt_cpu.json"
     lines += section("Test-time training", ttt_cmd, cpu, load("ttt_cpu.json"), ttt)
+    ec = load("eval_cost.json")
+    ec_cmd = ec["command"] if ec else "python3 bench/eval_cost.py --out bench/results/eval_cost.json"
+    lines += section("Evaluation cost on 8 GPUs, on paper", ec_cmd, cpu, ec, eval_cost)
     gc = load("gpu_check.json")
     gc_cmd = gc["command"] if gc else "python3 bench/gpu_check.py --out <dir> (on the device: README, first GPU run)"
     gc_machine = gc["stages"]["env"]["gpu"] + " (device tool)" if gc else "one H100 or H200 (device tool)"

@@ -22,7 +22,13 @@ def real_logs(small_dataset, tmp_path_factory):
     """Two short real runs of train_gpt.py (seeds 1 and 2), TTT on, a validation every 2 steps."""
     out = tmp_path_factory.mktemp("runs")
     data = {"DATA_PATH": str(small_dataset), "TOKENIZER_PATH": str(small_dataset / "tokenizer.model")}
-    ttt = {"TTT_ENABLED": "1", "TTT_CHUNK": "512", "TTT_CONTEXT": "512", "TTT_BATCH_DOCS": "8"}
+    ttt = {
+        "TTT_ENABLED": "1",
+        "TTT_CHUNK": "512",
+        "TTT_CONTEXT": "512",
+        "TTT_BATCH_DOCS": "8",
+        "EVAL_DIAGNOSTICS": "1",
+    }  # every stage, for the plots and tables
     env = {**os.environ, **TINY, **data, **ttt, "LOG_DIR": str(out), "EVAL_STRIDE": "0", "ITERATIONS": "4",
            "VAL_LOSS_EVERY": "2"}  # fmt: skip
     logs = []

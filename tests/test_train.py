@@ -165,8 +165,8 @@ def test_changing_a_document_never_changes_the_next_documents_losses():
 
 def test_cli_run_logs_source_hparams_and_final_lines(small_dataset, tmp_path):
     """A wallclock-capped run: stops before the cap minus the reserve, loops from 35%, logs what it must."""
-    p = run_script({"ITERATIONS": "100000", "MAX_WALLCLOCK_SECONDS": "4", "GPTQ_RESERVE_SECONDS": "1"}, small_dataset,
-                   tmp_path)  # fmt: skip
+    p = run_script({"ITERATIONS": "100000", "MAX_WALLCLOCK_SECONDS": "4", "GPTQ_RESERVE_SECONDS": "1",
+                    "EVAL_DIAGNOSTICS": "1"}, small_dataset, tmp_path)  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
     log = (tmp_path / "run.txt").read_text()
     assert log.startswith((ROOT / "train_gpt.py").read_text())  # the source that ran
@@ -200,6 +200,9 @@ def test_compile_warmup_is_undone(small_dataset, tmp_path):
         assert p.returncode == 0, p.stderr[-3000:]
         runs[steps] = (tmp_path / steps / "run.txt").read_text()
     assert "warmup_step:4/4" in runs["4"]
+    for log in runs.values():  # the default evaluation computes only the score: one pass, in the configured mode
+        assert not re.search(r"^(final_prequant_exact|prequant_eval)", log, re.M)
+        assert re.findall(r"^roundtrip_eval mode:(\w+)", log, re.M) == ["chunked"]
     assert log_values(runs["0"], "train_loss") == log_values(runs["4"], "train_loss")
     assert log_values(runs["0"], "final_roundtrip_exact val_loss") == log_values(
         runs["4"], "final_roundtrip_exact val_loss"
@@ -215,7 +218,7 @@ def test_cli_refuses_a_bad_env_var_with_its_name(small_dataset, tmp_path):
 
 def test_two_process_torchrun_matches_one_process_with_accumulation(small_dataset, tmp_path):
     """Same global batch: 2 gloo ranks x 1 micro-step == 1 process x 2 micro-steps, up to float reduction order."""
-    common = {"ITERATIONS": "4", "EVAL_STRIDE": "0", "TRAIN_BATCH_TOKENS": "1024"}
+    common = {"ITERATIONS": "4", "EVAL_STRIDE": "0", "TRAIN_BATCH_TOKENS": "1024", "EVAL_DIAGNOSTICS": "1"}
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     one = run_script({**common, "GRAD_ACCUM_STEPS": "2"}, small_dataset, tmp_path / "one")

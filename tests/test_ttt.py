@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import os
 import re
 import subprocess
@@ -210,3 +211,129 @@ def test_eval_only_scores_a_saved_artifact_and_reports_the_clock(small_dataset, 
     assert line(trained) == line(again) and not re.search(r"^step:\d", again, re.M)  # no training, same score
     assert re.search(r"eval_time_s:[\d.]+ load:[\d.]+ roundtrip_eval:[\d.]+", again)
     assert "eval_time_violation:" in again and "EVAL_MAX_SECONDS=0.001" in again
+    p = run(RUN_ID="ttt", EVAL_ONLY=str(tmp_path / "train.ptz"), TTT_ENABLED="1", TTT_CONTEXT="128")
+    assert p.returncode == 0, p.stderr[-2000:]
+    ttt = (tmp_path / "ttt.txt").read_text()  # with TTT the score is TTT's alone: no plain pass runs
+    assert re.search(r"^ttt_adapted_docs:8/8$", ttt, re.M) and re.search(r"^final_ttt_exact val_loss:", ttt, re.M)
+    assert not re.search(r"^(final_roundtrip_exact|roundtrip_eval|eval_deadline_hit)", ttt, re.M)
+
+
+# ----------------------------------------------------------------------------- the eval deadline
+
+
+def test_a_deadline_too_short_for_ttt_ends_in_time_and_scores_the_rest_plainly(setup):
+    """Full TTT timed first; then a deadline at half that time: the run stops adapting, every target is still
+    scored once, the plainly scored documents get exactly the plain model's losses, and it ends on time."""
+    hp, val, model = setup
+    over = dict(TTT_PHASES=0)
+    thp = tiny_hp(DATA_PATH=hp.data_path, **{**TTT, **over})
+    lora = tg.LoRA(thp, thp.ttt_batch_docs, len(model.virtual_layers()), thp.seed, CPU)
+    costs = tg.ttt_warmup(model, model, lora, thp, "sdpa", CPU, 1)
+    assert set(costs) == {*tg.ttt_widths(thp), "plain"} and all(v > 0 for v in costs.values())
+    t0 = tg.time.perf_counter()
+    tg.ttt_evaluate(model, val, thp, "sdpa", CPU, lora=lora, costs=costs, deadline=math.inf)
+    full_s = tg.time.perf_counter() - t0
+    losses, counts, lines = np.full(len(val.tokens), np.nan), np.zeros(len(val.tokens), int), []
+    plain = np.zeros(len(val.tokens), bool)
+
+    def record(segs, nll, lora_, rows):
+        for r, (start, length, frm) in enumerate(segs):
+            pos = np.arange(start + 1 + frm, start + 1 + length)
+            losses[pos], counts[pos], plain[pos] = nll[r, frm:length], counts[pos] + 1, lora_ is None
+
+    start = tg.time.perf_counter()
+    deadline = start + 0.5 * full_s
+    result = tg.ttt_evaluate(model, val, thp, "sdpa", CPU, record=record, log=lines.append, lora=lora, costs=costs,
+                             deadline=deadline)  # fmt: skip
+    ended = tg.time.perf_counter()
+    adapted = re.search(r"^ttt_adapted_docs:(\d+)/(\d+)$", "\n".join(lines), re.M)
+    assert adapted and int(adapted.group(1)) < int(adapted.group(2)) == 4
+    assert any(line.startswith("eval_deadline_hit: time_left_s:") for line in lines)
+    assert ended <= deadline + 0.25 * full_s + 0.5  # slack: one batch's estimate error
+    assert counts[0] == 0 and (counts[1:] == 1).all() and result["tokens"] == len(val.tokens) - 1
+    _, frozen, *_ = run_ttt(setup, TTT_LR=0, **over)  # the same chunks and contexts, adapters that never move
+    assert plain.sum() > 1000 and np.allclose(losses[plain], frozen[plain], rtol=1e-5, atol=1e-5)
+
+
+def test_plain_segments_give_every_target_the_context_ttt_gives_it():
+    hp = tiny_hp(TTT_CHUNK=32, TTT_CONTEXT=100)
+    spans = [(0, 10), (11, 96), (108, 250)]
+    segs = tg.plain_segments(spans, hp)
+    context = {}  # target position -> first input position it sees
+    for start, length, frm in segs:
+        for p in range(start + frm, start + length):
+            assert p + 1 not in context
+            context[p + 1] = start
+    for a, n in spans:  # TTT: chunk c0..c0+32 sees inputs from max(0, end - 100)
+        for c0 in range(0, n, 32):
+            end = min(c0 + 32, n)
+            for t in range(c0, end):
+                assert context[a + t + 1] == a + max(0, end - 100) or (end <= 96 and context[a + t + 1] == a)
+    assert len(context) == sum(n for _, n in spans)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_compiled_ttt_gives_the_eager_losses_and_compiles_only_in_the_warmup(setup):
+    """TTT through torch.compile (inductor, on CPU): one graph per width bucket, all made in the warmup on random
+    tokens, none while scoring. With frozen adapters the per-token losses are eager's within float tolerance;
+    with learning, AdamW without momentum (beta1 0, eps 1e-10) turns float noise in near-zero gradients into
+    whole steps, so per-token losses drift apart and only the mean is compared."""
+    from torch._dynamo.utils import counters
+
+    hp, val, model = setup
+    over = dict(TTT_PHASES=0, TTT_WIDTH_BUCKETS=1, TTT_BATCH_DOCS=2)
+    starts = np.flatnonzero(val.tokens == tg.BOS_ID)
+    short = np.concatenate([val.tokens[starts[0] : starts[0] + 300], val.tokens[starts[1] : starts[1] + 120], [1]])
+    small = tg.ValData(short, np.ones_like(short), "ones")  # two short documents keep the compile test short
+    losses, means = {}, {}
+    for name in ("eager", "compiled"):
+        thp = tiny_hp(DATA_PATH=hp.data_path, **{**TTT, **over})
+        lora = tg.LoRA(thp, thp.ttt_batch_docs, len(model.virtual_layers()), thp.seed, CPU)
+        runner = torch.compile(model, dynamic=False) if name == "compiled" else model
+        before = counters["stats"]["unique_graphs"]
+        tg.ttt_warmup(runner, model, lora, thp, "sdpa", CPU, 1)
+        warm = counters["stats"]["unique_graphs"]
+        out = np.full(len(small.tokens), np.nan)
+
+        def record(segs, nll, lora_, rows, out=out):
+            for r, (start, length, frm) in enumerate(segs):
+                out[start + 1 + frm : start + 1 + length] = nll[r, frm:length]
+
+        frozen = tiny_hp(DATA_PATH=hp.data_path, **{**TTT, **over, "TTT_LR": 0})
+        tg.ttt_evaluate(model, small, frozen, "sdpa", CPU, record=record, runner=runner, lora=lora)
+        means[name] = tg.ttt_evaluate(model, small, thp, "sdpa", CPU, runner=runner, lora=lora)["val_loss"]
+        losses[name] = out
+        if name == "compiled":
+            assert warm - before == 1 and counters["stats"]["unique_graphs"] == warm  # the one width, no more
+    assert np.allclose(losses["compiled"][1:], losses["eager"][1:], rtol=1e-4, atol=1e-4)
+    assert means["compiled"] == pytest.approx(means["eager"], rel=1e-2)
+
+
+def test_ttt_memory_at_the_flagship_shape_fits_an_80_gb_gpu():
+    """Counted on CPU with meta tensors: what one TTT forward keeps for its backward at every width bucket,
+    plus weights and adapter state, stays under 70 GiB; doubling the tokens per forward nearly doubles it."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import eval_cost
+
+    hp = tg.Hyperparameters({})
+    sizes = [eval_cost.ttt_saved_bytes(hp, *tg.ttt_shape(hp, w)) for w in tg.ttt_widths(hp)]
+    assert all(m["total_bytes"] < 70 * 2**30 for m in sizes)
+    twice = tg.Hyperparameters({"TTT_MICRO_TOKENS": str(2 * hp.ttt_micro_tokens)})
+    big = eval_cost.ttt_saved_bytes(twice, *tg.ttt_shape(twice, hp.ttt_context))
+    assert big["saved_activation_bytes"] > 1.8 * sizes[-1]["saved_activation_bytes"]
+
+
+def test_padded_rows_and_the_padding_segment_change_no_score(setup):
+    """A compiled model gets a fixed row count and one unscored padding segment per row: the sums are those
+    of the unpadded rows exactly, and the padding is one segment however long."""
+    hp, val, model = setup
+    rows = tg.pack_rows(tg.eval_segments(val.tokens, 128, 32), 128)[:5]
+    x, y, starts, score, nbytes = tg.row_arrays(rows, val, 128, n_rows=8)
+    for r, row in enumerate(rows):
+        used = sum(seg[1] for seg in row)
+        assert starts[r, used:].sum() == (1 if used < 128 else 0) and not score[r, used:].any()
+    assert starts[5:, 0].all() and starts[5:].sum() == 3 and not score[5:].any()
+    with torch.no_grad():
+        a = tg.run_rows(model, rows, val, 128, "sdpa", CPU)[2]
+        b = tg.run_rows(model, rows, val, 128, "sdpa", CPU, n_rows=8)[2]
+    assert torch.allclose(a, b, rtol=1e-12, atol=0)

@@ -111,8 +111,8 @@ def parse_log(path: Path) -> RunLog:
     if not raw[code_bytes:].startswith(b"\npython:"):
         raise RecordError(f"{path}: the log does not begin with the {code_bytes} bytes of source it reports")
     stages, clock = final_scores(text), eval_clock(text)
-    if "roundtrip" not in stages:
-        raise RecordError(f"{path}: no `final_roundtrip_exact` line (did the run finish?)")
+    if "roundtrip" not in stages and "ttt" not in stages:
+        raise RecordError(f"{path}: no `final_ttt_exact` or `final_roundtrip_exact` line (did the run finish?)")
     avg = _need(rf"^step_avg_ms:{NUM} steps:(\d+) train_tokens:(\d+)", text, path, "step_avg_ms:")
     done = _need(r"^train_done steps:\d+ train_time_ms:(\d+)", text, path, "train_done")
     calib = re.search(rf"^gptq_calibration_batches:\d+ gptq_calibration_end_s:{NUM}", text, re.M)

@@ -1,0 +1,116 @@
+"""The compile tests: the CUDA path's torch.compile(model, dynamic=False), compiled by inductor on CPU through
+maybe_compile (tg.COMPILE_ON_CPU), against eager, with dynamo's graph counter read around each region. Every test
+here compiles a tiny model (a few seconds each on 2 cores); they carry the `compile` mark."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import train_gpt as tg
+from tests.helpers import randomize, tiny_hp
+from tests.test_cuda_paths import fake_flash_varlen
+
+pytestmark = pytest.mark.compile
+CPU = torch.device("cpu")
+SMALL = dict(NUM_LAYERS=3, MODEL_DIM=32, NUM_HEADS=2, NUM_KV_HEADS=1, ROPE_DIMS=4, LOOP_START=1, LOOP_END=1,
+             NUM_LOOPS=1, PARALLEL_START_LAYER=2, XSA_LAST_N=3, GATE_WINDOW=8)  # every technique on  # fmt: skip
+
+
+@pytest.fixture
+def compile_on_cpu(monkeypatch):
+    monkeypatch.setattr(tg, "COMPILE_ON_CPU", True)
+    torch._dynamo.reset()  # a fresh cache: every graph a test counts is one it compiled itself
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def graphs() -> int:
+    """Graphs dynamo has compiled so far: the first compile and every recompile (a guard failure) count one."""
+    return counters["stats"]["unique_graphs"]
+
+
+def packed_batch(B=2, T=32, vocab=1024, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x, y = torch.randint(2, vocab, (B, T), generator=gen), torch.randint(2, vocab, (B, T), generator=gen)
+    x[0, [9, 20]] = tg.BOS_ID  # several documents per row
+    x[1, 5] = tg.BOS_ID
+    return x, y
+
+
+def test_compiled_training_step_equals_eager_and_looping_compiles_once(compile_on_cpu):
+    """Loss and every gradient of the compiled forward+backward equal eager's, looping off and on; switching the
+    recurrence on compiles exactly one more graph, and switching it back compiles none."""
+    hp = tiny_hp(**SMALL)
+    eager = randomize(tg.GPT(hp))
+    compiled_model = copy.deepcopy(eager)
+    step_model = tg.maybe_compile(compiled_model, hp, CPU)
+    assert step_model is not compiled_model, "maybe_compile must compile on CPU when the test switch is on"
+    x, y = packed_batch()
+    for looping, expected_graphs in ((False, 1), (True, 2), (False, 2)):  # graphs so far: switching back reuses
+        eager.looping = compiled_model.looping = looping
+        losses = []
+        for model in (eager, step_model):
+            loss = model(x, y, tg.make_layout(x, "sdpa")).mean()
+            loss.backward()
+            losses.append(loss.item())
+        assert losses[0] == pytest.approx(losses[1], abs=1e-5), (looping, losses)
+        for (name, pe), pc in zip(eager.named_parameters(), compiled_model.parameters()):
+            assert pe.grad is not None or pc.grad is None, name
+            if pe.grad is not None:
+                assert torch.allclose(pe.grad, pc.grad, rtol=1e-4, atol=1e-6), (looping, name)
+        eager.zero_grad(set_to_none=True)
+        compiled_model.zero_grad(set_to_none=True)
+        assert graphs() == expected_graphs, (looping, dict(counters["stats"]))
+
+
+def test_compiled_training_recompiles_only_in_warmup(compile_on_cpu, monkeypatch, small_dataset):
+    """The real compile_warmup and train() over the sample shards' document-packed batches, the flagship's geometry
+    scaled down (2 micro-steps of 8 x 128 rows), with a sequence-length schedule and the looping switch inside the
+    timed run: warmup compiles one graph per (length, looping) pair, the timed run none. As on CUDA: bf16 autocast,
+    and the FlashAttention varlen branch (the fake kernel), so cu_seqlens is an input of every compiled graph."""
+    monkeypatch.setattr(tg, "_flash_varlen", fake_flash_varlen)
+    monkeypatch.setattr(tg, "autocast", lambda device: torch.autocast(device.type, dtype=torch.bfloat16))
+    backend = "fa2"
+    hp = tiny_hp(**SMALL, DATA_PATH=small_dataset, TRAIN_SEQ_LEN=128, SEQ_LEN_SCHEDULE="64@0.3,128@1.0",
+                 TRAIN_BATCH_TOKENS=2048, GRAD_ACCUM_STEPS=2, WARMUP_STEPS=4, ITERATIONS=10, ENABLE_LOOPING_AT=0.6,
+                 GPTQ=0)  # fmt: skip
+    torch.manual_seed(0)
+    model = tg.GPT(hp)
+    step_model = tg.maybe_compile(model, hp, CPU)
+    optimizers = tg.build_optimizers(model, hp, 0, 1, CPU)
+    lines = []
+    tg.compile_warmup(model, step_model, optimizers, hp, backend, 0, 1, 2, CPU, lines.append)
+    assert graphs() == 4, dict(counters["stats"])  # {64, 128} x {looping off, on}
+    tg.train(hp, model, step_model, optimizers, None, backend, 0, 1, 2, CPU, lines.append)
+    log = "\n".join(lines)
+    assert "looping:on step:6" in log and "seq_len:64" in log and "seq_len:128" in log  # both switches were timed
+    assert graphs() == 4, f"recompiled inside the timed run: {dict(counters['stats'])}"
+    assert np.isfinite([float(v.split()[0]) for v in log.split("train_loss:")[1:]]).all()
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_compiled_flex_eval_gives_the_eager_sdpa_nll(compile_on_cpu, small_dataset):
+    """evaluate() through the compiled model with the GPU's kernel, flex attention and its document block mask
+    (forward only: torch has no flex backward on CPU), against the eager model with SDPA and the explicit
+    block-diagonal causal mask: the same NLL, sliding window (the score), on the first validation documents."""
+    if tg.flex_attention is None:
+        pytest.skip("this torch has no flex attention")
+    hp = tiny_hp(**SMALL, DATA_PATH=small_dataset, VAL_BATCH_SIZE=2**20)  # one batch per pass: one shape
+    full = tg.load_validation(hp, tg.load_tokenizer(str(small_dataset / "tokenizer.model"), hp.vocab_size))
+    cut = int(np.flatnonzero(full.tokens == tg.BOS_ID)[3]) + 1  # three documents and the next BOS
+    val = tg.ValData(full.tokens[:cut], full.target_bytes[:cut], full.byte_source)
+    model = randomize(tg.GPT(hp), std=0.05)
+    model.looping = True
+    compiled = tg.maybe_compile(model, hp, CPU)
+    with torch.no_grad():
+        eager = tg.evaluate(model, val, hp, hp.eval_stride, "sdpa", CPU)
+        flex = tg.evaluate(compiled, val, hp, hp.eval_stride, "flex", CPU)
+        assert graphs() == 1
+        again = tg.evaluate(compiled, val, hp, hp.eval_stride, "flex", CPU)
+    assert graphs() == 1 and again == flex  # the second pass reuses the graph (the GPU run's steady rate)
+    assert flex["tokens"] == eager["tokens"] == cut - 1 and flex["bytes"] == eager["bytes"]
+    assert flex["val_loss"] == pytest.approx(eager["val_loss"], abs=1e-5)
