@@ -1318,8 +1318,7 @@ FIT_MARGIN, FIT_ROUNDS = 0.001, 4  # aim this fraction of the model under the bu
 
 
 def coarsen_curve(q: np.ndarray, weight: float) -> list[tuple[float, float]]:
-    """(entropy bytes, added error) on each grid of FIT_LADDER, levels l re-rounded to round(l / f); the error is
-    weight x the sum of squared level changes (weight: mean diag(H) x mean squared row step)."""
+    """(entropy bytes, weight x sum of squared level changes) on each grid f of FIT_LADDER: l -> round(l / f)."""
     levels, counts = np.arange(-128, 128), np.bincount(q.ravel().astype(np.int64) + 128, minlength=256)
     ent = lambda c: float(-(c[c > 0] * np.log2(c[c > 0] / c.sum())).sum() / 8)
     new = [(f, np.round(levels / f)) for f in FIT_LADDER]
@@ -1336,8 +1335,7 @@ def coarsen(entry: tuple, f: float) -> tuple:
 
 
 def plan_coarsening(curves: dict, ratio: dict, need: float, pos: dict) -> tuple[dict, list]:
-    """Grid per matrix after taking, one by one, the coarser grid that adds least error per byte saved (bytes =
-    entropy x the stream's measured compression ratio) until the estimated saving reaches need."""
+    """Grids after taking, one by one, the coarser grid adding least error per byte saved, until need bytes."""
     pos, saved, moves = dict(pos), 0.0, []
     while saved < need:
         best = None
@@ -1350,7 +1348,7 @@ def plan_coarsening(curves: dict, ratio: dict, need: float, pos: dict) -> tuple[
         if best is None:  # every matrix on its coarsest grid
             break
         _, name, pos[name], b, cost = best
-        saved, moves = saved + b, moves + [(name, b, cost)]
+        saved, moves = saved + b, moves + [(name, pos[name], b, cost)]
     return pos, moves
 
 
@@ -1373,15 +1371,14 @@ def fit_to_budget(packed: dict, hessians: dict | None, hp: Hyperparameters, code
         pos, moves = plan_coarsening(curves, {c: sizes[c] / max(e, 1.0) for c, e in ent.items()}, need, pos)
         if not moves:
             break
-        for name in dict.fromkeys(n for n, _, _ in moves):
-            b, cost = (sum(m[i] for m in moves if m[0] == name) for i in (1, 2))
-            log(f"fit_step round:{r} tensor:{name} step_x:{FIT_LADDER[pos[name]]:.3f} est_saved_bytes:{b:.0f} "
-                f"est_err:+{cost / base_err:.3e}")  # fmt: skip
+        for name, k, b, cost in moves:  # one line per step: bytes it should save, error it should add
+            log(f"fit_step round:{r} tensor:{name} step_x:{FIT_LADDER[k]:.3f} est_saved_bytes:{b:.0f} "
+                f"est_err:{cost / base_err:+.3e}")  # fmt: skip
         new, sizes = serialize({**packed, **{n: coarsen(base[n], FIT_LADDER[k]) for n, k in pos.items()}},
                                hp.export_compressor)  # fmt: skip
         err = sum(curves[n][1][k][1] for n, k in pos.items()) / base_err
         log(f"fit_round:{r} model_bytes:{len(new)} saved_bytes:{len(blob) - len(new)} est_saved_bytes:"
-            f"{sum(m[1] for m in moves):.0f} est_err_total:+{err:.3e} matrices_coarsened:{len(pos)}")  # fmt: skip
+            f"{sum(m[2] for m in moves):.0f} est_err_total:{err:+.3e} matrices_coarsened:{len(pos)}")  # fmt: skip
         blob = new
         if code + len(blob) <= hp.artifact_max_bytes:
             break
@@ -1800,8 +1797,7 @@ def load_checkpoint(hp: Hyperparameters, model: GPT, device, log) -> tuple[dict,
 
 
 def export_artifact(state, hessians, hp: Hyperparameters, code: int, rank: int, log, clock) -> tuple[bytes, Path]:
-    """Quantize, fit to ARTIFACT_MAX_BYTES, and write <RUN_ID>.ptz on rank 0. Still over: the blob is written as
-    <RUN_ID>.over_budget.ptz and an ArtifactError names each part."""
+    """Quantize, fit, write <RUN_ID>.ptz (rank 0); still over: <RUN_ID>.over_budget.ptz and an ArtifactError."""
     with clock("quantize"):
         blob, sizes = fit_to_budget(quantize_model(state, hessians, hp, log), hessians, hp, code, log)
     parts, over = " ".join(f"{k}:{v}" for k, v in sizes.items()), code + len(blob) > hp.artifact_max_bytes

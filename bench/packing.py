@@ -232,7 +232,7 @@ def fit_timing(packed: dict, log) -> dict:
         tg.serialize = real
     return {"natural_bytes": natural, "budget_bytes": hp.artifact_max_bytes, "fitted_bytes": len(blob),
             "total_s": total, "fit_s_without_serialize": total - spent["serialize_s"], **spent,
-            "est_err_total": float(re.findall(r"est_err_total:\+(\S+)", "\n".join(lines))[-1]),
+            "est_err_total": float(re.findall(r"est_err_total:(\S+)", "\n".join(lines))[-1]),
             "matrices_coarsened": int(re.findall(r"matrices_coarsened:(\d+)", "\n".join(lines))[-1])}  # fmt: skip
 
 

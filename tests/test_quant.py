@@ -254,10 +254,11 @@ def test_a_run_20_percent_over_budget_shrinks_to_fit_and_its_checkpoint_re_expor
     assert (
         finals(log)["artifact_bytes"] <= budget and (tmp_path / "fit.ptz").stat().st_size == finals(log)["model_bytes"]
     )
-    step = r"fit_step round:\d+ tensor:\S+ step_x:([\d.]+) est_saved_bytes:(\d+) est_err:\+([\d.e+-]+)"
+    step = r"fit_step round:\d+ tensor:\S+ step_x:([\d.]+) est_saved_bytes:(\d+) est_err:([+-][\d.e+-]+)"
     steps = re.findall(step, log)
     rounds = re.findall(r"fit_round:\d+ model_bytes:(\d+) saved_bytes:(-?\d+)", log)
-    assert steps and all(float(x) > 1 and int(b) > 0 and float(e) >= 0 for x, b, e in steps)
+    assert steps and all(float(x) > 1 and int(b) >= 0 for x, b, _ in steps)  # one step can lower the error a bit
+    assert sum(int(b) for _, b, _ in steps) > 0 and sum(float(e) for *_, e in steps) > 0
     assert rounds and int(rounds[-1][0]) == finals(log)["model_bytes"]
     assert sum(int(s) for _, s in rounds) == size["model_bytes"] - finals(log)["model_bytes"]  # same weights as natural
     assert re.search(r"^final_roundtrip_exact val_loss:[\d.]+ val_bpb:[\d.]+$", log, re.M)  # and it scored
