@@ -162,6 +162,8 @@ HPARAMS = (
     ("LQER_TOP_K", int, 3, (0, 10**4), "tensors with the largest quantization error that get a low-rank repair"),
     ("LQER_RANK", int, 4, (1, 64), "rank of the LQER repair"),
     ("AWQ_GROUP", int, 0, (0, 4096), "width of the most salient column group kept at int8 (0: off; e.g. 64)"),
+    ("ARTIFACT_MAX_BYTES", int, 16_000_000, (1, 10**9), "code + model bytes; over it, the export coarsens grids"),
+    ("RESCUE_CHECKPOINT", str, "", None, "a <RUN_ID>.float.pt to re-export and score without training (not a record)"),
 )
 
 
@@ -1311,6 +1313,78 @@ def dequantize_model(packed: dict, device="cpu") -> dict[str, Tensor]:
     return {name: dequantize_entry(kind, arrays, meta, device) for name, (kind, arrays, meta) in packed.items()}
 
 
+FIT_LADDER = tuple(1.1**k for k in range(31))  # grids a GPTQ matrix can be re-rounded to: step x 1.1^k (x17 at most)
+FIT_MARGIN, FIT_ROUNDS = 0.001, 4  # aim this fraction of the model under the budget; serializations at most
+
+
+def coarsen_curve(q: np.ndarray, weight: float) -> list[tuple[float, float]]:
+    """(entropy bytes, weight x sum of squared level changes) on each grid f of FIT_LADDER: l -> round(l / f)."""
+    levels, counts = np.arange(-128, 128), np.bincount(q.ravel().astype(np.int64) + 128, minlength=256)
+    ent = lambda c: float(-(c[c > 0] * np.log2(c[c > 0] / c.sum())).sum() / 8)
+    new = [(f, np.round(levels / f)) for f in FIT_LADDER]
+    return [(ent(np.bincount(n.astype(np.int64) + 128, counts, 256)), weight * float(counts @ (levels - f * n) ** 2))
+            for f, n in new]  # fmt: skip
+
+
+def coarsen(entry: tuple, f: float) -> tuple:
+    """The GPTQ entry on a grid f times coarser: row scales x f (fp16), levels re-rounded; deterministic."""
+    kind, arrays, meta = entry
+    s, s2 = arrays["scale"].astype(np.float32), (arrays["scale"].astype(np.float32) * f).astype(np.float16)
+    q = np.round(arrays["q"] * (s / np.maximum(s2.astype(np.float32), 1e-30))[:, None]).astype(np.int8)
+    return kind, {**arrays, "q": q, "scale": s2}, meta
+
+
+def plan_coarsening(curves: dict, ratio: dict, need: float, pos: dict) -> tuple[dict, list]:
+    """Grids after taking, one by one, the coarser grid adding least error per byte saved, until need bytes."""
+    pos, saved, moves = dict(pos), 0.0, []
+    while saved < need:
+        best = None
+        for name, (cls, curve) in curves.items():
+            k = pos.get(name, 0)
+            j = next((j for j in range(k + 1, len(curve)) if curve[j][0] < curve[k][0]), None)
+            if j is not None:
+                b, cost = (curve[k][0] - curve[j][0]) * ratio[cls], curve[j][1] - curve[k][1]
+                best = min(best or (math.inf,), (cost / b, name, j, b, cost))
+        if best is None:  # every matrix on its coarsest grid
+            break
+        _, name, pos[name], b, cost = best
+        saved, moves = saved + b, moves + [(name, pos[name], b, cost)]
+    return pos, moves
+
+
+def fit_to_budget(packed: dict, hessians: dict | None, hp: Hyperparameters, code: int, log=print):
+    """(blob, stream sizes), within ARTIFACT_MAX_BYTES where possible: while over, the GPTQ matrices whose bytes
+    cost the least Hessian-weighted error move to coarser grids; each stream's ratio of compressed bytes to
+    entropy, measured on the last blob, predicts the saving, so one more serialization usually does."""
+    blob, sizes = serialize(packed, hp.export_compressor)
+    if code + len(blob) <= hp.artifact_max_bytes:
+        return blob, sizes
+    base, curves, base_err, pos = {n: e for n, e in packed.items() if e[0] == "gptq"}, {}, 0.0, {}
+    for name, (_, arrays, meta) in base.items():
+        H = hessians.get(name) if hessians else None  # reads diag(H) only: H may be shared, never written
+        w = (float(H.diag().mean()) if H is not None else 1.0) * float(np.mean(arrays["scale"].astype(np.float32) ** 2))
+        curves[name] = (meta["cls"], coarsen_curve(arrays["q"], w))
+        base_err += w * arrays["q"].size / 12  # GPTQ's own rounding error, as uniform noise: the unit of est_err
+    for r in range(1, FIT_ROUNDS + 1):
+        ent = {c: sum(cv[pos.get(n, 0)][0] for n, (k, cv) in curves.items() if k == c) for c, _ in curves.values()}
+        need = code + (1 + FIT_MARGIN) * len(blob) - hp.artifact_max_bytes
+        pos, moves = plan_coarsening(curves, {c: sizes[c] / max(e, 1.0) for c, e in ent.items()}, need, pos)
+        if not moves:
+            break
+        for name, k, b, cost in moves:  # one line per step: bytes it should save, error it should add
+            log(f"fit_step round:{r} tensor:{name} step_x:{FIT_LADDER[k]:.3f} est_saved_bytes:{b:.0f} "
+                f"est_err:{cost / base_err:+.3e}")  # fmt: skip
+        new, sizes = serialize({**packed, **{n: coarsen(base[n], FIT_LADDER[k]) for n, k in pos.items()}},
+                               hp.export_compressor)  # fmt: skip
+        err = sum(curves[n][1][k][1] for n, k in pos.items()) / base_err
+        log(f"fit_round:{r} model_bytes:{len(new)} saved_bytes:{len(blob) - len(new)} est_saved_bytes:"
+            f"{sum(m[2] for m in moves):.0f} est_err_total:{err:+.3e} matrices_coarsened:{len(pos)}")  # fmt: skip
+        blob = new
+        if code + len(blob) <= hp.artifact_max_bytes:
+            break
+    return blob, sizes
+
+
 # -----------------------------------------------------------------------------
 # Artifact: our own container, one compressed stream per tensor class, checksums; never torch.load
 # -----------------------------------------------------------------------------
@@ -1643,9 +1717,9 @@ def main():
     optimizers = build_optimizers(model, hp, rank, world, device)
     n_params, estimate = sum(p.numel() for p in model.parameters()), estimate_model_bytes(model, hp)
     log(f"model_bytes_estimate:{estimate} code_bytes:{len(source)}")
-    if estimate + len(source) > ARTIFACT_BUDGET:
+    if estimate + len(source) > hp.artifact_max_bytes:
         log(f"warning: {n_params} parameters at these bit widths likely compress to about {estimate} bytes, over "
-            f"the {ARTIFACT_BUDGET}-byte budget with the code")  # fmt: skip
+            f"the {hp.artifact_max_bytes}-byte budget with the code")  # fmt: skip
     log(f"model_params:{n_params} attn_backend:{backend} grad_accum_steps:{accum} "
         f"micro_batch_tokens:{hp.train_batch_tokens // (world * accum)} virtual_layers_looped:"
         f"{virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops)}")  # fmt: skip
@@ -1655,6 +1729,10 @@ def main():
             blob = Path(hp.eval_only).read_bytes()
         finals = score_artifact(blob, hp, val, backend, rank, world, device, log, clock)
         return finish(log, hp, clock, finals, world)
+    if hp.rescue_checkpoint:  # export and score a saved float checkpoint, without training
+        clock, (state, hessians) = EvalClock(), load_checkpoint(hp, model, device, log)
+        blob, _ = export_artifact(state, hessians, hp, len(source), rank, log, clock)
+        return finish(log, hp, clock, score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
     compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log)
     stats = train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log)
     clock = EvalClock()  # everything after training stops counts as evaluation
@@ -1666,18 +1744,11 @@ def main():
     if hp.eval_diagnostics:
         with clock("prequant_eval"):
             pre = evaluate_pass(step_model, val, hp, backend, rank, world, device, log, "prequant")
-    with clock("quantize"):
-        blob, sizes = serialize(quantize_model(model.state_dict(), stats["hessians"], hp, log), hp.export_compressor)
-    code, parts = len(source), " ".join(f"{k}:{v}" for k, v in sizes.items())
-    log(f"quantize_time_ms:{1000 * clock.parts['quantize']:.0f} model_bytes:{len(blob)} streams {parts}")
-    if code + len(blob) > ARTIFACT_BUDGET:
-        raise ArtifactError(f"artifact {code + len(blob)} bytes > {ARTIFACT_BUDGET}: code {code} + model {len(blob)} "
-                            f"({parts})")  # fmt: skip
-    artifact = Path(hp.log_dir) / f"{hp.run_id}.ptz"
-    if rank == 0:
-        tmp = artifact.with_suffix(".ptz.tmp")
-        tmp.write_bytes(blob)
-        tmp.replace(artifact)
+    with clock("checkpoint"):  # the trained model outlives whatever the export does (RESCUE_CHECKPOINT)
+        if rank == 0:
+            save_checkpoint(Path(hp.log_dir) / f"{hp.run_id}.float.pt", model.state_dict(), stats["hessians"])
+    code = len(source)
+    blob, artifact = export_artifact(model.state_dict(), stats["hessians"], hp, code, rank, log, clock)
     finals = [f"final_prequant_exact val_loss:{pre['val_loss']:.8f} val_bpb:{pre['val_bpb']:.8f}"] if (
         hp.eval_diagnostics) else []  # fmt: skip
     finals += score_artifact(blob, hp, val, backend, rank, world, device, log, clock)
@@ -1698,6 +1769,46 @@ class EvalClock:
         t = time.perf_counter()
         yield
         self.parts[part] = self.parts.get(part, 0.0) + time.perf_counter() - t
+
+
+def write_atomic(path: Path, data: bytes):
+    """Written under a temporary name, then renamed: a reader never sees half a file."""
+    path.with_name(path.name + ".tmp").write_bytes(data)
+    path.with_name(path.name + ".tmp").replace(path)
+
+
+def save_checkpoint(path: Path, state: dict, hessians: dict | None):
+    """The float (EMA) weights and the GPTQ Hessians, tensors only; a Hessian shared by several names is kept once."""
+    cpu, buf = {}, io.BytesIO()
+    move = lambda d: {k: cpu.setdefault(id(t), t.detach().cpu()) for k, t in d.items()} if d else None
+    torch.save({"state": move(state), "hessians": move(hessians)}, buf)
+    write_atomic(path, buf.getvalue())
+
+
+def load_checkpoint(hp: Hyperparameters, model: GPT, device, log) -> tuple[dict, dict | None]:
+    log(f"rescue_checkpoint:{hp.rescue_checkpoint} record_run:no")  # its calibration was off the training clock
+    try:
+        ckpt = torch.load(hp.rescue_checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["state"])  # refuses a checkpoint of another shape
+        return ckpt["state"], ckpt["hessians"]
+    except Exception as e:
+        raise ArtifactError(f"RESCUE_CHECKPOINT={hp.rescue_checkpoint}: expected a <RUN_ID>.float.pt of the model "
+                            f"this env describes ({' '.join(str(e).split())[:300]})") from None  # fmt: skip
+
+
+def export_artifact(state, hessians, hp: Hyperparameters, code: int, rank: int, log, clock) -> tuple[bytes, Path]:
+    """Quantize, fit, write <RUN_ID>.ptz (rank 0); still over: <RUN_ID>.over_budget.ptz and an ArtifactError."""
+    with clock("quantize"):
+        blob, sizes = fit_to_budget(quantize_model(state, hessians, hp, log), hessians, hp, code, log)
+    parts, over = " ".join(f"{k}:{v}" for k, v in sizes.items()), code + len(blob) > hp.artifact_max_bytes
+    log(f"quantize_time_ms:{1000 * clock.parts['quantize']:.0f} model_bytes:{len(blob)} streams {parts}")
+    artifact = Path(hp.log_dir) / f"{hp.run_id}{'.over_budget' if over else ''}.ptz"
+    if rank == 0:
+        write_atomic(artifact, blob)
+    if over:
+        raise ArtifactError(f"artifact {code + len(blob)} bytes > {hp.artifact_max_bytes}: code {code} + model "
+                            f"{len(blob)} ({parts}); kept as {artifact}")  # fmt: skip
+    return blob, artifact
 
 
 def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, clock) -> list[str]:

@@ -230,6 +230,55 @@ def gpu_check(d: dict) -> list[str]:
     return out
 
 
+def packing(d: dict) -> list[str]:
+    """Coders on the quantized integers of a real checkpoint and on flagship-shaped streams, and the fit timing."""
+    out = ["Quantized integers of the GPTQ matrices only (the container's `rest` stream and header are the same "
+           "for every coder). Entropy: zeroth-order, tensor by tensor (what a static coder with one table per "
+           "tensor can reach, tables aside); order 1: each value given the one before it in its row. Seconds of "
+           "process time on one core, the whole set encoded and decoded; *exact*: decoded equal to the input.",
+           ""]  # fmt: skip
+    for key, title in (("checkpoint", "the CPU checkpoint"), ("flagship_shaped", "flagship-shaped streams")):
+        s = d[key]["streams"]
+        ent = s["entropy_per_tensor_bytes"]
+        out += [f"**{title}**: {d[key]['params']:,} parameters, {s['symbols']:,} integers; entropy per tensor "
+                f"{ent:,.0f} bytes, order 1 {s['order1_per_tensor_bytes']:,.0f} bytes.", "",
+                "| coder | bytes | vs brotli q11 | vs entropy | encode s | decode s | exact |",
+                "|---|---|---|---|---|---|---|"]  # fmt: skip
+        base = s["coders"]["brotli q11 per class (today)"]["bytes"]
+        for name, r in s["coders"].items():
+            if "error" in r:
+                out.append(f"| {name} | failed: {r['error'][:80]} | | | | | |")
+                continue
+            out.append(f"| {name} | {r['bytes']:,} | {r['bytes'] / base - 1:+.2%} | {r['bytes'] / ent - 1:+.2%} | "
+                       f"{r['encode_s']:.2f} | {r['decode_s']:.2f} | {'yes' if r['exact'] else 'NO'} |")  # fmt: skip
+        out.append("")
+    f = d["fit_to_budget"]
+    out += [f"Fit to budget at flagship size (flagship-shaped model, budget {f['budget_bytes']:,} = its natural "
+            f"{f['natural_bytes']:,} bytes less the measured flagship's 1.04% excess): {f['fitted_bytes']:,} bytes "
+            f"after {f['serializations'] - 1} extra serialization(s); the fit's own work (entropy curves, plan, "
+            f"re-rounding) {f['fit_s_without_serialize']:.2f} s, serializations {f['serialize_s']:.1f} s in all; "
+            f"{f['matrices_coarsened']} matrices coarsened, estimated error +{f['est_err_total']:.2%} of GPTQ's own "
+            "rounding error (Hessian diagonals of ones here: the flagship-shaped model has no Hessians)."]  # fmt: skip
+    return out
+
+
+def projection(d: dict) -> list[str]:
+    """The flagship's bytes on paper: measured bits per parameter per class, configurations at the same rates."""
+    p = d["projection"]
+    code, bpp = p["code"], p["bits_per_param"]
+    out = [f"Bits per parameter measured at the flagship (GPU check export): embed {bpp['embed']:.3f}, attn "
+           f"{bpp['attn']:.3f}, mlp {bpp['mlp']:.3f}; one more bit for a class adds one bit per parameter; header and "
+           f"`rest` scale with the rows. Code: train_gpt.py {code['source']:,} bytes, packed by tools/pack.py "
+           f"{code['packed']:,} (what a submission counts). *rANS*: each class at the static rANS / brotli ratio "
+           "measured on the flagship-shaped streams above. Margin = 16,000,000 − packed code − model; negative: "
+           "the fit-to-budget export shrinks it by that much.", "",
+           "| configuration | params | model, brotli | margin, brotli | model, rANS | margin, rANS |",
+           "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in p["configs"].items():
+        mb, mr = p["budget"] - code["packed"] - r["brotli"], p["budget"] - code["packed"] - r["rans"]
+        out.append(f"| {name} | {r['params']:,} | {r['brotli']:,.0f} | {mb:+,.0f} | {r['rans']:,.0f} | {mr:+,.0f} |")
+
+
 def eval_cost(d: dict) -> list[str]:
     """The flagship's evaluation on 8 GPUs on paper, by part, and TTT's memory per forward."""
     p, names = d["defaults"]["parts"], {"export_s": "export (GPTQ + packing, measured)", "load_s": "load",
@@ -268,6 +317,13 @@ def main() -> None:
     lines += section("Quantization", quant_cmd, cpu, load("quantization_cpu.json"), quantization)
     lines += section("Packing: compressed bytes against the entropy of the stored symbols", quant_cmd, cpu,
                      load("quantization_cpu.json"), entropy)  # fmt: skip
+    pack_cmd = (f"{CPU_ENV} OMP_NUM_THREADS=1 python3 bench/packing.py --checkpoint <run>.float.pt "
+                "--out bench/results/packing.json")  # fmt: skip
+    pack_machine = (f"{cpu}; the checkpoint: `{CPU_ENV} MAX_WALLCLOCK_SECONDS=300 TTT_ENABLED=0 EVAL_STRIDE=0 python3 "
+                    "train_gpt.py` on the shared cores (15 steps, 3.65 bits per parameter as exported)")  # fmt: skip
+    lines += section("Packing coders, and fit to budget at flagship size", pack_cmd, pack_machine, load("packing.json"),
+                     packing)  # fmt: skip
+    lines += section("Flagship size projection", pack_cmd, cpu, load("packing.json"), projection)
     ttt_cmd = f"{CPU_ENV} python3 bench/ttt.py --artifact <run>.ptz --out bench/results/ttt_cpu.json"
     lines += section("Test-time training", ttt_cmd, cpu, load("ttt_cpu.json"), ttt)
     ec = load("eval_cost.json")

@@ -134,6 +134,30 @@ def test_container_round_trip_is_exact_and_refuses_damage(trained):
     assert len(best) == min(len(tg.serialize(packed, m)[0]) for m in tg.COMPRESSORS)
 
 
+def test_fit_to_budget_spends_the_bytes_where_they_cost_least_output_error(trained):
+    """10% under the natural size: the fit lands under it, and its output error (tr(D H D^T) over the matrices)
+    is below that of the same matrices all moved to one coarser grid, the finest that fits as well."""
+    hp, model, hessians = trained
+    before = {n: h.clone() for n, h in hessians.items()}
+    packed = tg.quantize_model(model.state_dict(), hessians, hp, log=lambda _: None)
+    hp = tiny_hp(ARTIFACT_MAX_BYTES=int(0.9 * len(tg.serialize(packed, "brotli")[0])))
+    lines = []
+    blob, sizes = tg.fit_to_budget(packed, hessians, hp, 0, log=lines.append)
+    assert len(blob) == sum(sizes.values()) <= hp.artifact_max_bytes and lines[-1].startswith("fit_round:")
+    fitted = tg.deserialize(blob)
+    for f in tg.FIT_LADDER:
+        uniform = {n: tg.coarsen(e, f) if e[0] == "gptq" else e for n, e in packed.items()}
+        if len(tg.serialize(uniform, "brotli")[0]) <= hp.artifact_max_bytes:
+            break
+    state = model.state_dict()
+
+    def error(p):
+        return sum(output_error(state[n], tg.dequantize_entry(*p[n]), hessians[n]) for n in p if p[n][0] == "gptq")
+
+    assert f > 1 and error(fitted) < error(uniform)
+    assert all(before[n].equal(h) for n, h in hessians.items())  # read, never written (they may be shared)
+
+
 def test_row_major_layout_is_not_larger_than_column_major(trained):
     """The container keeps quantized matrices row-major; transposing them measured larger (keep it so)."""
     hp, model, hessians = trained
@@ -194,17 +218,64 @@ def test_packed_script_runs_like_the_source_and_counts_its_own_size(small_datase
     assert code["packed"] == packed.stat().st_size and code["source"] == (ROOT / "train_gpt.py").stat().st_size
 
 
-def test_a_run_over_budget_fails_naming_each_part(small_dataset, tmp_path, monkeypatch):
+def test_a_run_that_cannot_fit_keeps_its_artifact_and_checkpoint_and_fails_naming_each_part(
+    small_dataset, tmp_path, monkeypatch
+):
     env = {**TINY, "DATA_PATH": str(small_dataset), "TOKENIZER_PATH": str(small_dataset / "tokenizer.model"),
-           "LOG_DIR": str(tmp_path), "RUN_ID": "over", "EVAL_STRIDE": "0", "ITERATIONS": "2"}  # fmt: skip
+           "LOG_DIR": str(tmp_path), "RUN_ID": "over", "EVAL_STRIDE": "0", "ITERATIONS": "2",
+           "ARTIFACT_MAX_BYTES": "50000"}  # fmt: skip
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setattr(tg, "ARTIFACT_BUDGET", 100_000)
-    with pytest.raises(tg.ArtifactError, match=r"> 100000: code \d+ \+ model \d+ \(header:\d+ .*embed:\d+"):
-        tg.main()
+    with pytest.raises(tg.ArtifactError, match=r"> 50000: code \d+ \+ model \d+ \(header:\d+ .*embed:\d+.*over_budget"):
+        tg.main()  # the code alone is over 50,000 bytes: no coarsening can fit it
     log = (tmp_path / "over.txt").read_text()
-    assert "warning: " in log and "over the 100000-byte budget" in log  # warned at start-up
-    assert not list(tmp_path.glob("over.ptz*"))  # nothing written
+    assert "warning: " in log and "over the 50000-byte budget" in log  # warned at start-up
+    assert "fit_round:" in log  # it tried
+    assert not (tmp_path / "over.ptz").exists() and tg.deserialize((tmp_path / "over.over_budget.ptz").read_bytes())
+    ckpt = torch.load(tmp_path / "over.float.pt", weights_only=True)
+    assert set(ckpt["state"]) == set(tg.GPT(tiny_hp()).state_dict()) and set(ckpt["hessians"]) >= {"tok_emb.weight"}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def finals(log: str) -> dict[str, int]:
+    m = re.search(r"^artifact_bytes:(\d+) code_bytes:(\d+) model_bytes:(\d+)", log, re.M)
+    return dict(zip(("artifact_bytes", "code_bytes", "model_bytes"), map(int, m.groups())))
+
+
+def test_a_run_20_percent_over_budget_shrinks_to_fit_and_its_checkpoint_re_exports_identically(small_dataset, tmp_path):
+    natural = run(ROOT / "train_gpt.py", {"ITERATIONS": "3", "RUN_ID": "natural"}, small_dataset, tmp_path)
+    assert natural.returncode == 0, natural.stderr[-3000:]
+    size = finals((tmp_path / "natural.txt").read_text())
+    budget = size["code_bytes"] + int(0.8 * size["model_bytes"])
+    env = {"ITERATIONS": "3", "RUN_ID": "fit", "ARTIFACT_MAX_BYTES": str(budget)}
+    fit = run(ROOT / "train_gpt.py", env, small_dataset, tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    log = (tmp_path / "fit.txt").read_text()
+    assert (
+        finals(log)["artifact_bytes"] <= budget and (tmp_path / "fit.ptz").stat().st_size == finals(log)["model_bytes"]
+    )
+    step = r"fit_step round:\d+ tensor:\S+ step_x:([\d.]+) est_saved_bytes:(\d+) est_err:([+-][\d.e+-]+)"
+    steps = re.findall(step, log)
+    rounds = re.findall(r"fit_round:\d+ model_bytes:(\d+) saved_bytes:(-?\d+)", log)
+    assert steps and all(float(x) > 1 and int(b) >= 0 for x, b, _ in steps)  # one step can lower the error a bit
+    assert sum(int(b) for _, b, _ in steps) > 0 and sum(float(e) for *_, e in steps) > 0
+    assert rounds and int(rounds[-1][0]) == finals(log)["model_bytes"]
+    assert sum(int(s) for _, s in rounds) == size["model_bytes"] - finals(log)["model_bytes"]  # same weights as natural
+    assert re.search(r"^final_roundtrip_exact val_loss:[\d.]+ val_bpb:[\d.]+$", log, re.M)  # and it scored
+    env = {**env, "RUN_ID": "rescue", "RESCUE_CHECKPOINT": str(tmp_path / "fit.float.pt")}
+    rescue = run(ROOT / "train_gpt.py", env, small_dataset, tmp_path)
+    assert rescue.returncode == 0, rescue.stderr[-3000:]
+    rlog = (tmp_path / "rescue.txt").read_text()
+    assert re.search(r"^rescue_checkpoint:\S+fit.float.pt record_run:no$", rlog, re.M)  # the log says: not a record
+    assert not re.search(r"^train_done ", rlog, re.M) and re.search(r"^final_roundtrip_exact val_loss:", rlog, re.M)
+    assert (tmp_path / "rescue.ptz").read_bytes() == (tmp_path / "fit.ptz").read_bytes()
+
+
+def test_a_bad_rescue_checkpoint_is_one_clear_error(small_dataset, tmp_path):
+    (tmp_path / "bad.float.pt").write_bytes(b"not a checkpoint")
+    p = run(ROOT / "train_gpt.py", {"RESCUE_CHECKPOINT": str(tmp_path / "bad.float.pt")}, small_dataset, tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("error: RESCUE_CHECKPOINT=") and "expected a" in p.stderr
 
 
 def test_randomized_weights_survive_the_round_trip_closely():
