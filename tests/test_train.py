@@ -181,7 +181,8 @@ def test_cli_run_logs_source_hparams_and_final_lines(small_dataset, tmp_path):
     assert tail[0].startswith("final_prequant_exact") and tail[1].startswith("final_roundtrip_exact")
     assert re.fullmatch(r"final_roundtrip_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}", tail[1])
     assert re.fullmatch(
-        r"eval_time_s:[\d.]+ prequant_eval:[\d.]+ quantize:[\d.]+ load:[\d.]+ roundtrip_eval:[\d.]+", tail[4]
+        r"eval_time_s:[\d.]+ prequant_eval:[\d.]+ checkpoint:[\d.]+ quantize:[\d.]+ load:[\d.]+ roundtrip_eval:[\d.]+",
+        tail[4],
     )
     pre, post = log_values(tail[0], "val_bpb")[0], log_values(tail[1], "val_bpb")[0]
     assert abs(pre - post) < 0.05  # GPTQ int6/int7 costs little

@@ -211,7 +211,14 @@ def test_eval_only_scores_a_saved_artifact_and_reports_the_clock(small_dataset, 
     assert line(trained) == line(again) and not re.search(r"^step:\d", again, re.M)  # no training, same score
     assert re.search(r"eval_time_s:[\d.]+ load:[\d.]+ roundtrip_eval:[\d.]+", again)
     assert "eval_time_violation:" in again and "EVAL_MAX_SECONDS=0.001" in again
-    p = run(RUN_ID="ttt", EVAL_ONLY=str(tmp_path / "train.ptz"), TTT_ENABLED="1", TTT_CONTEXT="128")
+    p = run(
+        RUN_ID="ttt",
+        EVAL_ONLY=str(tmp_path / "train.ptz"),
+        TTT_ENABLED="1",
+        TTT_CONTEXT="128",
+        TTT_PHASES="0",
+        TTT_CHUNK="64",
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     ttt = (tmp_path / "ttt.txt").read_text()  # with TTT the score is TTT's alone: no plain pass runs
     assert re.search(r"^ttt_adapted_docs:8/8$", ttt, re.M) and re.search(r"^final_ttt_exact val_loss:", ttt, re.M)
