@@ -277,6 +277,7 @@ def projection(d: dict) -> list[str]:
     for name, r in p["configs"].items():
         mb, mr = p["budget"] - code["packed"] - r["brotli"], p["budget"] - code["packed"] - r["rans"]
         out.append(f"| {name} | {r['params']:,} | {r['brotli']:,.0f} | {mb:+,.0f} | {r['rans']:,.0f} | {mr:+,.0f} |")
+    return out
 
 
 def eval_cost(d: dict) -> list[str]:
