@@ -163,7 +163,6 @@ HPARAMS = (
     ("LQER_RANK", int, 4, (1, 64), "rank of the LQER repair"),
     ("AWQ_GROUP", int, 0, (0, 4096), "width of the most salient column group kept at int8 (0: off; e.g. 64)"),
     ("ARTIFACT_MAX_BYTES", int, 16_000_000, (1, 10**9), "code + model bytes; over it, the export coarsens grids"),
-    ("RESCUE_CHECKPOINT", str, "", None, "a <RUN_ID>.float.pt to re-export and score without training (not a record)"),
 )
 
 
@@ -933,22 +932,24 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
     base = {k: v.detach().clone() for k, v in model.state_dict().items()} if bounds else None
     model.requires_grad_(False)  # the adapters learn; the base model only in global SGD
     lora = LoRA(hp, hp.ttt_batch_docs, len(model.virtual_layers()), hp.seed, device) if lora is None else lora
-    cost = TTTCost(hp, costs)
-    later = lambda b: [docs[d] for i in range(b, len(batches), world) for d in batches[i]]  # this rank's, from b
+    ranges = list(zip([0] + [hi for hi, _ in bounds], [hi for hi, _ in bounds] + [len(batches)]))
+    mine = [b for lo, hi in ranges for b in range(lo + rank, hi, world)]  # this rank's batches, in order
+    cost = TTTCost(hp, costs, {b: [docs[d] for d in batches[b]] for b in mine} if costs else {})
+    after = lambda b: [c for c in mine if c > b]  # mine is increasing
     sums, lo, scored, deferred, left_s = torch.zeros(3, dtype=torch.float64, device=device), 0, set(), [], None
     for phase, (hi, n_docs) in enumerate([*bounds, (len(batches), None)]):
         lora.reset(hp.seed + phase)
         for b in range(lo + rank, hi, world):
             spans = [docs[d] for d in batches[b]]
             now = time.perf_counter()
-            if left_s is None and now + cost.ttt(spans) + cost.plain(later(b + world)) > deadline:
+            if left_s is None and now + cost.ttt(b) + cost.plain(after(b)) > deadline:
                 left_s = deadline - now
             if left_s is not None:
                 deferred.append(b)
                 continue
             lora.reset(None if hp.ttt_warm_a else hp.seed + 7919 * (b + 1))
             sums += ttt_batch(runner, lora, val, spans, hp, backend, device, record)
-            cost.observe(spans, time.perf_counter() - now)
+            cost.observe(b, time.perf_counter() - now)
             scored.update(batches[b])
         if n_docs is not None:  # every rank learns from the documents scored by all of them, cut to the boundary
             t0 = time.perf_counter()
@@ -957,7 +958,7 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
                 dist.all_gather_object(gathered, scored)
                 scored = set().union(*gathered)
             done = [d for d in order if d in scored][:n_docs]
-            spent = cost.sgd([docs[d] for d in done]) + cost.plain(later(hi + rank))
+            spent = cost.sgd([docs[d] for d in done]) + cost.plain(after(hi - 1))
             fits = torch.tensor(float(t0 + spent <= deadline), device=device)
             if world > 1:  # every rank takes the phase or none does
                 dist.all_reduce(fits, op=dist.ReduceOp.MIN)
@@ -1078,19 +1079,21 @@ def plain_score(runner, lora: LoRA, val: ValData, spans, hp, backend, device, re
 
 
 class TTTCost:
-    """Seconds that a TTT batch, the plain scoring of documents and a global SGD phase will take: the warmup's
-    time per forward of each shape, scaled by how the batches run so far compared with it. Zero without costs
-    (no deadline)."""
+    """Seconds this rank's TTT batches, their plain scoring and a global SGD phase will take: the warmup's time
+    per forward of each shape, estimated once per batch at the start, scaled by how the batches run against
+    their estimates. Zero without costs (no deadline)."""
 
-    def __init__(self, hp: Hyperparameters, costs: dict | None):
+    def __init__(self, hp: Hyperparameters, costs: dict | None, batches: dict[int, list]):
         self.hp, self.costs, self.predicted, self.measured = hp, costs or {}, 0.0, 0.0
+        per = ttt_shape(hp, hp.ttt_context)[0]
+        self.ttt_s = {b: self._ttt(spans) for b, spans in batches.items()}
+        self.plain_s = {b: -(-len(pack_rows(plain_segments(spans, hp), hp.ttt_context)) // per) * self.costs["plain"]
+                        for b, spans in batches.items()}  # fmt: skip
 
     def scale(self) -> float:
         return self.measured / self.predicted if self.predicted > 0 and self.measured > 0 else 1.0
 
     def _ttt(self, spans) -> float:
-        if not self.costs:
-            return 0.0
         total = 0.0
         for c0 in range(0, spans[0][1], self.hp.ttt_chunk):
             rows = [n for _, n in spans if n > c0]
@@ -1098,17 +1101,14 @@ class TTTCost:
             total += -(-len(rows) // per) * self.costs[width]
         return total
 
-    def ttt(self, spans) -> float:
-        return self._ttt(spans) * self.scale()
+    def ttt(self, b: int) -> float:
+        return self.ttt_s.get(b, 0.0) * self.scale()
 
-    def observe(self, spans, seconds: float):
-        self.predicted, self.measured = self.predicted + self._ttt(spans), self.measured + seconds
+    def observe(self, b: int, seconds: float):
+        self.predicted, self.measured = self.predicted + self.ttt_s.get(b, 0.0), self.measured + seconds
 
-    def plain(self, spans) -> float:
-        if not self.costs or not spans:
-            return 0.0
-        rows = len(pack_rows(plain_segments(spans, self.hp), self.hp.ttt_context))
-        return -(-rows // ttt_shape(self.hp, self.hp.ttt_context)[0]) * self.costs["plain"] * self.scale()
+    def plain(self, bs) -> float:
+        return sum(self.plain_s.get(b, 0.0) for b in bs) * self.scale()
 
     def sgd(self, spans) -> float:
         if not self.costs or not spans:
@@ -1729,10 +1729,6 @@ def main():
             blob = Path(hp.eval_only).read_bytes()
         finals = score_artifact(blob, hp, val, backend, rank, world, device, log, clock)
         return finish(log, hp, clock, finals, world)
-    if hp.rescue_checkpoint:  # export and score a saved float checkpoint, without training
-        clock, (state, hessians) = EvalClock(), load_checkpoint(hp, model, device, log)
-        blob, _ = export_artifact(state, hessians, hp, len(source), rank, log, clock)
-        return finish(log, hp, clock, score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
     compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log)
     stats = train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log)
     clock = EvalClock()  # everything after training stops counts as evaluation
@@ -1744,7 +1740,7 @@ def main():
     if hp.eval_diagnostics:
         with clock("prequant_eval"):
             pre = evaluate_pass(step_model, val, hp, backend, rank, world, device, log, "prequant")
-    with clock("checkpoint"):  # the trained model outlives whatever the export does (RESCUE_CHECKPOINT)
+    with clock("checkpoint"):  # the trained model outlives whatever the export does (tools/rescue.py)
         if rank == 0:
             save_checkpoint(Path(hp.log_dir) / f"{hp.run_id}.float.pt", model.state_dict(), stats["hessians"])
     code = len(source)
@@ -1783,17 +1779,6 @@ def save_checkpoint(path: Path, state: dict, hessians: dict | None):
     move = lambda d: {k: cpu.setdefault(id(t), t.detach().cpu()) for k, t in d.items()} if d else None
     torch.save({"state": move(state), "hessians": move(hessians)}, buf)
     write_atomic(path, buf.getvalue())
-
-
-def load_checkpoint(hp: Hyperparameters, model: GPT, device, log) -> tuple[dict, dict | None]:
-    log(f"rescue_checkpoint:{hp.rescue_checkpoint} record_run:no")  # its calibration was off the training clock
-    try:
-        ckpt = torch.load(hp.rescue_checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["state"])  # refuses a checkpoint of another shape
-        return ckpt["state"], ckpt["hessians"]
-    except Exception as e:
-        raise ArtifactError(f"RESCUE_CHECKPOINT={hp.rescue_checkpoint}: expected a <RUN_ID>.float.pt of the model "
-                            f"this env describes ({' '.join(str(e).split())[:300]})") from None  # fmt: skip
 
 
 def export_artifact(state, hessians, hp: Hyperparameters, code: int, rank: int, log, clock) -> tuple[bytes, Path]:

@@ -38,6 +38,20 @@ def tiny_hp(**overrides) -> tg.Hyperparameters:
     return tg.Hyperparameters({**TINY, **{k: str(v) for k, v in overrides.items()}})
 
 
+def train_tiny(data_path, steps: int):
+    """(hp, model, loader): the toy configuration trained `steps` steps on real text, looping on; the loader is
+    left open (callers may read more training batches, then close it)."""
+    hp = tiny_hp(DATA_PATH=data_path)
+    torch.manual_seed(0)
+    model = tg.GPT(hp)
+    model.looping = True
+    optimizers = tg.build_optimizers(model, hp, 0, 1, torch.device("cpu"))
+    loader = tg.TrainLoader(hp, 0, 1, 1)
+    for _ in range(steps):
+        tg.train_step(model, model, optimizers, loader, hp.train_seq_len, "sdpa", hp, 1, torch.device("cpu"))
+    return hp, model, loader
+
+
 def randomize(model: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
     """Every parameter small random normal, so zero-initialised projections and gates do something."""
     gen = torch.Generator().manual_seed(seed)

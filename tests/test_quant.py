@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train_gpt as tg
-from tests.helpers import TINY, randomize, tiny_hp
+from tests.helpers import TINY, randomize, tiny_hp, train_tiny
 from tools import pack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,14 +22,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def trained(small_dataset):
     """A toy model trained 40 steps on real text, and Hessians from its training stream (never validation)."""
-    hp = tiny_hp(DATA_PATH=small_dataset)
-    torch.manual_seed(0)
-    model = tg.GPT(hp)
-    model.looping = True
-    optimizers = tg.build_optimizers(model, hp, 0, 1, CPU)
-    loader = tg.TrainLoader(hp, 0, 1, 1)
-    for _ in range(40):
-        tg.train_step(model, model, optimizers, loader, hp.train_seq_len, "sdpa", hp, 1, CPU)
+    hp, model, loader = train_tiny(small_dataset, 40)
     hessians, batches = tg.collect_hessians(model, loader, hp, hp.train_seq_len, float("inf"), "sdpa", CPU, 1)
     loader.close()
     assert batches == hp.gptq_calibration_batches
@@ -195,10 +188,11 @@ def test_calibration_stops_at_the_deadline(trained, small_dataset):
     assert batches == 0
 
 
-def run(script: Path, env: dict, dataset: Path, cwd: Path):
+def run(script: Path, env: dict, dataset: Path, cwd: Path, *args: str):
     env = {**os.environ, **TINY, "DATA_PATH": str(dataset), "TOKENIZER_PATH": str(dataset / "tokenizer.model"),
            "LOG_DIR": str(cwd), "RUN_ID": "run", "EVAL_STRIDE": "0", **env}  # fmt: skip
-    return subprocess.run([sys.executable, str(script)], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, str(script), *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
 
 
 def test_packed_script_runs_like_the_source_and_counts_its_own_size(small_dataset, tmp_path):
@@ -262,8 +256,8 @@ def test_a_run_20_percent_over_budget_shrinks_to_fit_and_its_checkpoint_re_expor
     assert rounds and int(rounds[-1][0]) == finals(log)["model_bytes"]
     assert sum(int(s) for _, s in rounds) == size["model_bytes"] - finals(log)["model_bytes"]  # same weights as natural
     assert re.search(r"^final_roundtrip_exact val_loss:[\d.]+ val_bpb:[\d.]+$", log, re.M)  # and it scored
-    env = {**env, "RUN_ID": "rescue", "RESCUE_CHECKPOINT": str(tmp_path / "fit.float.pt")}
-    rescue = run(ROOT / "train_gpt.py", env, small_dataset, tmp_path)
+    rescue = run(ROOT / "tools" / "rescue.py", {**env, "RUN_ID": "rescue"}, small_dataset, tmp_path,
+                 str(tmp_path / "fit.float.pt"))  # fmt: skip
     assert rescue.returncode == 0, rescue.stderr[-3000:]
     rlog = (tmp_path / "rescue.txt").read_text()
     assert re.search(r"^rescue_checkpoint:\S+fit.float.pt record_run:no$", rlog, re.M)  # the log says: not a record
@@ -273,9 +267,10 @@ def test_a_run_20_percent_over_budget_shrinks_to_fit_and_its_checkpoint_re_expor
 
 def test_a_bad_rescue_checkpoint_is_one_clear_error(small_dataset, tmp_path):
     (tmp_path / "bad.float.pt").write_bytes(b"not a checkpoint")
-    p = run(ROOT / "train_gpt.py", {"RESCUE_CHECKPOINT": str(tmp_path / "bad.float.pt")}, small_dataset, tmp_path)
+    p = run(ROOT / "tools" / "rescue.py", {}, small_dataset, tmp_path, str(tmp_path / "bad.float.pt"))
     assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert p.stderr.strip().splitlines()[-1].startswith("error: RESCUE_CHECKPOINT=") and "expected a" in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {tmp_path / 'bad.float.pt'}:") and "expected a" in last
 
 
 def test_randomized_weights_survive_the_round_trip_closely():

@@ -1,0 +1,50 @@
+"""Offline rescue of a run: re-export and score its float checkpoint (<RUN_ID>.float.pt, which train_gpt.py
+saves before quantizing) without training. Not a record run: its calibration ran outside the training clock,
+and the log says so (`record_run:no`). Run it with the environment of the run (the shape comes from it):
+
+    python3 tools/rescue.py logs/<RUN_ID>.float.pt      # RUN_ID and LOG_DIR name the new log and artifact
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import torch  # noqa: E402
+
+import train_gpt as tg  # noqa: E402
+
+
+def load_checkpoint(path: str, model: tg.GPT, device) -> tuple[dict, dict | None]:
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["state"])  # refuses a checkpoint of another shape
+        return ckpt["state"], ckpt["hessians"]
+    except Exception as e:
+        raise tg.ArtifactError(f"{path}: expected a <RUN_ID>.float.pt of the model this env describes "
+                               f"({' '.join(str(e).split())[:300]})") from None  # fmt: skip
+
+
+def rescue(path: str):
+    hp = tg.Hyperparameters()
+    rank, world, _, device = tg.setup_distributed()
+    log = tg.Logger(hp, rank)
+    log(f"rescue_checkpoint:{path} record_run:no")
+    val = tg.load_validation(hp, tg.load_tokenizer(hp.tokenizer_path, hp.vocab_size))
+    backend, model = tg.pick_backend(hp.attn_backend, device), tg.GPT(hp).to(device)
+    clock, (state, hessians) = tg.EvalClock(), load_checkpoint(path, model, device)
+    code = len((ROOT / "train_gpt.py").read_bytes())  # the counted code of the run, as its export saw it
+    blob, _ = tg.export_artifact(state, hessians, hp, code, rank, log, clock)
+    tg.finish(log, hp, clock, tg.score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python3 tools/rescue.py <RUN_ID>.float.pt")
+    try:
+        rescue(sys.argv[1])
+    except (tg.HyperparameterError, tg.DataError, tg.ArtifactError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
