@@ -69,6 +69,7 @@ HPARAMS = (
     ("MLP_ACT", str, "leaky_relu2", ("leaky_relu2", "relu2"), "MLP activation: LeakyReLU(0.5)^2 or ReLU^2"),
     ("TIED_EMBED_INIT_STD", float, 0.005, (0.0, 1.0), "std of the tied embedding's normal init"),
     ("LOGIT_SOFTCAP", float, 30.0, (0.0, 1000.0), "logits = c*tanh(z/c); 0 switches it off"),
+    ("LOGIT_ASYM", int, 1, (0, 1), "AsymLogit: learned caps for positive and negative logits, from LOGIT_SOFTCAP"),
     ("QK_GAIN_INIT", float, 5.0, (0.0, 100.0), "initial learned per-head gain on the normalised queries"),
     ("ROPE_BASE", float, 10000.0, (1.0, 1e9), "RoPE base frequency"),
     ("ROPE_DIMS", int, 16, (0, 1024), "leading head dims rotated by RoPE (partial RoPE); the rest carry no position"),
@@ -86,15 +87,22 @@ HPARAMS = (
     ("SPARSE_ATTN_GATE_SCALE", float, 0.5, (0.0, 100.0), "pre-sigmoid scale of the sparse attention gate"),
     ("ATTN_BACKEND", str, "auto", ("auto", "fa3", "fa2", "flex", "sdpa"), "document-masked attention kernel"),
     # training
-    ("TRAIN_SEQ_LEN", int, 2048, (2, 65536), "training sequence length"),
-    ("SEQ_LEN_SCHEDULE", str, "", None, "progressive lengths, e.g. 1024@0.1,2048@0.7,3072@1.0 (len@until-fraction)"),
+    ("TRAIN_SEQ_LEN", int, 3072, (2, 65536), "training sequence length (the last of the schedule)"),
+    (
+        "SEQ_LEN_SCHEDULE",
+        str,
+        "1024@0.1,2048@0.7,3072@1.0",
+        None,
+        "progressive lengths as len@until-fraction; with only TRAIN_SEQ_LEN set: that length throughout",
+    ),  # fmt: skip
+    ("SEQ_LEN_WARMUP_STEPS", int, 32, (0, 10**6), "steps of a linear LR ramp from 0 after each length change"),
     ("TRAIN_BATCH_TOKENS", int, 786432, (2, 2**30), "tokens per optimizer step over all ranks"),
     ("GRAD_ACCUM_STEPS", int, 0, (0, 1024), "micro-steps per optimizer step per rank (0: 8 / world size)"),
     ("ITERATIONS", int, 20000, (0, 10**9), "maximum optimizer steps"),
     ("WARMUP_STEPS", int, 20, (0, 10**6), "compile warmup steps, run before the clock and then undone"),
     ("MAX_WALLCLOCK_SECONDS", float, 600.0, (0.0, 1e7), "training time cap (0: none, ITERATIONS decides)"),
     ("GPTQ_RESERVE_SECONDS", float, 8.0, (0.0, 1e4), "kept out of the training cap for GPTQ calibration"),
-    ("MATRIX_LR", float, 0.026, (0.0, 10.0), "Muon learning rate of the block matrices"),
+    ("MATRIX_LR", float, 0.028, (0.0, 10.0), "Muon learning rate of the block matrices"),
     ("MUON_WD", float, 0.095, (0.0, 10.0), "Muon decoupled weight decay (p *= 1 - lr*wd)"),
     ("MUON_MOMENTUM", float, 0.97, (0.0, 1.0), "Muon Nesterov momentum after warmup"),
     ("MUON_MOMENTUM_WARMUP_START", float, 0.92, (0.0, 1.0), "Muon momentum at step 0"),
@@ -118,7 +126,7 @@ HPARAMS = (
     ("VAL_LOSS_EVERY", int, 0, (0, 10**9), "validate every N steps during training (0: only at the end)"),
     ("TRAIN_LOG_EVERY", int, 100, (1, 10**9), "log the training loss every N steps"),
     ("VAL_BATCH_SIZE", int, 524288, (1, 2**31), "evaluation tokens per forward over all ranks"),
-    ("EVAL_SEQ_LEN", int, 2048, (2, 65536), "evaluation window length"),
+    ("EVAL_SEQ_LEN", int, 2560, (2, 65536), "evaluation window length"),
     ("EVAL_STRIDE", int, 64, (0, 65536), "sliding-window stride inside each document (0: doc-masked chunks only)"),
     ("EVAL_ONLY", str, "", None, "path of an artifact to evaluate without training"),
     (
@@ -126,31 +134,35 @@ HPARAMS = (
         float,
         570.0,
         (0.0, 1e7),
-        "eval deadline after training stops (600 less a 30 s margin); "
-        "TTT stops adapting and scores the rest plainly to finish inside it",
-    ),
+        "eval deadline after training stops (600 s less 30); TTT stops adapting and scores the rest plainly in time",
+    ),  # fmt: skip
     ("EVAL_DIAGNOSTICS", int, 0, (0, 1), "also score before quantization and the plain round trip (off the score)"),
     ("TTT_ENABLED", int, 1, (0, 1), "score the artifact with score-first LoRA test-time training"),
     ("TTT_BATCH_DOCS", int, 64, (1, 4096), "documents per TTT batch (one adapter set each)"),
     ("TTT_CHUNK", int, 48, (1, 65536), "tokens scored, then trained on, per TTT step"),
-    ("TTT_CONTEXT", int, 2048, (1, 65536), "most tokens of the document's own context a chunk sees"),
+    ("TTT_SHORT_CHUNKS", str, "256:8,2000:24", None, "smaller chunks for short documents: below:chunk,... ('': none)"),
+    ("TTT_CONTEXT", int, 2560, (1, 65536), "most tokens of the document's own context a chunk sees"),
     ("TTT_MICRO_TOKENS", int, 32768, (1, 2**30), "most tokens per TTT forward: a chunk's rows are split to fit"),
     ("TTT_WIDTH_BUCKETS", int, 3, (1, 16), "compiled TTT row widths: TTT_CONTEXT / 2^k, k < this"),
-    ("TTT_LR", float, 1e-4, (0.0, 10.0), "TTT AdamW learning rate"),
+    ("TTT_LR", float, 8e-5, (0.0, 10.0), "TTT AdamW learning rate"),
     ("TTT_BETA2", float, 0.99, (0.0, 1.0), "TTT AdamW beta2 (beta1 is 0)"),
     ("TTT_WD", float, 0.5, (0.0, 100.0), "TTT AdamW weight decay"),
     ("TTT_WARM_A", int, 1, (0, 1), "keep the adapters' A across batches (B always restarts at zero)"),
     ("TTT_LORA_RANK", int, 80, (1, 4096), "rank of the per-document test-time LoRA adapters"),
     ("TTT_LORA_ALPHA", float, 144.0, (0.0, 1e6), "LoRA output scale = alpha / rank"),
-    ("TTT_PHASES", int, 3, (0, 64), "global SGD phases of the base model on documents already scored (0: none)"),
+    ("TTT_PHASES", int, 1, (0, 64), "global SGD phases of the base model on documents already scored (0: none)"),
     ("TTT_PHASE_DOCS", int, 2500, (1, 10**7), "scored documents the phases cover (boundaries at k/PHASES of it)"),
     ("TTT_SGD_LR", float, 1e-3, (0.0, 10.0), "global SGD peak learning rate (cosine decay over each phase)"),
     ("TTT_SGD_MOMENTUM", float, 0.9, (0.0, 1.0), "global SGD momentum"),
     ("TTT_SGD_BATCH_TOKENS", int, 65536, (1, 2**30), "global SGD tokens per step over all ranks"),
+    ("NGRAM_TILT", int, 1, (0, 1), "token-only n-gram tilt: boost the token the scored prefix's n-grams predict"),
+    ("NGRAM_ORDER", int, 16, (1, 1024), "tokens of context the tilt's n-grams match"),
+    ("NGRAM_THRESHOLD", float, 0.8, (0.0, 1.0), "share of the context's earlier continuations the hint must hold"),
+    ("NGRAM_BOOST", float, 2.625, (0.0, 100.0), "logit boost of the hinted token, before the full softmax"),
     ("EXPORT_COMPRESSOR", str, "brotli", ("brotli", "zlib", "zstd", "lzma", "best"), "artifact compressor"),
     # quantization
     ("GPTQ", int, 1, (0, 1), "GPTQ with calibration Hessians (0: round to nearest)"),
-    ("GPTQ_CALIBRATION_BATCHES", int, 16, (1, 10**6), "training batches read for the Hessians (inside the cap)"),
+    ("GPTQ_CALIBRATION_BATCHES", int, 32, (1, 10**6), "training batches read for the Hessians (inside the cap)"),
     ("GPTQ_DAMP", float, 0.01, (0.0, 100.0), "GPTQ damping, as a fraction of the mean Hessian diagonal"),
     ("GPTQ_EMBED_DAMP", float, 0.1, (0.0, 100.0), "damping for the tied embedding, which is also the input table"),
     ("ATTN_BITS", int, 6, (2, 8), "bits of the attention matrices"),
@@ -191,7 +203,10 @@ class Hyperparameters:
             raw = env.get(name)
             setattr(self, name.lower(), default if raw is None else _parse(name, typ, raw, allowed))
         self.run_id = self.run_id or uuid.uuid4().hex[:12]
+        if "TRAIN_SEQ_LEN" in env and "SEQ_LEN_SCHEDULE" not in env:  # the default schedule is the flagship's
+            self.seq_len_schedule = ""
         self.seq_len_schedule_parsed = parse_seq_len_schedule(self.seq_len_schedule, self.train_seq_len)
+        self.ttt_short_chunks_parsed = parse_short_chunks(self.ttt_short_chunks)
 
         def need(ok, what):
             if not ok:
@@ -223,6 +238,17 @@ def parse_seq_len_schedule(spec: str, default_len: int) -> list[tuple[int, float
     fracs = [u for _, u in out]
     if fracs != sorted(fracs) or fracs[-1] != 1.0 or min(length for length, _ in out) < 2:
         raise HyperparameterError(f"SEQ_LEN_SCHEDULE={spec!r}: fractions must increase and end at 1.0, lengths >= 2")
+    return out
+
+
+def parse_short_chunks(spec: str) -> list[tuple[int, int]]:
+    """'256:8,2000:24' -> [(256, 8), (2000, 24)]: a document of fewer than 256 targets takes 8-token chunks."""
+    try:
+        out = [tuple(int(v) for v in part.split(":")) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        out = [()]
+    if any(len(o) != 2 or min(o) < 1 for o in out) or [b for b, _ in out] != sorted(b for b, _ in out):
+        raise HyperparameterError(f"TTT_SHORT_CHUNKS={spec!r}: expected below:chunk,... with increasing bounds")
     return out
 
 
@@ -299,6 +325,7 @@ class ValData:
     tokens: np.ndarray  # int64 stream, BOS before every document
     target_bytes: np.ndarray  # int64, bytes charged when tokens[i] is predicted (entry 0 unused)
     byte_source: str
+    hints: np.ndarray | None = None  # int64, the n-gram tilt's hint for each target (-1: none); set at eval time
 
 
 def load_validation(hp: Hyperparameters, sp: spm.SentencePieceProcessor) -> ValData:
@@ -640,7 +667,10 @@ class GPT(nn.Module):
         n_skips = len(virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops)) // 2
         self.skip_weights = nn.Parameter(torch.ones(n_skips, hp.model_dim))
         self.skip_gates = nn.Parameter(torch.zeros(n_skips, hp.model_dim)) if hp.skip_gates else None
-        cos, sin = rope_tables(hp.rope_dims, hp.rope_base, max(hp.train_seq_len, hp.eval_seq_len, 4096))
+        # AsymLogit: caps LOGIT_SOFTCAP * exp(s) for positive and negative logits; weight decay pulls s to 0
+        self.logit_caps = nn.Parameter(torch.zeros(2)) if hp.logit_asym and hp.logit_softcap else None
+        longest = max(hp.train_seq_len, *(n for n, _ in hp.seq_len_schedule_parsed), hp.eval_seq_len, hp.ttt_context)
+        cos, sin = rope_tables(hp.rope_dims, hp.rope_base, max(longest, 4096))
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -671,16 +701,27 @@ class GPT(nn.Module):
                 skips.append(x)
         return rms_norm(x if lane1 is None else 0.5 * (x + lane1))
 
-    def logits(self, h: Tensor, lora: LoRA | None = None) -> Tensor:
+    def logits(self, h: Tensor, lora: LoRA | None = None, hints: Tensor | None = None) -> Tensor:
+        """Soft-capped logits, float32; with hints, tilted (see tilt)."""
         z = F.linear(h, self.tok_emb.weight.to(h.dtype))
         z = (z if lora is None else z + lora.at(0)("head", h)).float()
         c = self.hp.logit_softcap
-        return c * torch.tanh(z / c) if c > 0 else z
+        if self.logit_caps is not None:
+            caps = c * torch.exp(self.logit_caps.float())
+            c = torch.where(z > 0, caps[0], caps[1])
+        z = c * torch.tanh(z / c) if self.hp.logit_softcap > 0 else z
+        return z if hints is None else tilt(z, hints, self.hp.ngram_boost)
 
-    def forward(self, idx: Tensor, targets: Tensor, layout: DocLayout, lora: LoRA | None = None) -> Tensor:
-        """Per-token negative log-likelihood in nats, float32 [B, T]."""
-        z = self.logits(self.hidden(idx, layout, lora), lora)
+    def forward(self, idx: Tensor, targets: Tensor, layout: DocLayout, lora: LoRA | None = None, hints=None) -> Tensor:
+        """Per-token negative log-likelihood in nats, float32 [B, T]: a full softmax over the vocabulary."""
+        z = self.logits(self.hidden(idx, layout, lora), lora, hints)
         return F.cross_entropy(z.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
+def tilt(z: Tensor, hints: Tensor, boost: float) -> Tensor:
+    """Token-only n-gram tilt: +boost on the logit of the hinted token where there is a hint (>= 0). The softmax
+    over the whole vocabulary that follows renormalises it (C2), and a hint is made from the prefix only (C1)."""
+    return z.scatter_add(-1, hints.clamp_min(0)[..., None], (boost * (hints >= 0)).to(z.dtype)[..., None])
 
 
 # -----------------------------------------------------------------------------
@@ -829,6 +870,43 @@ def eval_segments(tokens: np.ndarray, seq_len: int, stride: int) -> list[tuple[i
     return segs
 
 
+NGRAM_HASH = 0x9E3779B97F4A7C15 - 2**64  # an odd 64-bit multiplier, as int64 (products wrap around)
+
+
+def earlier_occurrences(key: Tensor) -> tuple[Tensor, Tensor]:
+    """Per position: how many earlier positions hold the same key, and the latest of them (-1: none)."""
+    idx = torch.sort(key, stable=True).indices  # equal keys stay in position order
+    sk, pos = key[idx], torch.arange(key.numel(), device=key.device)
+    new = torch.ones_like(sk, dtype=torch.bool)
+    new[1:] = sk[1:] != sk[:-1]
+    first = torch.cummax(torch.where(new, pos, 0), 0).values
+    rank, prev = torch.empty_like(pos), torch.full_like(pos, -1)
+    rank[idx] = pos - first
+    prev[idx[1:]] = torch.where(new[1:], -1, idx[:-1])
+    return rank, prev
+
+
+def ngram_hints(tokens: Tensor, order: int, threshold: float) -> Tensor:
+    """hints[j]: the token predicted for position j by the n-grams of tokens[:j], or -1. The context is the
+    `order` tokens before j; the hint is the token that followed its latest earlier occurrence, when that token
+    followed at least `threshold` of them all. Reads only tokens before j (C1) and never the target; computed for
+    the whole stream at once, with two sorts."""
+    t, n = tokens.long(), tokens.numel()
+    hints = torch.full((n,), -1, dtype=torch.long, device=t.device)
+    if n <= order:
+        return hints
+    ctx = torch.zeros(n - order, dtype=torch.long, device=t.device)
+    for k in range(order):  # ctx[i] hashes tokens[i : i + order], the context of position i + order
+        ctx = ctx * NGRAM_HASH + t[k : n - order + k] + 1
+    nxt = t[order:]
+    seen, prev = earlier_occurrences(ctx)
+    same = earlier_occurrences(ctx * NGRAM_HASH + nxt)[0]  # earlier occurrences with the same next token
+    p = prev.clamp_min(0)
+    strong = (prev >= 0) & ((same[p] + 1).double() >= threshold * seen.double())
+    hints[order:] = torch.where(strong, nxt[p], -1)
+    return hints
+
+
 def doc_spans(tokens: np.ndarray) -> list[tuple[int, int]]:
     """(first input position, number of targets) per document: its tokens after BOS, then the next BOS."""
     n = len(tokens) - 1
@@ -859,20 +937,22 @@ def row_arrays(rows, val: ValData, seq_len: int, n_rows: int = 0):
     R = max(len(rows), n_rows)
     x, y = np.zeros((R, seq_len), np.int64), np.zeros((R, seq_len), np.int64)
     starts, score = np.zeros((R, seq_len), bool), np.zeros((R, seq_len), bool)
-    nbytes = np.zeros((R, seq_len), np.int64)
+    nbytes, hints = np.zeros((R, seq_len), np.int64), np.full((R, seq_len), -1, np.int64)
     for r, row in enumerate(rows):
         col = 0
         for start, length, score_from in row:
-            sl = slice(col, col + length)
-            x[r, sl], y[r, sl] = val.tokens[start : start + length], val.tokens[start + 1 : start + length + 1]
-            nbytes[r, sl] = val.target_bytes[start + 1 : start + length + 1]
+            sl, targets = slice(col, col + length), slice(start + 1, start + length + 1)
+            x[r, sl], y[r, sl] = val.tokens[start : start + length], val.tokens[targets]
+            nbytes[r, sl] = val.target_bytes[targets]
+            if val.hints is not None:
+                hints[r, sl] = val.hints[targets]
             starts[r, col] = True
             score[r, col + score_from : col + length] = True
             col += length
         if col < seq_len:
             starts[r, col] = True
     starts[len(rows) :, 0] = True
-    return x, y, starts, score, nbytes
+    return x, y, starts, score, nbytes, hints
 
 
 @torch.no_grad()
@@ -898,9 +978,9 @@ def is_compiled(model) -> bool:
 def run_rows(model, rows, val: ValData, width: int, backend: str, device, lora=None, n_rows: int = 0):
     """Packed rows through the one model forward: per-token NLL, the score mask, and the float64 sums of the
     scored targets' NLL (nats), their count and their original bytes."""
-    x, y, starts, score, nbytes = (torch.from_numpy(a).to(device) for a in row_arrays(rows, val, width, n_rows))
+    x, y, starts, score, nbytes, hints = (torch.from_numpy(a).to(device) for a in row_arrays(rows, val, width, n_rows))
     with autocast(device):
-        nll = model(x, y, make_layout(x, backend, starts), lora)
+        nll = model(x, y, make_layout(x, backend, starts), lora, None if val.hints is None else hints)
     scored = nll.detach().double() * score
     return nll, score, torch.stack([scored.sum(), score.sum().double(), (nbytes * score).sum().double()])
 
@@ -926,7 +1006,7 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
     scored chunk before any step on it (tests; lora and rows are None for plainly scored documents)."""
     runner = model if runner is None else runner
     docs = doc_spans(val.tokens)
-    order = sorted(range(len(docs)), key=lambda i: -docs[i][1])
+    order = ttt_order(docs)
     batches = [order[i : i + hp.ttt_batch_docs] for i in range(0, len(order), hp.ttt_batch_docs)]
     bounds = phase_boundaries(hp, len(docs), len(batches))
     base = {k: v.detach().clone() for k, v in model.state_dict().items()} if bounds else None
@@ -983,6 +1063,11 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
     return bpb_result(sums, world)
 
 
+def ttt_order(docs: list[tuple[int, int]]) -> list[int]:
+    """The order TTT scores documents in: longest first (ties in stream order), for full batches of similar shape."""
+    return sorted(range(len(docs)), key=lambda i: -docs[i][1])
+
+
 def phase_boundaries(hp: Hyperparameters, n_docs: int, n_batches: int) -> list[tuple[int, int]]:
     """(batches scored before it, documents it trains on) per global SGD phase with unscored batches after it."""
     docs = [min(hp.ttt_phase_docs, n_docs) * k // hp.ttt_phases for k in range(1, hp.ttt_phases + 1)]
@@ -1005,22 +1090,39 @@ def sgd_rows(hp: Hyperparameters, world: int) -> int:
     return -(-max(1, hp.ttt_sgd_batch_tokens // hp.ttt_context) // world)
 
 
+def chunk_size(hp: Hyperparameters, n: int) -> int:
+    """TTT_CHUNK, or the smaller chunk TTT_SHORT_CHUNKS gives a short document: more steps where there are few."""
+    return next((chunk for below, chunk in hp.ttt_short_chunks_parsed if n < below), hp.ttt_chunk)
+
+
+def doc_chunks(hp: Hyperparameters, a: int, n: int) -> list[tuple[int, int, int]]:
+    """(start, length, score_from) of a document's chunks, each with up to TTT_CONTEXT tokens of its own context;
+    the last one, partial or not, is always there."""
+    c, out = chunk_size(hp, n), []
+    for c0 in range(0, n, c):
+        end = min(c0 + c, n)
+        lo = max(0, end - hp.ttt_context)
+        out.append((a + lo, end - lo, c0 - lo))
+    return out
+
+
+def ttt_steps(hp: Hyperparameters, spans) -> list[list[tuple[int, tuple[int, int, int], bool]]]:
+    """Per TTT step: (document, its chunk, whether it is its last) for every document of the batch not done yet."""
+    chunks = [doc_chunks(hp, a, n) for a, n in spans]
+    return [[(j, cs[s], s == len(cs) - 1) for j, cs in enumerate(chunks) if s < len(cs)]
+            for s in range(max(map(len, chunks)))]  # fmt: skip
+
+
 def ttt_batch(runner, lora: LoRA, val: ValData, spans, hp, backend, device, record) -> Tensor:
-    """Each document walked in TTT_CHUNK-token chunks with at most TTT_CONTEXT tokens of its own context. A
-    chunk's loss and bytes are added to the sums first; only then does one AdamW step train the adapters on
-    it, and never on a document's last chunk. A chunk's rows go through in groups of at most
-    TTT_MICRO_TOKENS, whose gradients add up before the one step. The optimizer restarts with every batch."""
+    """Each document walked in chunks (doc_chunks). A chunk's loss and bytes are added to the sums first; only
+    then does one AdamW step train the adapters on it, and never on a document's last chunk. A step's rows go
+    through in groups of at most TTT_MICRO_TOKENS, whose gradients add up before the one step. The optimizer
+    restarts with every batch."""
     opt = torch.optim.AdamW(lora.parameters(), lr=hp.ttt_lr, betas=(0.0, hp.ttt_beta2), eps=1e-10,
                             weight_decay=hp.ttt_wd)  # fmt: skip
     sums, fixed = torch.zeros(3, dtype=torch.float64, device=device), is_compiled(runner)
-    for c0 in range(0, spans[0][1], hp.ttt_chunk):
-        alive = [j for j, (_, n) in enumerate(spans) if n > c0]
-        segs = []  # (start, length, score_from) in the stream, and whether it is the document's last chunk
-        for j in alive:
-            a, n = spans[j]
-            end = min(c0 + hp.ttt_chunk, n)
-            lo = max(0, end - hp.ttt_context)
-            segs.append(((a + lo, end - lo, c0 - lo), end == n))
+    for step in ttt_steps(hp, spans):
+        alive, segs = [j for j, _, _ in step], [(seg, last) for _, seg, last in step]
         per, width = ttt_shape(hp, max(s[1] for s, _ in segs))
         stepped = False
         for g in range(0, len(alive), per):
@@ -1047,12 +1149,9 @@ def plain_segments(spans, hp: Hyperparameters) -> list[tuple[int, int, int]]:
     context), the chunks that see their whole document prefix merged into one: the same context per target."""
     segs = []
     for a, n in spans:
-        head = min(n, max(hp.ttt_context // hp.ttt_chunk, 1) * hp.ttt_chunk)  # chunk ends <= context: prefix only
-        segs.append((a, head, 0))
-        for c0 in range(head, n, hp.ttt_chunk):
-            end = min(c0 + hp.ttt_chunk, n)
-            lo = max(0, end - hp.ttt_context)
-            segs.append((a + lo, end - lo, c0 - lo))
+        chunks = doc_chunks(hp, a, n)
+        whole = [c for c in chunks if c[0] == a]  # the chunks that see their whole prefix: one segment
+        segs += ([(a, whole[-1][1], 0)] if whole else []) + chunks[len(whole) :]
     return segs
 
 
@@ -1095,10 +1194,9 @@ class TTTCost:
 
     def _ttt(self, spans) -> float:
         total = 0.0
-        for c0 in range(0, spans[0][1], self.hp.ttt_chunk):
-            rows = [n for _, n in spans if n > c0]
-            per, width = ttt_shape(self.hp, min(max(rows), c0 + self.hp.ttt_chunk, self.hp.ttt_context))
-            total += -(-len(rows) // per) * self.costs[width]
+        for step in ttt_steps(self.hp, spans):
+            per, width = ttt_shape(self.hp, max(seg[1] for _, seg, _ in step))
+            total += -(-len(step) // per) * self.costs[width]
         return total
 
     def ttt(self, b: int) -> float:
@@ -1128,7 +1226,7 @@ def ttt_warmup(runner, model: GPT, lora: LoRA, hp: Hyperparameters, backend: str
             x, y = torch.randint(2, hp.vocab_size, (2, rows, width), device=device)  # distinct, as in scoring
             t0 = time.perf_counter()
             with autocast(device):
-                nll = runner(x, y, make_layout(x, backend), adapters)
+                nll = runner(x, y, make_layout(x, backend), adapters, no_hints(hp, y))
             nll.mean().backward()
             sync()
         return time.perf_counter() - t0
@@ -1146,6 +1244,28 @@ def ttt_warmup(runner, model: GPT, lora: LoRA, hp: Hyperparameters, backend: str
         model.requires_grad_(False)
     lora.zero_grad(set_to_none=True)
     return costs
+
+
+def no_hints(hp: Hyperparameters, y: Tensor) -> Tensor | None:
+    """Hints that hint nothing, shaped like y, for a warmup with the tilt on: the graph scoring will run."""
+    return torch.full_like(y, -1) if hp.ngram_tilt else None
+
+
+def with_hints(val: ValData, hp: Hyperparameters, device) -> ValData:
+    """The validation data with the tilt's hints when NGRAM_TILT is on, computed on the device on the eval clock,
+    over the documents in the order they are scored (TTT's order with TTT_ENABLED): a hint reads only what was
+    scored before it, as the adapters and the global SGD phases do."""
+    if not hp.ngram_tilt:
+        return val
+    docs = doc_spans(val.tokens)
+    order = ttt_order(docs) if hp.ttt_enabled else range(len(docs))
+    at = np.concatenate([np.arange(docs[d][0], docs[d][0] + docs[d][1] + 1) for d in order])  # each doc's inputs
+    target = np.ones(len(at), bool)  # and targets, where the first (its BOS) is not one of its targets
+    target[np.cumsum([0] + [docs[d][1] + 1 for d in order])[:-1]] = False
+    scored = ngram_hints(torch.from_numpy(val.tokens[at]).to(device), hp.ngram_order, hp.ngram_threshold)
+    hints = np.full(len(val.tokens), -1, np.int64)
+    hints[at[target]] = scored.cpu().numpy()[target]
+    return ValData(val.tokens, val.target_bytes, val.byte_source, hints)
 
 
 def sgd_row_list(spans, L: int):
@@ -1725,6 +1845,8 @@ def main():
         f"{virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops)}")  # fmt: skip
     if hp.eval_only:  # score a saved artifact: the clock starts before it is read
         clock = EvalClock()
+        with clock("ngram_hints"):
+            val = with_hints(val, hp, device)
         with clock("load"):
             blob = Path(hp.eval_only).read_bytes()
         finals = score_artifact(blob, hp, val, backend, rank, world, device, log, clock)
@@ -1732,6 +1854,8 @@ def main():
     compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log)
     stats = train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log)
     clock = EvalClock()  # everything after training stops counts as evaluation
+    with clock("ngram_hints"):
+        val = with_hints(val, hp, device)
     log(f"train_done steps:{stats['steps']} train_time_ms:{stats['train_ms']:.0f} tokens:{stats['tokens']} "
         f"tokens_per_s:{stats['tokens'] / max(stats['train_ms'], 1e-9) * 1000:.0f}")  # fmt: skip
     if device.type == "cuda":
@@ -1812,7 +1936,7 @@ def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, cloc
                 x, y = torch.randint(
                     2, hp.vocab_size, (2, eval_rows(hp, hp.eval_seq_len, world), hp.eval_seq_len), device=device
                 )  # fmt: skip; two tensors: an aliased pair is another graph
-                scorer(x, y, make_layout(x, backend))
+                scorer(x, y, make_layout(x, backend), None, no_hints(hp, y))
         if hp.ttt_enabled:
             lora = LoRA(hp, hp.ttt_batch_docs, len(fresh.virtual_layers()), hp.seed, device)
             costs = ttt_warmup(scorer, fresh, lora, hp, backend, device, world)

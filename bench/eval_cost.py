@@ -85,11 +85,9 @@ def ttt_chunk_steps(hp: tg.Hyperparameters, lengths: np.ndarray) -> dict[int, in
     """Forwards (micro-steps) per TTT width bucket over the whole layout, longest documents first."""
     steps: dict[int, int] = {w: 0 for w in tg.ttt_widths(hp)}
     for i in range(0, len(lengths), hp.ttt_batch_docs):
-        batch = lengths[i : i + hp.ttt_batch_docs]
-        for c0 in range(0, int(batch[0]), hp.ttt_chunk):
-            alive = int((batch > c0).sum())
-            per, w = tg.ttt_shape(hp, min(int(batch[0]), c0 + hp.ttt_chunk, hp.ttt_context))
-            steps[w] += -(-alive // per)
+        for step in tg.ttt_steps(hp, [(0, int(n)) for n in lengths[i : i + hp.ttt_batch_docs]]):
+            per, w = tg.ttt_shape(hp, max(seg[1] for _, seg, _ in step))
+            steps[w] += -(-len(step) // per)
     return steps
 
 

@@ -449,6 +449,9 @@ def test_ema_closed_form_and_copy_to():
         ({"ROPE_DIMS": "7"}, ["ROPE_DIMS", "7", "even"]),
         ({"LOOP_END": "11"}, ["LOOP_END", "11", "NUM_LAYERS"]),
         ({"PARALLEL_START_LAYER": "4"}, ["PARALLEL_START_LAYER", "4", "LOOP_END"]),
+        ({"TTT_SHORT_CHUNKS": "256:8,100:4"}, ["TTT_SHORT_CHUNKS", "increasing"]),
+        ({"TTT_SHORT_CHUNKS": "256-8"}, ["TTT_SHORT_CHUNKS", "below:chunk"]),
+        ({"TTT_SHORT_CHUNKS": "256:0"}, ["TTT_SHORT_CHUNKS", "below:chunk"]),
     ],
 )
 def test_bad_hyperparameter_message(env, parts):
@@ -467,17 +470,33 @@ def test_default_hyperparameters_are_the_flagship():
         num_kv_heads=4,
         vocab_size=8192,
         train_batch_tokens=786432,
-        train_seq_len=2048,
-        matrix_lr=0.026,
+        train_seq_len=3072,
+        matrix_lr=0.028,  # the final record's (#2135, from #2060)
         ema_decay=0.9965,
         qk_gain_init=5.0,
         rope_dims=16,
         logit_softcap=30.0,
+        logit_asym=1,
         muon_wd=0.095,
         grad_clip_norm=0.3,
+        eval_seq_len=2560,
+        ttt_context=2560,
+        ttt_lr=8e-5,
+        ttt_phases=1,
+        ttt_phase_docs=2500,
+        gptq_calibration_batches=32,
+        ngram_tilt=1,
+        ngram_order=16,
+        ngram_threshold=0.8,
+        ngram_boost=2.625,
     )
     assert {k: getattr(hp, k) for k in expected} == expected
-    assert hp.seq_len_schedule_parsed == [(2048, 1.0)]
+    assert hp.seq_len_schedule_parsed == [(1024, 0.1), (2048, 0.7), (3072, 1.0)]  # progressive, as #2014
+    assert hp.ttt_short_chunks_parsed == [(256, 8), (2000, 24)]
+    # TRAIN_SEQ_LEN alone: that length throughout; both set: the schedule as given
+    assert tg.Hyperparameters({"TRAIN_SEQ_LEN": "256"}).seq_len_schedule_parsed == [(256, 1.0)]
+    both = {"TRAIN_SEQ_LEN": "256", "SEQ_LEN_SCHEDULE": "128@0.5,256@1.0"}
+    assert tg.Hyperparameters(both).seq_len_schedule_parsed == [(128, 0.5), (256, 1.0)]
     assert tg.Hyperparameters({"NUM_LAYERS": "7"}).num_layers == 7  # the env really is read
 
 

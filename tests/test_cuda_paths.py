@@ -157,7 +157,7 @@ def test_bf16_autocast_loss_is_within_a_stated_tolerance_of_float32(small_datase
     loader.close()
     val = tg.load_validation(hp, tg.load_tokenizer(str(small_dataset / "tokenizer.model"), hp.vocab_size))
     rows = tg.pack_rows(tg.eval_segments(val.tokens, hp.eval_seq_len, 0), hp.eval_seq_len)[:64]
-    x, y, starts, score, _ = (torch.from_numpy(a) for a in tg.row_arrays(rows, val, hp.eval_seq_len))
+    x, y, starts, score, _, _ = (torch.from_numpy(a) for a in tg.row_arrays(rows, val, hp.eval_seq_len))
     layout = tg.make_layout(x, "sdpa", starts)
     with torch.no_grad():
         fp32 = (model(x, y, layout) * score).sum() / score.sum()

@@ -19,8 +19,11 @@ from tests.helpers import TINY, randomize, tiny_hp
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 TTT = dict(TTT_ENABLED=1, TTT_CHUNK=32, TTT_CONTEXT=256, TTT_BATCH_DOCS=2, TTT_LORA_RANK=4, TTT_LR=0.01,
-           TTT_PHASES=1, TTT_PHASE_DOCS=2, TTT_SGD_BATCH_TOKENS=1024, TTT_SGD_LR=0.05)  # fmt: skip
+           TTT_PHASES=1, TTT_PHASE_DOCS=2, TTT_SGD_BATCH_TOKENS=1024, TTT_SGD_LR=0.05, TTT_SHORT_CHUNKS="")  # fmt: skip
 # Phased: the two longest documents are scored, the base model takes global SGD on them, then the other two.
+# "tilt": the flagship's evaluation on top: the n-gram tilt (order 4 here, so that real text gets hints) and
+# smaller chunks for the documents under 2,000 tokens.
+VARIANTS = {"plain": {}, "tilt": dict(NGRAM_ORDER=4, TTT_SHORT_CHUNKS="256:8,2000:24")}
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +39,17 @@ def setup(sp1024_dataset):
     return hp, val, model
 
 
-def run_ttt(setup, tokens=None, **over):
+def run_ttt(setup, tokens=None, variant="plain", **over):
     """The real TTT path with a record hook: per target its loss, how often it was scored, and when (the event
-    index into `states`, which holds the adapter state, the adapter row and the base model state it saw)."""
+    index into `states`, which holds the adapter state, the adapter row and the base model state it saw). The
+    "tilt" variant computes the hints from the (possibly rewritten) stream, as the evaluation does."""
     hp, val, model = setup
+    hp = tiny_hp(DATA_PATH=hp.data_path, **{**TTT, **VARIANTS[variant], **over})
     if tokens is not None:
         val = tg.ValData(tokens, val.target_bytes, val.byte_source)
+    if variant == "tilt":
+        val = tg.with_hints(val, hp, CPU)
+        assert (val.hints >= 0).sum() > 100
     losses, counts, states, bases = np.full(len(val.tokens), np.nan), np.zeros(len(val.tokens), int), [], []
     event = np.full(len(val.tokens), -1)  # when each target was scored: the scoring order
 
@@ -54,41 +62,50 @@ def run_ttt(setup, tokens=None, **over):
             losses[pos], counts[pos], event[pos] = nll[r, frm:length], counts[pos] + 1, len(states)
             states.append((adapters, rows[r], bases[-1]))
 
-    result = tg.ttt_evaluate(model, val, tiny_hp(DATA_PATH=hp.data_path, **{**TTT, **over}), "sdpa", CPU, record=record)
+    result = tg.ttt_evaluate(model, val, hp, "sdpa", CPU, record=record)
     return result, losses, counts, states, event
 
 
-def test_c4_every_target_is_scored_exactly_once(setup):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_c4_every_target_is_scored_exactly_once(setup, variant):
     hp, val, _ = setup
-    result, _, counts, _, _ = run_ttt(setup)
+    result, _, counts, _, _ = run_ttt(setup, variant=variant)
     assert counts[0] == 0 and (counts[1:] == 1).all()  # position 0 (the first BOS) is never a target
     assert result["tokens"] == len(val.tokens) - 1 and result["bytes"] == int(val.target_bytes[1:].sum())
 
 
-def test_c1_later_tokens_never_change_earlier_losses(setup):
-    """Causal in the order of scoring (longest documents first; adapters' A stay warm across batches, and
-    may only have learned from targets already scored): changing the token at t changes no loss scored
-    before it, nor the earlier targets of its own chunk."""
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_c1_later_tokens_never_change_earlier_losses(setup, variant):
+    """Causal in the order of scoring: documents longest first (tg.ttt_order), each left to right. Adapters'
+    A stay warm across batches and the base model takes global SGD, on documents scored before; with the tilt,
+    the hints are computed from the rewritten stream. Rewriting every token from t on (in that order) changes
+    no loss scored before it."""
     hp, val, _ = setup
-    _, base, _, _, event = run_ttt(setup)
+    _, base, _, _, _ = run_ttt(setup, variant=variant)
+    docs = tg.doc_spans(val.tokens)
+    rank = np.zeros(len(val.tokens), int)  # each target's place in the scoring order
+    for place, d in enumerate(tg.ttt_order(docs)):
+        a, n = docs[d]
+        rank[a + 1 : a + n + 1] = place * len(val.tokens) + np.arange(1, n + 1)
     starts = np.flatnonzero(val.tokens == tg.BOS_ID)
     for t in (starts[1] + 40, starts[3] + 100, starts[0] + 300):  # inside chunks of three documents
-        before = (event < event[t]) | ((event == event[t]) & (np.arange(len(event)) < t))
+        before, later = rank < rank[t], rank >= rank[t]
         before[0] = False
-        later = ~before & (val.tokens != tg.BOS_ID)
-        later[0] = False
+        later &= val.tokens != tg.BOS_ID
         tokens = val.tokens.copy()
         tokens[later] = (val.tokens[later] * 7 + 3) % 1000 + 8  # every token scored from t on is rewritten
-        _, changed, _, _, _ = run_ttt(setup, tokens)
-        assert before.sum() > 100 and np.array_equal(changed[before], base[before])
+        _, changed, _, _, _ = run_ttt(setup, tokens, variant)
+        assert before.sum() > 30 and np.array_equal(changed[before], base[before])
         assert not np.allclose(changed[later], base[later])
 
 
-def test_c2_the_scored_distribution_is_normalised_over_the_whole_vocabulary(setup):
-    """Rebuilt from the adapter state a chunk was scored with: a softmax over all 1,024 tokens that sums to 1,
-    whose -log p(target) is exactly the recorded loss."""
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_c2_the_scored_distribution_is_normalised_over_the_whole_vocabulary(setup, variant):
+    """Rebuilt from the adapter state a chunk was scored with (and the tilt's hints): a softmax over all 1,024
+    tokens that sums to 1, whose -log p(target) is exactly the recorded loss."""
     hp, val, model = setup
-    _, losses, _, states, event = run_ttt(setup)
+    _, losses, _, states, event = run_ttt(setup, variant=variant)
+    hints = tg.with_hints(val, tiny_hp(**VARIANTS[variant]), CPU).hints if variant == "tilt" else None
     starts = np.flatnonzero(val.tokens == tg.BOS_ID)
     lora = tg.LoRA(tiny_hp(**TTT), TTT["TTT_BATCH_DOCS"], len(model.virtual_layers()))
     for e in (3, len(states) // 2, len(states) - 5):  # adapters that have taken steps
@@ -103,9 +120,10 @@ def test_c2_the_scored_distribution_is_normalised_over_the_whole_vocabulary(setu
         assert any(v.abs().sum() > 0 for k, v in state.items() if k.startswith("B."))
         scorer = copy.deepcopy(model)
         scorer.load_state_dict(base)
+        h = None if hints is None else torch.tensor(hints[a + lo + 1 : a + end + 1])[None]
         with torch.no_grad():
             logp = torch.log_softmax(
-                scorer.logits(scorer.hidden(x, tg.make_layout(x, "sdpa"), lora), lora).double(), -1
+                scorer.logits(scorer.hidden(x, tg.make_layout(x, "sdpa"), lora), lora, h).double(), -1
             )
         assert logp.shape[-1] == 1024 and torch.allclose(
             logp.exp().sum(-1), torch.ones(1, x.size(1), dtype=torch.float64)
@@ -114,17 +132,19 @@ def test_c2_the_scored_distribution_is_normalised_over_the_whole_vocabulary(setu
         assert np.allclose(nll.numpy(), losses[pos], rtol=1e-5, atol=1e-5)
 
 
-def test_c3_each_chunk_is_scored_before_any_step_on_it(setup):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_c3_each_chunk_is_scored_before_any_step_on_it(setup, variant):
     """A chunk's recorded losses come from the adapters as they were before the step on that chunk: changing
     the chunk's last target changes none of its other recorded losses, yet (through the step) later ones."""
     hp, val, _ = setup
-    _, base, _, _, _ = run_ttt(setup)
+    _, base, _, _, _ = run_ttt(setup, variant=variant)
     a, n = tg.doc_spans(val.tokens)[1]  # a 1,259-target document: many chunks
-    last = a + 1 + 3 * TTT["TTT_CHUNK"] - 1  # the last target of its fourth chunk
+    size = tg.chunk_size(tiny_hp(**{**TTT, **VARIANTS[variant]}), n)  # 32, or 24 with the short-document chunks
+    last = a + 1 + 3 * size - 1  # the last target of its third chunk
     tokens = val.tokens.copy()
     tokens[last] = (tokens[last] + 1) % 1000 + 8
-    _, changed, _, _, _ = run_ttt(setup, tokens)
-    chunk = slice(last - TTT["TTT_CHUNK"] + 1, last)
+    _, changed, _, _, _ = run_ttt(setup, tokens, variant)
+    chunk = slice(last - size + 1, last)
     assert np.array_equal(changed[chunk], base[chunk])
     assert not np.allclose(changed[last + 1 : a + 1 + n], base[last + 1 : a + 1 + n])
 
@@ -139,8 +159,9 @@ def test_adapters_change_the_scores_and_zero_lr_is_the_plain_model(setup):
 
 
 def test_phase_boundaries_follow_the_scored_documents():
-    flagship = tg.Hyperparameters({})  # 3 phases over the first 2,500 of 50,000 documents, batches of 64
-    assert tg.phase_boundaries(flagship, 50_000, 782) == [(14, 833), (27, 1666), (40, 2500)]
+    assert tg.phase_boundaries(tg.Hyperparameters({}), 50_000, 782) == [(40, 2500)]  # the flagship: one phase
+    three = tg.Hyperparameters({"TTT_PHASES": "3"})  # over the first 2,500 of 50,000 documents, batches of 64
+    assert tg.phase_boundaries(three, 50_000, 782) == [(14, 833), (27, 1666), (40, 2500)]
     small = tiny_hp(TTT_BATCH_DOCS=2, TTT_PHASES=3, TTT_PHASE_DOCS=4)
     assert tg.phase_boundaries(small, 4, 2) == [(1, 2)]  # 1 doc rounds up to batch 1 (kept: 2); 4 leaves none after
     assert tg.phase_boundaries(tiny_hp(TTT_PHASES=0), 100, 34) == []
@@ -209,7 +230,7 @@ def test_eval_only_scores_a_saved_artifact_and_reports_the_clock(small_dataset, 
     trained, again = ((tmp_path / f"{r}.txt").read_text() for r in ("train", "again"))
     line = lambda log: re.search(r"^final_roundtrip_exact val_loss:[\d.]+ val_bpb:[\d.]+$", log, re.M).group(0)
     assert line(trained) == line(again) and not re.search(r"^step:\d", again, re.M)  # no training, same score
-    assert re.search(r"eval_time_s:[\d.]+ load:[\d.]+ roundtrip_eval:[\d.]+", again)
+    assert re.search(r"eval_time_s:[\d.]+ ngram_hints:[\d.]+ load:[\d.]+ roundtrip_eval:[\d.]+", again)
     assert "eval_time_violation:" in again and "EVAL_MAX_SECONDS=0.001" in again
     p = run(
         RUN_ID="ttt",
@@ -262,8 +283,9 @@ def test_a_deadline_too_short_for_ttt_ends_in_time_and_scores_the_rest_plainly(s
     assert plain.sum() > 1000 and np.allclose(losses[plain], frozen[plain], rtol=1e-5, atol=1e-5)
 
 
-def test_plain_segments_give_every_target_the_context_ttt_gives_it():
-    hp = tiny_hp(TTT_CHUNK=32, TTT_CONTEXT=100)
+@pytest.mark.parametrize("short", ["", "50:4,200:8"])
+def test_plain_segments_give_every_target_the_context_ttt_gives_it(short):
+    hp = tiny_hp(TTT_CHUNK=32, TTT_CONTEXT=100, TTT_SHORT_CHUNKS=short)
     spans = [(0, 10), (11, 96), (108, 250)]
     segs = tg.plain_segments(spans, hp)
     context = {}  # target position -> first input position it sees
@@ -271,11 +293,12 @@ def test_plain_segments_give_every_target_the_context_ttt_gives_it():
         for p in range(start + frm, start + length):
             assert p + 1 not in context
             context[p + 1] = start
-    for a, n in spans:  # TTT: chunk c0..c0+32 sees inputs from max(0, end - 100)
-        for c0 in range(0, n, 32):
-            end = min(c0 + 32, n)
+    for a, n in spans:  # TTT: chunk c0..c0+c sees inputs from max(0, end - 100), c = 32 or the short chunk
+        c = 32 if not short else 4 if n < 50 else 8 if n < 200 else 32
+        for c0 in range(0, n, c):
+            end = min(c0 + c, n)
             for t in range(c0, end):
-                assert context[a + t + 1] == a + max(0, end - 100) or (end <= 96 and context[a + t + 1] == a)
+                assert context[a + t + 1] == a + max(0, end - 100) or (end <= 100 and context[a + t + 1] == a)
     assert len(context) == sum(n for _, n in spans)
 
 
@@ -292,6 +315,8 @@ def test_compiled_ttt_gives_the_eager_losses_and_compiles_only_in_the_warmup(set
     starts = np.flatnonzero(val.tokens == tg.BOS_ID)
     short = np.concatenate([val.tokens[starts[0] : starts[0] + 300], val.tokens[starts[1] : starts[1] + 120], [1]])
     small = tg.ValData(short, np.ones_like(short), "ones")  # two short documents keep the compile test short
+    small = tg.with_hints(small, tiny_hp(**{**TTT, **over}, NGRAM_ORDER=4), CPU)  # the tilt, as scoring has it
+    assert (small.hints >= 0).any()
     losses, means = {}, {}
     for name in ("eager", "compiled"):
         thp = tiny_hp(DATA_PATH=hp.data_path, **{**TTT, **over})
@@ -335,7 +360,7 @@ def test_padded_rows_and_the_padding_segment_change_no_score(setup):
     of the unpadded rows exactly, and the padding is one segment however long."""
     hp, val, model = setup
     rows = tg.pack_rows(tg.eval_segments(val.tokens, 128, 32), 128)[:5]
-    x, y, starts, score, nbytes = tg.row_arrays(rows, val, 128, n_rows=8)
+    x, y, starts, score, nbytes, _ = tg.row_arrays(rows, val, 128, n_rows=8)
     for r, row in enumerate(rows):
         used = sum(seg[1] for seg in row)
         assert starts[r, used:].sum() == (1 if used < 128 else 0) and not score[r, used:].any()
