@@ -387,7 +387,6 @@ class DocLayout:
     packs a new segment. Built once per batch, outside the compiled model."""
 
     starts: Tensor  # bool [B, T]
-    doc_ids: Tensor  # int32 [B, T], unique over the whole batch
     backend: str
     cu_seqlens: Tensor | None = None  # int32, for the varlen flash kernels
     block_mask: object = None  # for flex attention
@@ -420,8 +419,8 @@ def make_layout(tokens: Tensor, backend: str, seg_starts: Tensor | None = None) 
     starts[:, 0] = True
     if seg_starts is not None:
         starts |= seg_starts
-    doc_ids = (torch.cumsum(starts.flatten().int(), 0) - 1).view(B, T).int()
-    layout = DocLayout(starts, doc_ids, backend)
+    doc_ids = (torch.cumsum(starts.flatten().int(), 0) - 1).view(B, T).int()  # unique over the whole batch
+    layout = DocLayout(starts, backend)
     if backend in ("fa3", "fa2"):
         where = torch.nonzero(starts.flatten()).flatten().int()
         tail = where.new_full((varlen_room(B, T, where.numel()) + 1 - where.numel(),), B * T)
