@@ -766,14 +766,11 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world: int, dev
     coeffs = POLAR_EXPRESS if hp.muon_ns == "polar" else QUINTIC
     muon = Muon(matrices, hp.matrix_lr, hp.muon_momentum, hp.muon_wd, hp.muon_backend_steps, coeffs,
                 hp.muon_row_norm, rank, world)  # fmt: skip
-    groups = [
-        dict(params=[model.tok_emb.weight], lr=hp.tied_embed_lr, weight_decay=hp.embed_wd),
-        dict(params=small, lr=hp.scalar_lr, weight_decay=hp.scalar_wd),
-    ]
-    adam = torch.optim.AdamW(groups, betas=(hp.beta1, hp.beta2), eps=hp.adam_eps, fused=device.type == "cuda")
-    for opt in (muon, adam):
-        for g in opt.param_groups:
-            g["base_lr"] = g["lr"]
+    embed = dict(params=[model.tok_emb.weight], lr=hp.tied_embed_lr, weight_decay=hp.embed_wd)
+    scalars = dict(params=small, lr=hp.scalar_lr, weight_decay=hp.scalar_wd)
+    adam = torch.optim.AdamW([embed, scalars], betas=(hp.beta1, hp.beta2), eps=hp.adam_eps, fused=device.type == "cuda")
+    for g in muon.param_groups + adam.param_groups:  # the schedule scales every group's own initial rate
+        g["base_lr"] = g["lr"]
     return [muon, adam]
 
 
