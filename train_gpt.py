@@ -270,10 +270,6 @@ def load_tokenizer(path: str, vocab_size: int) -> spm.SentencePieceProcessor:
     return sp
 
 
-def is_caseops_tokenizer(sp: spm.SentencePieceProcessor) -> bool:
-    return sp.vocab_size() > 7 and [sp.id_to_piece(i) for i in range(4, 8)] == [chr(0xE001 + i) for i in range(4)]
-
-
 def target_bytes_from_tables(sp: spm.SentencePieceProcessor, tokens: np.ndarray) -> np.ndarray:
     """Original UTF-8 bytes charged to each token as a target: the piece's bytes, plus its leading space
     unless the previous token is a boundary (BOS), where decoding drops it."""
@@ -308,13 +304,12 @@ def load_validation(hp: Hyperparameters, sp: spm.SentencePieceProcessor) -> ValD
     tokens = np.concatenate([load_shard(p, hp.vocab_size) for p in paths]).astype(np.int64)
     if tokens[0] != BOS_ID:
         raise DataError(f"{paths[0]}: the validation stream must start with BOS ({BOS_ID}), found {tokens[0]}")
-    sidecars = shard_paths(hp.data_path, "val_bytes")
-    if sidecars:  # CaseOps and other transformed text: bytes of the original text, one count per token
+    if sidecars := shard_paths(hp.data_path, "val_bytes"):  # transformed text (CaseOps): original bytes per token
         nbytes = np.concatenate([load_shard(p) for p in sidecars]).astype(np.int64)
         if nbytes.shape != tokens.shape:
             raise DataError(f"byte sidecars hold {nbytes.size} counts for {tokens.size} validation tokens")
         return ValData(tokens, nbytes, "sidecar")
-    if is_caseops_tokenizer(sp):
+    if sp.vocab_size() > 7 and [sp.id_to_piece(i) for i in range(4, 8)] == [chr(0xE001 + i) for i in range(4)]:
         raise DataError(f"{hp.tokenizer_path} is a CaseOps tokenizer but {hp.data_path} has no fineweb_val_bytes_*")
     return ValData(tokens, target_bytes_from_tables(sp, tokens), "tokenizer_tables")
 
@@ -346,19 +341,18 @@ class TrainLoader:
 
     def __init__(self, hp: Hyperparameters, rank: int, world: int, accum: int):
         self.stream = TokenStream(shard_paths(hp.data_path, "train"), hp.vocab_size)
-        self.micro = hp.train_batch_tokens // (world * accum)
-        self.total, self.first = hp.train_batch_tokens, rank * accum * self.micro
-        self.span = accum * self.micro + 1
+        self.total, self.micro = hp.train_batch_tokens, hp.train_batch_tokens // (world * accum)
+        self.mine = slice(rank * accum * self.micro, (rank + 1) * accum * self.micro + 1)  # + 1: the last target
         self.queue: queue.Queue = queue.Queue(maxsize=2)
-        self.error: BaseException | None
-        self.error, self.closed = None, False
+        self.error: BaseException | None = None
+        self.closed = False
         threading.Thread(target=self._produce, daemon=True).start()
 
     def _produce(self):
         try:
             while not self.closed:
                 chunk = self.stream.take(self.total + 1)
-                self.queue.put(torch.from_numpy(chunk[self.first : self.first + self.span].astype(np.int64)))
+                self.queue.put(torch.from_numpy(chunk[self.mine].astype(np.int64)))
         except BaseException as e:  # surfaced to the training loop, which would otherwise wait forever
             self.error = e
             self.queue.put(None)
