@@ -1540,15 +1540,6 @@ def train_step(model, step_model, optimizers, loader, seq_len, backend, hp, worl
     return total.item(), grad_norm.item()
 
 
-def set_schedules(optimizers, frac: float, step: int, hp: Hyperparameters) -> float:
-    mul = lr_multiplier(frac, hp.warmdown_frac, hp.min_lr)
-    for opt in optimizers:
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * mul
-    optimizers[0].param_groups[0]["momentum"] = muon_momentum_at(step, hp)
-    return mul
-
-
 def compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log):
     """Runs WARMUP_STEPS steps over every shape and mode training will meet (sequence lengths, looping),
     so compilation happens before the clock; then restores the initial weights and optimizer state."""
@@ -1575,25 +1566,28 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
     budget_ms = 1000 * (hp.max_wallclock_seconds - hp.gptq_reserve_seconds) if hp.max_wallclock_seconds else math.inf
     loader = TrainLoader(hp, rank, world, accum)
     ema = EMA(model, hp.ema_decay) if hp.ema_decay > 0 else None
-    step, train_ms, last_ms, tokens = 0, 0.0, 0.0, 0
+    step, train_ms, last_ms = 0, 0.0, 0.0
     while step < hp.iterations:
         frac = max(train_ms / budget_ms, step / hp.iterations)
         if hp.num_loops and not model.looping and frac >= hp.enable_looping_at:
             model.looping = True
             log(f"looping:on step:{step} train_time_ms:{train_ms:.0f} virtual_layers:{model.virtual_layers()}")
         seq_len = seq_len_at(hp.seq_len_schedule_parsed, frac)
-        mul = set_schedules(optimizers, frac, step, hp)
+        mul = lr_multiplier(frac, hp.warmdown_frac, hp.min_lr)
+        for opt in optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * mul
+        optimizers[0].param_groups[0]["momentum"] = muon_momentum_at(step, hp)
         t0 = time.perf_counter()
         loss, grad_norm = train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device)
         if ema is not None:
             ema.update(model)
-        step, tokens = step + 1, tokens + hp.train_batch_tokens
-        last_ms = 1000 * (time.perf_counter() - t0)
+        step, last_ms = step + 1, 1000 * (time.perf_counter() - t0)
         train_ms += last_ms
         if step % hp.train_log_every == 0 or step <= 5:
             log(f"step:{step}/{hp.iterations} train_loss:{loss:.6f} grad_norm:{grad_norm:.4f} lr_mul:{mul:.4f} "
                 f"seq_len:{seq_len} train_time_ms:{train_ms:.0f} step_avg_ms:{train_ms / step:.2f} "
-                f"tokens:{tokens}")  # fmt: skip
+                f"tokens:{step * hp.train_batch_tokens}")  # fmt: skip
         if hp.val_loss_every and step % hp.val_loss_every == 0:
             r = evaluate(step_model, val, hp, 0, backend, device, rank, world)
             log(f"step:{step}/{hp.iterations} val_loss:{r['val_loss']:.6f} val_bpb:{r['val_bpb']:.6f} "
@@ -1614,6 +1608,7 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
         end_s = train_ms / 1000 + time.perf_counter() - t0
         log(f"gptq_calibration_batches:{batches} gptq_calibration_end_s:{end_s:.3f}")
     loader.close()
+    tokens = step * hp.train_batch_tokens
     return dict(steps=step, train_ms=train_ms, tokens=tokens, step_avg_ms=train_ms / max(step, 1), hessians=hessians)
 
 
@@ -1662,13 +1657,13 @@ def log_eval(log, tag: str, r: dict, ms: float):
         f"eval_time_ms:{ms:.0f}")  # fmt: skip
 
 
-def evaluate_pass(model, val, hp, backend, rank, world, device, log, stage: str) -> dict:
-    """The one configured pass: the sliding window when EVAL_STRIDE > 0, else doc-masked chunks."""
+def evaluate_pass(model, val, hp, backend, rank, world, device, log, stage: str) -> str:
+    """Logs the configured pass (sliding window if EVAL_STRIDE > 0, else doc-masked chunks); returns its final line."""
     mode = "sliding" if hp.eval_stride else "chunked"
     t0 = time.perf_counter()
-    result = evaluate(model, val, hp, hp.eval_stride, backend, device, rank, world)
-    log_eval(log, f"{stage}_eval mode:{mode} stride:{hp.eval_stride}", result, 1000 * (time.perf_counter() - t0))
-    return result
+    r = evaluate(model, val, hp, hp.eval_stride, backend, device, rank, world)
+    log_eval(log, f"{stage}_eval mode:{mode} stride:{hp.eval_stride}", r, 1000 * (time.perf_counter() - t0))
+    return f"final_{stage}_exact val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f}"
 
 
 COMPILE_ON_CPU = False  # tests only: inductor compiles on CPU too, so the CUDA path's compiled model runs there
@@ -1727,16 +1722,15 @@ def main():
     if device.type == "cuda":
         log(f"peak_memory_mib:{torch.cuda.max_memory_allocated() // 2**20}")
     model.looping = hp.num_loops > 0
+    finals = []
     if hp.eval_diagnostics:
         with clock("prequant_eval"):
-            pre = evaluate_pass(step_model, val, hp, backend, rank, world, device, log, "prequant")
+            finals.append(evaluate_pass(step_model, val, hp, backend, rank, world, device, log, "prequant"))
     with clock("checkpoint"):  # the trained model outlives whatever the export does (tools/rescue.py)
         if rank == 0:
             save_checkpoint(Path(hp.log_dir) / f"{hp.run_id}.float.pt", model.state_dict(), stats["hessians"])
     code = len(source)
     blob, artifact = export_artifact(model.state_dict(), stats["hessians"], hp, code, rank, log, clock)
-    finals = [f"final_prequant_exact val_loss:{pre['val_loss']:.8f} val_bpb:{pre['val_bpb']:.8f}"] if (
-        hp.eval_diagnostics) else []  # fmt: skip
     finals += score_artifact(blob, hp, val, backend, rank, world, device, log, clock)
     finals.append(f"artifact_bytes:{code + len(blob)} code_bytes:{code} model_bytes:{len(blob)} "
                   f"bits_per_param:{8 * len(blob) / n_params:.3f} artifact:{artifact}")  # fmt: skip
@@ -1809,8 +1803,7 @@ def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, cloc
     finals = []
     if plain_pass:
         with clock("roundtrip_eval"):
-            post = evaluate_pass(scorer, val, hp, backend, rank, world, device, log, "roundtrip")
-        finals.append(f"final_roundtrip_exact val_loss:{post['val_loss']:.8f} val_bpb:{post['val_bpb']:.8f}")
+            finals.append(evaluate_pass(scorer, val, hp, backend, rank, world, device, log, "roundtrip"))
     if hp.ttt_enabled:
         with clock("ttt_eval"):
             ttt = ttt_evaluate(fresh, val, hp, backend, device, rank, world, log=log, runner=scorer, lora=lora,
