@@ -1690,8 +1690,7 @@ def main():
     torch.manual_seed(hp.seed)
     backend = pick_backend(hp.attn_backend, device)
     accum = grad_accum_steps(hp, world)
-    sp = load_tokenizer(hp.tokenizer_path, hp.vocab_size)
-    val = load_validation(hp, sp)
+    val = load_validation(hp, load_tokenizer(hp.tokenizer_path, hp.vocab_size))
     log(f"val_tokens:{len(val.tokens)} val_docs:{int((val.tokens == BOS_ID).sum())} "
         f"val_bytes:{int(val.target_bytes[1:].sum())} byte_source:{val.byte_source}")  # fmt: skip
     model = GPT(hp).to(device)
