@@ -296,10 +296,6 @@ def load_tokenizer(path: str, vocab_size: int) -> spm.SentencePieceProcessor:
     return sp
 
 
-def is_caseops_tokenizer(sp: spm.SentencePieceProcessor) -> bool:
-    return sp.vocab_size() > 7 and [sp.id_to_piece(i) for i in range(4, 8)] == [chr(0xE001 + i) for i in range(4)]
-
-
 def target_bytes_from_tables(sp: spm.SentencePieceProcessor, tokens: np.ndarray) -> np.ndarray:
     """Original UTF-8 bytes charged to each token as a target: the piece's bytes, plus its leading space
     unless the previous token is a boundary (BOS), where decoding drops it."""
@@ -335,13 +331,12 @@ def load_validation(hp: Hyperparameters, sp: spm.SentencePieceProcessor) -> ValD
     tokens = np.concatenate([load_shard(p, hp.vocab_size) for p in paths]).astype(np.int64)
     if tokens[0] != BOS_ID:
         raise DataError(f"{paths[0]}: the validation stream must start with BOS ({BOS_ID}), found {tokens[0]}")
-    sidecars = shard_paths(hp.data_path, "val_bytes")
-    if sidecars:  # CaseOps and other transformed text: bytes of the original text, one count per token
+    if sidecars := shard_paths(hp.data_path, "val_bytes"):  # transformed text (CaseOps): original bytes per token
         nbytes = np.concatenate([load_shard(p) for p in sidecars]).astype(np.int64)
         if nbytes.shape != tokens.shape:
             raise DataError(f"byte sidecars hold {nbytes.size} counts for {tokens.size} validation tokens")
         return ValData(tokens, nbytes, "sidecar")
-    if is_caseops_tokenizer(sp):
+    if sp.vocab_size() > 7 and [sp.id_to_piece(i) for i in range(4, 8)] == [chr(0xE001 + i) for i in range(4)]:
         raise DataError(f"{hp.tokenizer_path} is a CaseOps tokenizer but {hp.data_path} has no fineweb_val_bytes_*")
     return ValData(tokens, target_bytes_from_tables(sp, tokens), "tokenizer_tables")
 
@@ -373,19 +368,18 @@ class TrainLoader:
 
     def __init__(self, hp: Hyperparameters, rank: int, world: int, accum: int):
         self.stream = TokenStream(shard_paths(hp.data_path, "train"), hp.vocab_size)
-        self.micro = hp.train_batch_tokens // (world * accum)
-        self.total, self.first = hp.train_batch_tokens, rank * accum * self.micro
-        self.span = accum * self.micro + 1
+        self.total, self.micro = hp.train_batch_tokens, hp.train_batch_tokens // (world * accum)
+        self.mine = slice(rank * accum * self.micro, (rank + 1) * accum * self.micro + 1)  # + 1: the last target
         self.queue: queue.Queue = queue.Queue(maxsize=2)
-        self.error: BaseException | None
-        self.error, self.closed = None, False
+        self.error: BaseException | None = None
+        self.closed = False
         threading.Thread(target=self._produce, daemon=True).start()
 
     def _produce(self):
         try:
             while not self.closed:
                 chunk = self.stream.take(self.total + 1)
-                self.queue.put(torch.from_numpy(chunk[self.first : self.first + self.span].astype(np.int64)))
+                self.queue.put(torch.from_numpy(chunk[self.mine].astype(np.int64)))
         except BaseException as e:  # surfaced to the training loop, which would otherwise wait forever
             self.error = e
             self.queue.put(None)
@@ -414,7 +408,6 @@ class DocLayout:
     packs a new segment. Built once per batch, outside the compiled model."""
 
     starts: Tensor  # bool [B, T]
-    doc_ids: Tensor  # int32 [B, T], unique over the whole batch
     backend: str
     cu_seqlens: Tensor | None = None  # int32, for the varlen flash kernels
     block_mask: object = None  # for flex attention
@@ -447,8 +440,8 @@ def make_layout(tokens: Tensor, backend: str, seg_starts: Tensor | None = None) 
     starts[:, 0] = True
     if seg_starts is not None:
         starts |= seg_starts
-    doc_ids = (torch.cumsum(starts.flatten().int(), 0) - 1).view(B, T).int()
-    layout = DocLayout(starts, doc_ids, backend)
+    doc_ids = (torch.cumsum(starts.flatten().int(), 0) - 1).view(B, T).int()  # unique over the whole batch
+    layout = DocLayout(starts, backend)
     if backend in ("fa3", "fa2"):
         where = torch.nonzero(starts.flatten()).flatten().int()
         tail = where.new_full((varlen_room(B, T, where.numel()) + 1 - where.numel(),), B * T)
@@ -808,14 +801,11 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world: int, dev
     coeffs = POLAR_EXPRESS if hp.muon_ns == "polar" else QUINTIC
     muon = Muon(matrices, hp.matrix_lr, hp.muon_momentum, hp.muon_wd, hp.muon_backend_steps, coeffs,
                 hp.muon_row_norm, rank, world)  # fmt: skip
-    groups = [
-        dict(params=[model.tok_emb.weight], lr=hp.tied_embed_lr, weight_decay=hp.embed_wd),
-        dict(params=small, lr=hp.scalar_lr, weight_decay=hp.scalar_wd),
-    ]
-    adam = torch.optim.AdamW(groups, betas=(hp.beta1, hp.beta2), eps=hp.adam_eps, fused=device.type == "cuda")
-    for opt in (muon, adam):
-        for g in opt.param_groups:
-            g["base_lr"] = g["lr"]
+    embed = dict(params=[model.tok_emb.weight], lr=hp.tied_embed_lr, weight_decay=hp.embed_wd)
+    scalars = dict(params=small, lr=hp.scalar_lr, weight_decay=hp.scalar_wd)
+    adam = torch.optim.AdamW([embed, scalars], betas=(hp.beta1, hp.beta2), eps=hp.adam_eps, fused=device.type == "cuda")
+    for g in muon.param_groups + adam.param_groups:  # the schedule scales every group's own initial rate
+        g["base_lr"] = g["lr"]
     return [muon, adam]
 
 
@@ -1670,15 +1660,6 @@ def train_step(model, step_model, optimizers, loader, seq_len, backend, hp, worl
     return total.item(), grad_norm.item()
 
 
-def set_schedules(optimizers, frac: float, step: int, hp: Hyperparameters) -> float:
-    mul = lr_multiplier(frac, hp.warmdown_frac, hp.min_lr)
-    for opt in optimizers:
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * mul
-    optimizers[0].param_groups[0]["momentum"] = muon_momentum_at(step, hp)
-    return mul
-
-
 def compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log):
     """Runs WARMUP_STEPS steps over every shape and mode training will meet (sequence lengths, looping),
     so compilation happens before the clock; then restores the initial weights and optimizer state."""
@@ -1705,25 +1686,28 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
     budget_ms = 1000 * (hp.max_wallclock_seconds - hp.gptq_reserve_seconds) if hp.max_wallclock_seconds else math.inf
     loader = TrainLoader(hp, rank, world, accum)
     ema = EMA(model, hp.ema_decay) if hp.ema_decay > 0 else None
-    step, train_ms, last_ms, tokens = 0, 0.0, 0.0, 0
+    step, train_ms, last_ms = 0, 0.0, 0.0
     while step < hp.iterations:
         frac = max(train_ms / budget_ms, step / hp.iterations)
         if hp.num_loops and not model.looping and frac >= hp.enable_looping_at:
             model.looping = True
             log(f"looping:on step:{step} train_time_ms:{train_ms:.0f} virtual_layers:{model.virtual_layers()}")
         seq_len = seq_len_at(hp.seq_len_schedule_parsed, frac)
-        mul = set_schedules(optimizers, frac, step, hp)
+        mul = lr_multiplier(frac, hp.warmdown_frac, hp.min_lr)
+        for opt in optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * mul
+        optimizers[0].param_groups[0]["momentum"] = muon_momentum_at(step, hp)
         t0 = time.perf_counter()
         loss, grad_norm = train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device)
         if ema is not None:
             ema.update(model)
-        step, tokens = step + 1, tokens + hp.train_batch_tokens
-        last_ms = 1000 * (time.perf_counter() - t0)
+        step, last_ms = step + 1, 1000 * (time.perf_counter() - t0)
         train_ms += last_ms
         if step % hp.train_log_every == 0 or step <= 5:
             log(f"step:{step}/{hp.iterations} train_loss:{loss:.6f} grad_norm:{grad_norm:.4f} lr_mul:{mul:.4f} "
                 f"seq_len:{seq_len} train_time_ms:{train_ms:.0f} step_avg_ms:{train_ms / step:.2f} "
-                f"tokens:{tokens}")  # fmt: skip
+                f"tokens:{step * hp.train_batch_tokens}")  # fmt: skip
         if hp.val_loss_every and step % hp.val_loss_every == 0:
             r = evaluate(step_model, val, hp, 0, backend, device, rank, world)
             log(f"step:{step}/{hp.iterations} val_loss:{r['val_loss']:.6f} val_bpb:{r['val_bpb']:.6f} "
@@ -1744,6 +1728,7 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
         end_s = train_ms / 1000 + time.perf_counter() - t0
         log(f"gptq_calibration_batches:{batches} gptq_calibration_end_s:{end_s:.3f}")
     loader.close()
+    tokens = step * hp.train_batch_tokens
     return dict(steps=step, train_ms=train_ms, tokens=tokens, step_avg_ms=train_ms / max(step, 1), hessians=hessians)
 
 
@@ -1792,13 +1777,13 @@ def log_eval(log, tag: str, r: dict, ms: float):
         f"eval_time_ms:{ms:.0f}")  # fmt: skip
 
 
-def evaluate_pass(model, val, hp, backend, rank, world, device, log, stage: str) -> dict:
-    """The one configured pass: the sliding window when EVAL_STRIDE > 0, else doc-masked chunks."""
+def evaluate_pass(model, val, hp, backend, rank, world, device, log, stage: str) -> str:
+    """Logs the configured pass (sliding window if EVAL_STRIDE > 0, else doc-masked chunks); returns its final line."""
     mode = "sliding" if hp.eval_stride else "chunked"
     t0 = time.perf_counter()
-    result = evaluate(model, val, hp, hp.eval_stride, backend, device, rank, world)
-    log_eval(log, f"{stage}_eval mode:{mode} stride:{hp.eval_stride}", result, 1000 * (time.perf_counter() - t0))
-    return result
+    r = evaluate(model, val, hp, hp.eval_stride, backend, device, rank, world)
+    log_eval(log, f"{stage}_eval mode:{mode} stride:{hp.eval_stride}", r, 1000 * (time.perf_counter() - t0))
+    return f"final_{stage}_exact val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f}"
 
 
 COMPILE_ON_CPU = False  # tests only: inductor compiles on CPU too, so the CUDA path's compiled model runs there
@@ -1825,8 +1810,7 @@ def main():
     torch.manual_seed(hp.seed)
     backend = pick_backend(hp.attn_backend, device)
     accum = grad_accum_steps(hp, world)
-    sp = load_tokenizer(hp.tokenizer_path, hp.vocab_size)
-    val = load_validation(hp, sp)
+    val = load_validation(hp, load_tokenizer(hp.tokenizer_path, hp.vocab_size))
     log(f"val_tokens:{len(val.tokens)} val_docs:{int((val.tokens == BOS_ID).sum())} "
         f"val_bytes:{int(val.target_bytes[1:].sum())} byte_source:{val.byte_source}")  # fmt: skip
     model = GPT(hp).to(device)
@@ -1861,16 +1845,15 @@ def main():
     if device.type == "cuda":
         log(f"peak_memory_mib:{torch.cuda.max_memory_allocated() // 2**20}")
     model.looping = hp.num_loops > 0
+    finals = []
     if hp.eval_diagnostics:
         with clock("prequant_eval"):
-            pre = evaluate_pass(step_model, val, hp, backend, rank, world, device, log, "prequant")
+            finals.append(evaluate_pass(step_model, val, hp, backend, rank, world, device, log, "prequant"))
     with clock("checkpoint"):  # the trained model outlives whatever the export does (tools/rescue.py)
         if rank == 0:
             save_checkpoint(Path(hp.log_dir) / f"{hp.run_id}.float.pt", model.state_dict(), stats["hessians"])
     code = len(source)
     blob, artifact = export_artifact(model.state_dict(), stats["hessians"], hp, code, rank, log, clock)
-    finals = [f"final_prequant_exact val_loss:{pre['val_loss']:.8f} val_bpb:{pre['val_bpb']:.8f}"] if (
-        hp.eval_diagnostics) else []  # fmt: skip
     finals += score_artifact(blob, hp, val, backend, rank, world, device, log, clock)
     finals.append(f"artifact_bytes:{code + len(blob)} code_bytes:{code} model_bytes:{len(blob)} "
                   f"bits_per_param:{8 * len(blob) / n_params:.3f} artifact:{artifact}")  # fmt: skip
@@ -1943,8 +1926,7 @@ def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, cloc
     finals = []
     if plain_pass:
         with clock("roundtrip_eval"):
-            post = evaluate_pass(scorer, val, hp, backend, rank, world, device, log, "roundtrip")
-        finals.append(f"final_roundtrip_exact val_loss:{post['val_loss']:.8f} val_bpb:{post['val_bpb']:.8f}")
+            finals.append(evaluate_pass(scorer, val, hp, backend, rank, world, device, log, "roundtrip"))
     if hp.ttt_enabled:
         with clock("ttt_eval"):
             ttt = ttt_evaluate(fresh, val, hp, backend, device, rank, world, log=log, runner=scorer, lora=lora,

@@ -69,7 +69,7 @@ def ttt_saved_bytes(hp: tg.Hyperparameters, rows: int, width: int) -> dict:
     tg.attend = lambda q, k, v, layout: FusedAttentionMemory.apply(q, k, v)
     try:
         x = torch.zeros(rows, width, dtype=torch.long, device="meta")
-        layout = tg.DocLayout(torch.zeros(rows, width, dtype=torch.bool, device="meta"), x.int(), "meta")
+        layout = tg.DocLayout(torch.zeros(rows, width, dtype=torch.bool, device="meta"), "meta")
         lora.rows = torch.zeros(rows, dtype=torch.long, device="meta")
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(x, x, layout, lora).sum()
