@@ -173,6 +173,7 @@ HPARAMS = (
     ("EMBED_CLIP_SIGMAS", float, 14.0, (0.1, 1000.0), "embedding row clip = this x row std"),
     ("LQER_TOP_K", int, 3, (0, 10**4), "tensors with the largest quantization error that get a low-rank repair"),
     ("LQER_RANK", int, 4, (1, 64), "rank of the LQER repair"),
+    ("LQER_GROUP", int, 32, (1, 4096), "columns of the LQER factor B per fp16 scale (#2060's 32; was 64)"),
     ("AWQ_GROUP", int, 0, (0, 4096), "width of the most salient column group kept at int8 (0: off; e.g. 64)"),
     ("ARTIFACT_MAX_BYTES", int, 16_000_000, (1, 10**9), "code + model bytes; over it, the export coarsens grids"),
 )
@@ -1362,12 +1363,12 @@ def gptq_quantize(W: Tensor, H: Tensor | None, qmax: int, clip_sigmas: float, gr
     return Q[:, torch.argsort(perm)], scale
 
 
-def lqer_factors(E: Tensor, rank: int) -> dict[str, np.ndarray]:
+def lqer_factors(E: Tensor, rank: int, group: int) -> dict[str, np.ndarray]:
     """Rank-r SVD of the quantization residual: A = U S at 2 bits with one scale, B = V^T at 4 bits per
-    group of 64 columns."""
+    group of columns."""
     U, S, Vh = torch.linalg.svd(E, full_matrices=False)
     A, B = U[:, :rank] * S[:rank], Vh[:rank]
-    g = 64 if B.size(1) % 64 == 0 else B.size(1)
+    g = group if B.size(1) % group == 0 else B.size(1)
     sa = (A.abs().max() / 1.5).clamp_min(1e-10).half().float()
     Bg = B.reshape(rank, -1, g)
     sb = (Bg.abs().amax(-1) / 7.5).clamp_min(1e-10).half().float()
@@ -1414,7 +1415,7 @@ def quantize_model(state: dict[str, Tensor], hessians: dict | None, hp: Hyperpar
             packed[name] = ("fp16", {"w": W.half().cpu().numpy()}, {})
     worst = sorted(residual, key=lambda n: -float(residual[n].norm()))[: hp.lqer_top_k]
     for name in worst:
-        packed[name][1].update(lqer_factors(residual[name], hp.lqer_rank))
+        packed[name][1].update(lqer_factors(residual[name], hp.lqer_rank, hp.lqer_group))
     log(f"lqer_tensors:{','.join(worst) or 'none'}")
     return packed
 
@@ -1686,14 +1687,19 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
     budget_ms = 1000 * (hp.max_wallclock_seconds - hp.gptq_reserve_seconds) if hp.max_wallclock_seconds else math.inf
     loader = TrainLoader(hp, rank, world, accum)
     ema = EMA(model, hp.ema_decay) if hp.ema_decay > 0 else None
-    step, train_ms, last_ms = 0, 0.0, 0.0
+    step, train_ms, last_ms, seq_len, changed_at = 0, 0.0, 0.0, None, 0
     while step < hp.iterations:
         frac = max(train_ms / budget_ms, step / hp.iterations)
         if hp.num_loops and not model.looping and frac >= hp.enable_looping_at:
             model.looping = True
             log(f"looping:on step:{step} train_time_ms:{train_ms:.0f} virtual_layers:{model.virtual_layers()}")
+        if seq_len not in (None, seq_len_at(hp.seq_len_schedule_parsed, frac)):  # longer context: LR ramps up again
+            changed_at = step
+            log(f"seq_len_change: seq_len:{seq_len_at(hp.seq_len_schedule_parsed, frac)} step:{step} "
+                f"train_time_ms:{train_ms:.0f}")  # fmt: skip
         seq_len = seq_len_at(hp.seq_len_schedule_parsed, frac)
-        mul = lr_multiplier(frac, hp.warmdown_frac, hp.min_lr)
+        ramp = min(1.0, (step - changed_at + 1) / hp.seq_len_warmup_steps) if changed_at else 1.0
+        mul = lr_multiplier(frac, hp.warmdown_frac, hp.min_lr) * ramp
         for opt in optimizers:
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * mul

@@ -3,6 +3,7 @@ maybe_compile (tg.COMPILE_ON_CPU), against eager, with dynamo's graph counter re
 here compiles a tiny model (a few seconds each on 2 cores); they carry the `compile` mark."""
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -69,26 +70,33 @@ def test_compiled_training_step_equals_eager_and_looping_compiles_once(compile_o
 
 def test_compiled_training_recompiles_only_in_warmup(compile_on_cpu, monkeypatch, small_dataset):
     """The real compile_warmup and train() over the sample shards' document-packed batches, the flagship's geometry
-    scaled down (2 micro-steps of 8 x 128 rows), with a sequence-length schedule and the looping switch inside the
-    timed run: warmup compiles one graph per (length, looping) pair, the timed run none. As on CUDA: bf16 autocast,
+    scaled down (2 micro-steps of 8 x 128 rows), with the flagship's three-length progressive schedule and the
+    looping switch inside the timed run: warmup compiles one graph per (length, looping) pair, the timed run none;
+    after each change of length the learning rate ramps up again over SEQ_LEN_WARMUP_STEPS. As on CUDA: bf16 autocast,
     and the FlashAttention varlen branch (the fake kernel), so cu_seqlens is an input of every compiled graph."""
     monkeypatch.setattr(tg, "_flash_varlen", fake_flash_varlen)
     monkeypatch.setattr(tg, "autocast", lambda device: torch.autocast(device.type, dtype=torch.bfloat16))
     backend = "fa2"
-    hp = tiny_hp(**SMALL, DATA_PATH=small_dataset, TRAIN_SEQ_LEN=128, SEQ_LEN_SCHEDULE="64@0.3,128@1.0",
-                 TRAIN_BATCH_TOKENS=2048, GRAD_ACCUM_STEPS=2, WARMUP_STEPS=4, ITERATIONS=10, ENABLE_LOOPING_AT=0.6,
-                 GPTQ=0)  # fmt: skip
+    hp = tiny_hp(**SMALL, DATA_PATH=small_dataset, TRAIN_SEQ_LEN=128, SEQ_LEN_SCHEDULE="32@0.2,64@0.6,128@1.0",
+                 TRAIN_BATCH_TOKENS=2048, GRAD_ACCUM_STEPS=2, WARMUP_STEPS=6, ITERATIONS=10, ENABLE_LOOPING_AT=0.6,
+                 SEQ_LEN_WARMUP_STEPS=4, GPTQ=0)  # fmt: skip
     torch.manual_seed(0)
     model = tg.GPT(hp)
     step_model = tg.maybe_compile(model, hp, CPU)
     optimizers = tg.build_optimizers(model, hp, 0, 1, CPU)
     lines = []
     tg.compile_warmup(model, step_model, optimizers, hp, backend, 0, 1, 2, CPU, lines.append)
-    assert graphs() == 4, dict(counters["stats"])  # {64, 128} x {looping off, on}
+    assert graphs() == 6, dict(counters["stats"])  # {32, 64, 128} x {looping off, on}
     tg.train(hp, model, step_model, optimizers, None, backend, 0, 1, 2, CPU, lines.append)
     log = "\n".join(lines)
-    assert "looping:on step:6" in log and "seq_len:64" in log and "seq_len:128" in log  # both switches were timed
-    assert graphs() == 4, f"recompiled inside the timed run: {dict(counters['stats'])}"
+    assert "looping:on step:6" in log  # both switches were timed
+    assert "seq_len_change: seq_len:64 step:2" in log and "seq_len_change: seq_len:128 step:6" in log
+    lr_mul = {int(m[0]): float(m[1]) for m in re.findall(r"^step:(\d+)/\d+ .*?lr_mul:([\d.]+)", log, re.M)}
+    warm = [tg.lr_multiplier(s / 10, hp.warmdown_frac, hp.min_lr) for s in range(10)]  # step s, before the ramp
+    assert [lr_mul[s + 1] / warm[s] for s in (1, 2, 3, 5, 6, 7)] == pytest.approx(
+        [1, 0.25, 0.5, 1, 0.25, 0.5], rel=2e-3
+    )
+    assert graphs() == 6, f"recompiled inside the timed run: {dict(counters['stats'])}"
     assert np.isfinite([float(v.split()[0]) for v in log.split("train_loss:")[1:]]).all()
 
 
