@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--rate", type=float, help="training tokens/s per GPU (default: the GPU check's, else the record)")
     ap.add_argument("--gpu-check", type=Path, default=ROOT / "bench" / "results" / "gpu_check.json")
     args = ap.parse_args(argv)
-    hp = tg.Hyperparameters({})
+    hp = tg.Hyperparameters()  # the defaults, or what the environment sets
     lengths = full_val_lengths(sample_val_tokens(args.data))
     rate, compile_s, source = RECORD_TOKENS_PER_S_PER_GPU, RECORD_COMPILE_S, "the public record (8xH100)"
     export_s = 0.0

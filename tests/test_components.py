@@ -480,7 +480,7 @@ def test_default_hyperparameters_are_the_flagship():
         muon_wd=0.095,
         grad_clip_norm=0.3,
         eval_seq_len=2560,
-        ttt_context=2560,
+        ttt_context=2048,  # not the record's 2560, nor its short-document chunks: bench/eval_cost.py projects both
         ttt_lr=8e-5,
         ttt_phases=1,
         ttt_phase_docs=2500,
@@ -492,7 +492,7 @@ def test_default_hyperparameters_are_the_flagship():
     )
     assert {k: getattr(hp, k) for k in expected} == expected
     assert hp.seq_len_schedule_parsed == [(1024, 0.1), (2048, 0.7), (3072, 1.0)]  # progressive, as #2014
-    assert hp.ttt_short_chunks_parsed == [(256, 8), (2000, 24)]
+    assert hp.ttt_short_chunks_parsed == []  # over the eval deadline at our measured rates (README, "Defaults")
     # TRAIN_SEQ_LEN alone: that length throughout; both set: the schedule as given
     assert tg.Hyperparameters({"TRAIN_SEQ_LEN": "256"}).seq_len_schedule_parsed == [(256, 1.0)]
     both = {"TRAIN_SEQ_LEN": "256", "SEQ_LEN_SCHEDULE": "128@0.5,256@1.0"}
