@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import glob
 import io
 import json
@@ -195,11 +196,26 @@ def _parse(name, typ, raw, allowed):
     return value
 
 
+GENERIC_PREFIXES = {"LOG_", "MAX_", "MIN_", "RUN_", "DATA_", "MODEL_", "ENABLE_", "SKIP_"}  # other programs' too
+OUR_PREFIXES = tuple({name.split("_")[0] + "_" for name, *_ in HPARAMS if "_" in name} - GENERIC_PREFIXES)
+
+
+def refuse_unknown_names(env) -> None:
+    """A variable that looks like one of ours but is not (our prefix, or a near-spelling of a knob) is an error:
+    a misspelt knob would otherwise be ignored and an ablation silently run the wrong configuration."""
+    names = [name for name, *_ in HPARAMS]
+    for key in sorted(set(env) - set(names)):
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.85 if not key.startswith(OUR_PREFIXES) else 0)
+        if close:
+            raise HyperparameterError(f"{key} is not a setting of train_gpt.py; did you mean {close[0]}?")
+
+
 class Hyperparameters:
     """HPARAMS resolved against an environment; attributes are the lower-cased names (hp.num_layers)."""
 
     def __init__(self, env=None):
         env = os.environ if env is None else env
+        refuse_unknown_names(env)
         for name, typ, default, allowed, _ in HPARAMS:
             raw = env.get(name)
             setattr(self, name.lower(), default if raw is None else _parse(name, typ, raw, allowed))

@@ -450,6 +450,10 @@ def test_ema_closed_form_and_copy_to():
         ({"LOOP_END": "11"}, ["LOOP_END", "11", "NUM_LAYERS"]),
         ({"PARALLEL_START_LAYER": "4"}, ["PARALLEL_START_LAYER", "4", "LOOP_END"]),
         ({"TTT_SHORT_CHUNKS": "256:8,100:4"}, ["TTT_SHORT_CHUNKS", "increasing"]),
+        ({"NUM_LAYER": "4"}, ["NUM_LAYER is not a setting", "did you mean NUM_LAYERS?"]),  # misspelt: never ignored
+        ({"MATRIXLR": "0.1"}, ["MATRIXLR is not a setting", "did you mean MATRIX_LR?"]),
+        ({"TTT_LORA_RANKS": "8"}, ["TTT_LORA_RANKS", "did you mean TTT_LORA_RANK?"]),
+        ({"NGRAM_BETA": "2"}, ["NGRAM_BETA", "did you mean NGRAM_"]),  # our prefix: always one of ours
         ({"TTT_SHORT_CHUNKS": "256-8"}, ["TTT_SHORT_CHUNKS", "below:chunk"]),
         ({"TTT_SHORT_CHUNKS": "256:0"}, ["TTT_SHORT_CHUNKS", "below:chunk"]),
     ],
@@ -498,6 +502,14 @@ def test_default_hyperparameters_are_the_flagship():
     both = {"TRAIN_SEQ_LEN": "256", "SEQ_LEN_SCHEDULE": "128@0.5,256@1.0"}
     assert tg.Hyperparameters(both).seq_len_schedule_parsed == [(128, 0.5), (256, 1.0)]
     assert tg.Hyperparameters({"NUM_LAYERS": "7"}).num_layers == 7  # the env really is read
+    others = {
+        "LOG_LEVEL": "x",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "0",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "0",
+    }
+    assert tg.Hyperparameters(others).num_layers == 11  # other programs' variables are not ours to refuse
 
 
 def test_flagship_parameter_count():
