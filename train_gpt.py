@@ -196,6 +196,9 @@ def _parse(name, typ, raw, allowed):
     return value
 
 
+# Defaults placed by depth: the flagship's 11 layers loop 3-5, run parallel lanes from 8 and use XSA on all 11;
+# with NUM_LAYERS set (and these not), they are the same elevenths of it, rounded down.
+DEPTH_RELATIVE = {"LOOP_START": 3, "LOOP_END": 5, "PARALLEL_START_LAYER": 8, "XSA_LAST_N": 11}
 GENERIC_PREFIXES = {"LOG_", "MAX_", "MIN_", "RUN_", "DATA_", "MODEL_", "ENABLE_", "SKIP_"}  # other programs' too
 OUR_PREFIXES = tuple({name.split("_")[0] + "_" for name, *_ in HPARAMS if "_" in name} - GENERIC_PREFIXES)
 
@@ -222,6 +225,11 @@ class Hyperparameters:
         self.run_id = self.run_id or uuid.uuid4().hex[:12]
         if "TRAIN_SEQ_LEN" in env and "SEQ_LEN_SCHEDULE" not in env:  # the default schedule is the flagship's
             self.seq_len_schedule = ""
+        for name, elevenths in DEPTH_RELATIVE.items():  # at another depth, the flagship's places scale with it
+            if "NUM_LAYERS" in env and name not in env:
+                setattr(self, name.lower(), self.num_layers * elevenths // 11)
+        if "NUM_LAYERS" in env and "PARALLEL_START_LAYER" not in env:
+            self.parallel_start_layer = max(self.parallel_start_layer, self.loop_end + 1)
         self.seq_len_schedule_parsed = parse_seq_len_schedule(self.seq_len_schedule, self.train_seq_len)
         self.ttt_short_chunks_parsed = parse_short_chunks(self.ttt_short_chunks)
 

@@ -586,3 +586,21 @@ def test_document_mask_isolates_later_documents(backend):
     assert (a[0, 9:20] - b[0, 9:20]).abs().amax(-1).min() > 1e-3  # the changed document itself
     assert torch.allclose(a[0, 20:], b[0, 20:], atol=0, rtol=0)  # later documents: exactly unchanged
     assert torch.equal(a[1], b[1])  # other rows
+
+
+@pytest.mark.parametrize("n", range(1, 17))
+def test_num_layers_alone_is_valid_at_every_depth(n):
+    """NUM_LAYERS=N alone: the looped segment, the first parallel layer and XSA's span follow the depth (the
+    flagship's elevenths), so every N builds and runs; at 11 they are the flagship's own."""
+    hp = tg.Hyperparameters({"NUM_LAYERS": str(n), "MODEL_DIM": "32", "NUM_HEADS": "2", "NUM_KV_HEADS": "1",
+                             "ROPE_DIMS": "4", "VOCAB_SIZE": "64", "GATE_WINDOW": "8"})  # fmt: skip
+    assert 0 <= hp.loop_start <= hp.loop_end < hp.parallel_start_layer <= n
+    assert hp.xsa_last_n == n
+    model = tg.GPT(hp)
+    model.looping = True
+    x = torch.randint(2, 64, (1, 16))
+    assert torch.isfinite(model(x, x, tg.make_layout(x, "sdpa"))).all()
+    if n == 11:
+        assert (hp.loop_start, hp.loop_end, hp.parallel_start_layer) == (3, 5, 8)
+    explicit = tg.Hyperparameters({"NUM_LAYERS": "8", "LOOP_START": "1", "LOOP_END": "2"})
+    assert (explicit.loop_start, explicit.loop_end, explicit.parallel_start_layer) == (1, 2, 5)  # set ones stay
