@@ -35,17 +35,26 @@ FIXED = {
     "GPTQ_RESERVE_SECONDS": "0",
     "VAL_LOSS_EVERY": "0",
     "TTT_ENABLED": "0",
-    "EVAL_DIAGNOSTICS": "1",
-}  # the score before quantization too
+    "EVAL_DIAGNOSTICS": "1",  # the score before quantization too
+    "EVAL_MAX_SECONDS": "1e6",  # no deadline: one thread per run on shared cores is not the flagship's clock
+}
 
 
-SWITCHED_ON = {"awq_lite", "ttt"}  # off in the baseline: their rows switch them on
+SWITCHED_ON = {"awq_lite", "ttt", "progressive_context", "short_chunks"}  # off in the baseline: rows switch them on
+# Rows that only change the evaluation score the baseline's artifact again (EVAL_ONLY), compared with a stage of
+# another row: name -> (reference row, its stage, this row's stage).
+EVAL_ONLY = {"ttt": ("baseline", "roundtrip", "ttt"), "ngram_tilt": ("baseline", "roundtrip", "roundtrip"),
+             "short_chunks": ("ttt", "ttt", "ttt")}  # fmt: skip
 
 
 def ablations(env: dict) -> dict[str, tuple[str, dict]]:
     """name -> (what changes against the baseline, env overrides). AWQ-lite is off in the flagship defaults,
-    so its row switches it on, at the fraction of the width suggested for the flagship (64 of 512 columns)."""
+    so its row switches it on, at the fraction of the width suggested for the flagship (64 of 512 columns). The
+    progressive context takes a quarter, a half, then all of the length over the flagship's fractions (its thirds,
+    1024 and 2048 of 3072, would not divide the CPU batch), its LR ramp scaled from 32 of about 4,900 steps; the
+    short-document chunks are #2014's."""
     heads, dim, layers = int(env.get("NUM_HEADS", 8)), int(env.get("MODEL_DIM", 512)), env.get("NUM_LAYERS", "11")
+    n = int(env.get("TRAIN_SEQ_LEN", 3072))
     return {
         "baseline": ("nothing (the configuration as given)", {}),
         "xsa": ("XSA off", {"XSA_LAST_N": "0"}),
@@ -60,6 +69,12 @@ def ablations(env: dict) -> dict[str, tuple[str, dict]]:
         "lqer": ("LQER off", {"LQER_TOP_K": "0"}),
         "awq_lite": (f"AWQ-lite on ({dim // 8} int8 columns)", {"AWQ_GROUP": str(dim // 8)}),
         "ttt": ("TTT on: the baseline artifact scored with phased LoRA TTT", {"TTT_ENABLED": "1"}),
+        "asym_logit": ("AsymLogit off (one fixed symmetric cap)", {"LOGIT_ASYM": "0"}),
+        "progressive_context": ("progressive training context on", {
+            "SEQ_LEN_SCHEDULE": f"{n // 4}@0.1,{n // 2}@0.7,{n}@1.0", "SEQ_LEN_WARMUP_STEPS": "2"}),
+        "ngram_tilt": ("n-gram tilt off: the baseline artifact scored without it", {"NGRAM_TILT": "0"}),
+        "short_chunks": ("short-document TTT chunks on: against the TTT row",
+                         {"TTT_ENABLED": "1", "TTT_SHORT_CHUNKS": "256:8,2000:24"}),
     }  # fmt: skip
 
 
@@ -97,10 +112,10 @@ def train_run(name: str, overrides: dict, seed: int, base: dict) -> dict:
             "step_avg_ms": r.step_avg_ms, "eval_parts": r.eval_parts}  # fmt: skip
 
 
-def ttt_run(seed: int, base: dict, logdir: Path) -> dict:
-    """The baseline artifact of this seed, scored again with TTT on (its round trip must come out the same)."""
-    run_id, artifact = f"ttt_seed{seed}", logdir / f"baseline_seed{seed}.ptz"
-    env = {**base, "TTT_ENABLED": "1", "EVAL_ONLY": str(artifact), "RUN_ID": run_id}
+def eval_run(name: str, overrides: dict, seed: int, base: dict, logdir: Path) -> dict:
+    """The baseline artifact of this seed, scored again with the row's evaluation settings."""
+    run_id, artifact = f"{name}_seed{seed}", logdir / f"baseline_seed{seed}.ptz"
+    env = {**base, **overrides, "EVAL_ONLY": str(artifact), "RUN_ID": run_id}
     text = run_train_gpt(env).read_text()
     return {"stages": final_scores(text), "model_bytes": artifact.stat().st_size}
 
@@ -122,8 +137,8 @@ def main() -> None:
     args.logdir.mkdir(parents=True, exist_ok=True)
     config = {k: os.environ[k] for k in sorted(os.environ) if k in {h[0] for h in HPARAMS} - {*FIXED, "ITERATIONS"}}
     sweep = Sweep(args.out, {"steps": args.steps, "seeds": args.seeds, "config": config})
-    sweep.data["ablations"] = {n: {"change": c, "overrides": o, "switches_on": n in SWITCHED_ON}
-                               for n, (c, o) in table.items()}  # fmt: skip
+    sweep.data["ablations"] = {n: {"change": c, "overrides": o, "switches_on": n in SWITCHED_ON,
+                                   "eval_only": EVAL_ONLY.get(n)} for n, (c, o) in table.items()}  # fmt: skip
     sweep.save()
     # LOCAL_WORLD_SIZE is how train_gpt.py divides the cores between processes, as under torchrun
     base = {**os.environ, **FIXED, "ITERATIONS": str(args.steps), "LOG_DIR": str(args.logdir.resolve()),
@@ -132,8 +147,8 @@ def main() -> None:
     def job(name: str, seed: int):
         if sweep.done(name, seed):
             return
-        if name == "ttt":
-            sweep.add(name, seed, ttt_run(seed, base, args.logdir))
+        if name in EVAL_ONLY:
+            sweep.add(name, seed, eval_run(name, table[name][1], seed, base, args.logdir))
         else:
             sweep.add(name, seed, train_run(name, table[name][1], seed, base))
 

@@ -104,11 +104,15 @@ def ablation(d: dict) -> list[str]:
         r = runs.get(name, {})
         if name == "baseline" or not all(s in r for s in seeds):
             continue
-        if name == "ttt":  # the same artifact scored without TTT (the baseline run) and with it
+        sign = -1 if meta["switches_on"] else 1
+        only = meta.get("eval_only") or (("baseline", "roundtrip", "ttt") if name == "ttt" else None)
+        if only:  # the baseline's artifact scored again: against a stage of the reference row, same seed
+            ref, ref_stage, stage = only
+            if not all(s in runs.get(ref, {}) for s in seeds):
+                continue
             pre = None
-            scored = [bpb(base[s], "roundtrip") - bpb(r[s], "ttt") for s in seeds]
+            scored = [sign * (bpb(r[s], stage) - bpb(runs[ref][s], ref_stage)) for s in seeds]
         else:
-            sign = -1 if meta["switches_on"] else 1
             pre = [sign * (bpb(r[s], "prequant") - bpb(base[s], "prequant")) for s in seeds]
             scored = [sign * (bpb(r[s], "roundtrip") - bpb(base[s], "roundtrip")) for s in seeds]
         clear = all(x > spread["roundtrip"] for x in scored) or all(x < -spread["roundtrip"] for x in scored)

@@ -66,8 +66,9 @@ def test_each_ablation_changes_only_its_technique():
     switched = {"xsa": ("xsa_last_n", 0), "smear_gate": ("smear_gate", 0), "recurrence": ("num_loops", 0),
                 "parallel_residuals": ("parallel_start_layer", flag.num_layers), "ema": ("ema_decay", 0.0),
                 "sparse_attn_gate": ("sparse_attn_gate", 0), "partial_rope": ("rope_dims", 32), "gptq": ("gptq", 0),
-                "lqer": ("lqer_top_k", 0), "awq_lite": ("awq_group", 16), "ttt": ("ttt_enabled", 1)}  # fmt: skip
-    assert set(table) == {"baseline", "muoneq_r_polar", *switched}
+                "lqer": ("lqer_top_k", 0), "awq_lite": ("awq_group", 16), "ttt": ("ttt_enabled", 1),
+                "asym_logit": ("logit_asym", 0), "ngram_tilt": ("ngram_tilt", 0)}  # fmt: skip
+    assert set(table) == {"baseline", "muoneq_r_polar", "progressive_context", "short_chunks", *switched}
     for name, (_, overrides) in table.items():
         hp = tg.Hyperparameters({**env, **ablations.FIXED, **overrides})
         changed = {n.lower() for n, *_ in tg.HPARAMS if getattr(hp, n.lower()) != getattr(flag, n.lower())}
@@ -76,6 +77,12 @@ def test_each_ablation_changes_only_its_technique():
             assert changed == set()
         elif name == "muoneq_r_polar":
             assert (hp.muon_ns, hp.muon_row_norm) == ("quintic", 0) and changed == {"muon_ns", "muon_row_norm"}
+        elif name == "progressive_context":  # the CPU length, 256, reached by a quarter and a half of it
+            assert hp.seq_len_schedule_parsed == [(64, 0.1), (128, 0.7), (256, 1.0)]
+            assert changed == {"seq_len_schedule", "seq_len_warmup_steps"}
+        elif name == "short_chunks":  # on top of the TTT row
+            assert hp.ttt_enabled and hp.ttt_short_chunks_parsed == [(256, 8), (2000, 24)]
+            assert changed == {"ttt_enabled", "ttt_short_chunks"}
         else:
             attr, value = switched[name]
             assert changed == {attr} and getattr(hp, attr) == value, name
@@ -92,18 +99,27 @@ def test_ablation_table_signs_and_effects(tmp_path):
             "ema": {"change": "EMA off", "overrides": {"EMA_DECAY": "0"}, "switches_on": False},
             "lqer": {"change": "LQER off", "overrides": {"LQER_TOP_K": "0"}, "switches_on": False},
             "awq_lite": {"change": "AWQ on", "overrides": {"AWQ_GROUP": "16"}, "switches_on": True},
-            "ttt": {"change": "TTT on", "overrides": {"TTT_ENABLED": "1"}, "switches_on": True}},
+            "ttt": {"change": "TTT on", "overrides": {"TTT_ENABLED": "1"}, "switches_on": True},
+            "ngram_tilt": {"change": "tilt off", "overrides": {}, "switches_on": False,
+                           "eval_only": ["baseline", "roundtrip", "roundtrip"]},
+            "short_chunks": {"change": "short on", "overrides": {}, "switches_on": True,
+                             "eval_only": ["ttt", "ttt", "ttt"]}},
          "runs": {"baseline": {"1": run(2.0, 2.01), "2": run(2.002, 2.012)},
                   "xsa": {"1": run(2.05, 2.06), "2": run(2.04, 2.05)},  # worse without XSA: it helps
                   "ema": {"1": run(2.0, 2.0), "2": run(2.002, 2.02)},  # mixed signs
                   "lqer": {"1": run(2.0, 2.0101), "2": run(2.002, 2.05)},  # one seed within the noise
                   "awq_lite": {"1": run(2.0, 2.0), "2": run(2.002, 2.0)},  # better with AWQ on: it helps
-                  "ttt": {"1": run(2.0, 2.01, 1.9), "2": run(2.002, 2.012, 1.95)}}}  # fmt: skip
+                  "ttt": {"1": run(2.0, 2.01, 1.9), "2": run(2.002, 2.012, 1.95)},
+                  "ngram_tilt": {"1": {"stages": {"roundtrip": {"val_bpb": 2.03}}, "model_bytes": 100},
+                                 "2": {"stages": {"roundtrip": {"val_bpb": 2.032}}, "model_bytes": 100}},
+                  "short_chunks": {"1": run(2.0, 2.01, 1.89), "2": run(2.002, 2.012, 1.96)}}}  # fmt: skip
     rows = {r.split(" | ")[0][2:]: r.split(" | ") for r in report.ablation(d) if r.startswith("| ")}
     assert rows["xsa"][4] == "+0.04400" and rows["xsa"][-1] == "helps |"
     assert rows["ema"][-1] == "no clear effect |" and rows["lqer"][-1] == "no clear effect |"
     assert rows["awq_lite"][4] == "+0.01100" and rows["awq_lite"][-1] == "helps |"
     assert rows["ttt"][3] == "—" and rows["ttt"][5] == "+0.11000 / +0.06200"
+    assert rows["ngram_tilt"][3] == "—" and rows["ngram_tilt"][5] == "+0.02000 / +0.02000"  # against the baseline
+    assert rows["short_chunks"][5] == "+0.01000 / -0.01000"  # against the TTT row's TTT score
     del d["runs"]["baseline"]["2"]
     assert report.ablation(d) == []  # no baseline for every seed: nothing to compare
 
