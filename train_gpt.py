@@ -55,6 +55,13 @@ except ImportError:
 # name, type, default, allowed (inclusive (lo, hi) range, or a tuple of choices), meaning
 CASEOPS = "sp8192_lossless_caps_caseops_v1_reserved"  # the flagship's data: data/download.py --variant caseops
 HPARAMS = (
+    (
+        "PRESET",
+        str,
+        "flagship",
+        ("flagship", "1gpu", "cpu", "smoke"),
+        "named defaults (PRESETS); any variable overrides",
+    ),
     ("DATA_PATH", str, f"./data/datasets/fineweb10B_{CASEOPS}", None, "fineweb_{train,val,val_bytes}_*.bin folder"),
     ("TOKENIZER_PATH", str, f"./data/tokenizers/fineweb_8192_bpe_{CASEOPS[7:]}.model", None, "SentencePiece model"),
     ("RUN_ID", str, "", None, "name of the run's log and artifact (default: a fresh uuid)"),
@@ -180,6 +187,26 @@ HPARAMS = (
 )
 
 
+CPU_SAMPLE = "./data/datasets/sample_sp1024"  # python3 data/prepare.py builds it from ../shared/data
+CPU = {  # the flagship's techniques at 6 x 128 on the offline sample: 300 s of training on 2 cores, ~300 s of eval
+    "DATA_PATH": CPU_SAMPLE, "TOKENIZER_PATH": f"{CPU_SAMPLE}/tokenizer.model", "VOCAB_SIZE": "1024",
+    "NUM_LAYERS": "6", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "ROPE_DIMS": "8",
+    "LOOP_START": "2", "LOOP_END": "3", "PARALLEL_START_LAYER": "4", "XSA_LAST_N": "6", "TRAIN_SEQ_LEN": "256",
+    "TRAIN_BATCH_TOKENS": "4096", "GRAD_ACCUM_STEPS": "1", "WARMUP_STEPS": "0", "MAX_WALLCLOCK_SECONDS": "300",
+    "GPTQ_RESERVE_SECONDS": "10", "MUON_MOMENTUM_WARMUP_STEPS": "150", "EMA_DECAY": "0.98", "TRAIN_LOG_EVERY": "25",
+    "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "128", "VAL_BATCH_SIZE": "32768", "TTT_CONTEXT": "256",
+    "TTT_BATCH_DOCS": "16", "TTT_PHASE_DOCS": "80", "TTT_SGD_BATCH_TOKENS": "4096",
+}  # fmt: skip
+PRESETS = {
+    "flagship": {},  # the defaults: 8xH100
+    "1gpu": {"GRAD_ACCUM_STEPS": "8", "MAX_WALLCLOCK_SECONDS": "4800", "EVAL_MAX_SECONDS": "4560"},  # 8 GPUs' work
+    "cpu": CPU,
+    "smoke": {**CPU, "NUM_LAYERS": "4", "MODEL_DIM": "64", "LOOP_START": "1", "LOOP_END": "2", "XSA_LAST_N": "4",
+              "PARALLEL_START_LAYER": "3", "MAX_WALLCLOCK_SECONDS": "20", "GPTQ_RESERVE_SECONDS": "2",
+              "GPTQ_CALIBRATION_BATCHES": "4", "TRAIN_LOG_EVERY": "10", "EVAL_STRIDE": "0", "TTT_ENABLED": "0"},
+}  # fmt: skip
+
+
 class HyperparameterError(ValueError):
     """An environment variable with a value the run cannot use."""
 
@@ -219,6 +246,7 @@ class Hyperparameters:
     def __init__(self, env=None):
         env = os.environ if env is None else env
         refuse_unknown_names(env)
+        env = {**PRESETS[_parse("PRESET", str, env.get("PRESET", "flagship"), HPARAMS[0][3])], **env}
         for name, typ, default, allowed, _ in HPARAMS:
             raw = env.get(name)
             setattr(self, name.lower(), default if raw is None else _parse(name, typ, raw, allowed))

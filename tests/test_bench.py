@@ -21,9 +21,11 @@ import train_gpt as tg  # noqa: E402
 
 
 def readme_cpu_env() -> dict:
+    """The README's CPU command's variables, its preset spelled out."""
     readme = (ROOT / "README.md").read_text()
     block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL) if "python3 train_gpt.py" in b)
-    return dict(re.findall(r"([A-Z_]+)=(\S+)", block))
+    env = dict(re.findall(r"([A-Z_]+)=(\S+)", block))
+    return {**tg.PRESETS[env.get("PRESET", "flagship")], **env}
 
 
 def test_the_naive_baseline_switches_off_every_flagship_technique_at_the_same_shape():
