@@ -1059,6 +1059,16 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
     mine = [b for lo, hi in ranges for b in range(lo + rank, hi, world)]  # this rank's batches, in order
     cost = TTTCost(hp, costs, {b: [docs[d] for d in batches[b]] for b in mine} if costs else {})
     after = lambda b: [c for c in mine if c > b]  # mine is increasing
+    tokens = {b: sum(docs[d][1] for d in batches[b]) for b in mine}
+    t_start, every = time.perf_counter(), max(1, len(mine) // 10)
+
+    def progress(b: int):  # about ten lines a run: where TTT is, and when it will end at its pace so far
+        done = mine.index(b) + 1
+        if done % every == 0 or done == len(mine):
+            spent, part = time.perf_counter() - t_start, sum(tokens[c] for c in mine[:done]) / sum(tokens.values())
+            log(f"ttt_progress rank_batches:{done}/{len(mine)} rank_tokens_done:{part:.3f} elapsed_s:{spent:.0f} "
+                f"projected_s:{spent / part:.0f} deadline_left_s:{deadline - time.perf_counter():.0f}")  # fmt: skip
+
     sums, lo, scored, deferred, left_s = torch.zeros(3, dtype=torch.float64, device=device), 0, set(), [], None
     for phase, (hi, n_docs) in enumerate([*bounds, (len(batches), None)]):
         lora.reset(hp.seed + phase)
@@ -1074,6 +1084,7 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
             sums += ttt_batch(runner, lora, val, spans, hp, backend, device, record)
             cost.observe(b, time.perf_counter() - now)
             scored.update(batches[b])
+            progress(b)
         if n_docs is not None:  # every rank learns from the documents scored by all of them, cut to the boundary
             t0 = time.perf_counter()
             if world > 1:
@@ -1733,6 +1744,13 @@ def compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accu
         opt.load_state_dict(s)
 
 
+def projected_end(hp: Hyperparameters, step: int, train_ms: float, budget_ms: float) -> str:
+    """Seconds of the training cap left and the step training will stop at, at the mean step time so far."""
+    left_s = max(0.0, budget_ms - train_ms) / 1000
+    end = hp.iterations if math.isinf(left_s) else min(hp.iterations, step + int(1000 * left_s * step / train_ms))
+    return f"remaining_s:{left_s:.0f} projected_steps:{end}"
+
+
 def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log) -> dict:
     """The timed loop. The clock excludes validation; training stops before the cap (minus the calibration
     reserve) would be crossed by one more step."""
@@ -1765,7 +1783,7 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
         if step % hp.train_log_every == 0 or step <= 5:
             log(f"step:{step}/{hp.iterations} train_loss:{loss:.6f} grad_norm:{grad_norm:.4f} lr_mul:{mul:.4f} "
                 f"seq_len:{seq_len} train_time_ms:{train_ms:.0f} step_avg_ms:{train_ms / step:.2f} "
-                f"tokens:{step * hp.train_batch_tokens}")  # fmt: skip
+                f"tokens:{step * hp.train_batch_tokens} {projected_end(hp, step, train_ms, budget_ms)}")  # fmt: skip
         if hp.val_loss_every and step % hp.val_loss_every == 0:
             r = evaluate(step_model, val, hp, 0, backend, device, rank, world)
             log(f"step:{step}/{hp.iterations} val_loss:{r['val_loss']:.6f} val_bpb:{r['val_bpb']:.6f} "
@@ -1886,7 +1904,7 @@ def main():
         f"micro_batch_tokens:{hp.train_batch_tokens // (world * accum)} virtual_layers_looped:"
         f"{virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops)}")  # fmt: skip
     if hp.eval_only:  # score a saved artifact: the clock starts before it is read
-        clock = EvalClock()
+        clock = EvalClock(log)
         with clock("ngram_hints"):
             val = with_hints(val, hp, device)
         with clock("load"):
@@ -1895,7 +1913,7 @@ def main():
         return finish(log, hp, clock, finals, world)
     compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log)
     stats = train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log)
-    clock = EvalClock()  # everything after training stops counts as evaluation
+    clock = EvalClock(log)  # everything after training stops counts as evaluation
     with clock("ngram_hints"):
         val = with_hints(val, hp, device)
     log(f"train_done steps:{stats['steps']} train_time_ms:{stats['train_ms']:.0f} tokens:{stats['tokens']} "
@@ -1920,14 +1938,17 @@ def main():
 
 
 class EvalClock:
-    """Seconds by part since training stopped (or since an EVAL_ONLY run began)."""
+    """Seconds by part since training stopped (or since an EVAL_ONLY run began); with a log, each part's start
+    is a line (eval_part:NAME elapsed_s:...), so a reader sees where the evaluation is."""
 
-    def __init__(self):
-        self.t0, self.parts = time.perf_counter(), {}
+    def __init__(self, log=None):
+        self.t0, self.parts, self.log = time.perf_counter(), {}, log
 
     @contextlib.contextmanager
     def __call__(self, part: str):
         t = time.perf_counter()
+        if self.log is not None:
+            self.log(f"eval_part:{part} elapsed_s:{t - self.t0:.1f}")
         yield
         self.parts[part] = self.parts.get(part, 0.0) + time.perf_counter() - t
 

@@ -170,7 +170,7 @@ def test_cli_run_logs_source_hparams_and_final_lines(small_dataset, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     log = (tmp_path / "run.txt").read_text()
     assert log.startswith((ROOT / "train_gpt.py").read_text())  # the source that ran
-    assert "hparam NUM_LAYERS=6" in log and "hparam MATRIX_LR=0.026" in log
+    assert "hparam NUM_LAYERS=6" in log and "hparam MATRIX_LR=0.028" in log
     stop = re.search(r"stopping_early:wallclock_cap train_time_ms:(\d+)", log)
     assert stop and int(stop.group(1)) <= 3000
     calibration_end = float(re.search(r"gptq_calibration_end_s:([\d.]+)", log).group(1))
@@ -181,9 +181,16 @@ def test_cli_run_logs_source_hparams_and_final_lines(small_dataset, tmp_path):
     assert tail[0].startswith("final_prequant_exact") and tail[1].startswith("final_roundtrip_exact")
     assert re.fullmatch(r"final_roundtrip_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}", tail[1])
     assert re.fullmatch(
-        r"eval_time_s:[\d.]+ prequant_eval:[\d.]+ checkpoint:[\d.]+ quantize:[\d.]+ load:[\d.]+ roundtrip_eval:[\d.]+",
+        r"eval_time_s:[\d.]+ ngram_hints:[\d.]+ prequant_eval:[\d.]+ checkpoint:[\d.]+ quantize:[\d.]+ load:[\d.]+ "
+        r"roundtrip_eval:[\d.]+",
         tail[4],
     )
+    # progress a reader can follow: the cap left and the projected last step; each evaluation part as it starts
+    steps = re.findall(r"^step:(\d+)/\d+ train_loss:.* remaining_s:(\d+) projected_steps:(\d+)$", log, re.M)
+    assert steps and all(0 <= int(left) <= 3 for _, left, _ in steps)
+    assert int(steps[-1][2]) >= int(steps[-1][0])
+    parts = re.findall(r"^eval_part:(\w+) elapsed_s:[\d.]+$", log, re.M)
+    assert parts == ["ngram_hints", "prequant_eval", "checkpoint", "quantize", "load", "roundtrip_eval"]
     pre, post = log_values(tail[0], "val_bpb")[0], log_values(tail[1], "val_bpb")[0]
     assert abs(pre - post) < 0.05  # GPTQ int6/int7 costs little
     artifact, code = log_values(tail[2], "artifact_bytes")[0], log_values(tail[2], "code_bytes")[0]
