@@ -270,6 +270,11 @@ class Hyperparameters:
         hd = self.model_dim // self.num_heads
         need(self.rope_dims % 2 == 0 and self.rope_dims <= hd, f"ROPE_DIMS={self.rope_dims}: expected even, <= {hd}")
         need(self.gate_window <= self.model_dim, f"GATE_WINDOW={self.gate_window}: expected <= MODEL_DIM")
+        need(self.eval_stride <= self.eval_seq_len, f"EVAL_STRIDE={self.eval_stride} must be <= EVAL_SEQ_LEN="
+             f"{self.eval_seq_len}: a window can score only its own tokens (the rest would go unscored)")  # fmt: skip
+        chunk = max([self.ttt_chunk] + [c for _, c in self.ttt_short_chunks_parsed])
+        need(chunk <= self.ttt_context, f"TTT chunk {chunk} (TTT_CHUNK, TTT_SHORT_CHUNKS) must be <= TTT_CONTEXT="
+             f"{self.ttt_context}: a chunk is scored with its own tokens as context")  # fmt: skip
         if self.num_loops:
             loops = f"LOOP_START={self.loop_start}, LOOP_END={self.loop_end}"
             need(self.loop_start <= self.loop_end < self.num_layers, f"{loops}: expected start <= end < NUM_LAYERS")
