@@ -15,6 +15,7 @@ import lzma
 import math
 import os
 import queue
+import signal
 import struct
 import sys
 import threading
@@ -348,7 +349,12 @@ def load_shard(path: str, vocab_size: int | None = None) -> np.ndarray:
 def load_tokenizer(path: str, vocab_size: int) -> spm.SentencePieceProcessor:
     if not os.path.isfile(path):
         raise DataError(f"TOKENIZER_PATH={path}: no such file (expected the SentencePiece .model of the shards)")
-    sp = spm.SentencePieceProcessor(model_file=path)
+    try:
+        sp = spm.SentencePieceProcessor(model_file=path)
+    except RuntimeError:
+        raise DataError(
+            f"TOKENIZER_PATH={path}: not a SentencePiece model (expected the .model of the shards)"
+        ) from None
     if sp.vocab_size() != vocab_size or sp.bos_id() != BOS_ID:
         raise DataError(f"{path}: vocab {sp.vocab_size()}, bos {sp.bos_id()}; expected VOCAB_SIZE={vocab_size}, bos 1")
     return sp
@@ -387,8 +393,9 @@ def load_validation(hp: Hyperparameters, sp: spm.SentencePieceProcessor) -> ValD
     if not paths:
         raise DataError(f"DATA_PATH={hp.data_path}: no fineweb_val_*.bin shards")
     tokens = np.concatenate([load_shard(p, hp.vocab_size) for p in paths]).astype(np.int64)
-    if tokens[0] != BOS_ID:
-        raise DataError(f"{paths[0]}: the validation stream must start with BOS ({BOS_ID}), found {tokens[0]}")
+    if not tokens.size or tokens[0] != BOS_ID:
+        found = tokens[0] if tokens.size else "no tokens at all"
+        raise DataError(f"{paths[0]}: the validation stream must start with BOS ({BOS_ID}), found {found}")
     if sidecars := shard_paths(hp.data_path, "val_bytes"):  # transformed text (CaseOps): original bytes per token
         nbytes = np.concatenate([load_shard(p) for p in sidecars]).astype(np.int64)
         if nbytes.shape != tokens.shape:
@@ -1657,8 +1664,12 @@ class Logger:
     def __init__(self, hp: Hyperparameters, rank: int):
         self.rank, self.path = rank, Path(hp.log_dir) / f"{hp.run_id}.txt"
         if rank == 0:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.write_text("")
+            except OSError as e:
+                msg = f"LOG_DIR={hp.log_dir}: cannot write {self.path.name} there ({e.strerror})"
+                raise HyperparameterError(msg) from None
 
     def __call__(self, msg: str, console: bool = True):
         if self.rank != 0:
@@ -1882,8 +1893,21 @@ def maybe_compile(model: GPT, hp: Hyperparameters, device):
 
 def main():
     hp = Hyperparameters()
+    if hp.eval_only and not Path(hp.eval_only).is_file():
+        raise ArtifactError(f"EVAL_ONLY={hp.eval_only}: no such file (expected a <RUN_ID>.ptz artifact)")
     rank, world, _, device = setup_distributed()
     log = Logger(hp, rank)
+    try:
+        run(hp, rank, world, device, log)
+    except (HyperparameterError, DataError, ArtifactError) as e:
+        log(f"error: {e}", console=False)  # the run's log says how it ended, not only the console
+        raise
+    except KeyboardInterrupt:
+        log(f"error: interrupted; kept: {', '.join(sorted(p.name for p in Path(hp.log_dir).glob(hp.run_id + '.*')))}")
+        raise
+
+
+def run(hp: Hyperparameters, rank: int, world: int, device, log):
     source = Path(__file__).read_bytes()  # the file that runs is the counted code, read once at start
     log(source.decode(), console=False)
     log(f"python:{sys.version.split()[0]} torch:{torch.__version__} device:{device.type} world_size:{world}")
@@ -1993,7 +2017,13 @@ def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, cloc
     shape is compiled (and timed, for the deadline) on random tokens first. Returns its final lines."""
     with clock("load"):
         fresh = GPT(hp).to(device)
-        fresh.load_state_dict(dequantize_model(deserialize(blob), device), strict=True)
+        try:
+            fresh.load_state_dict(dequantize_model(deserialize(blob), device), strict=True)
+        except RuntimeError as e:  # a shape or a tensor the configuration does not have
+            detail = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+            raise ArtifactError(
+                f"the artifact does not fit this configuration (same env as its run?): {detail}"
+            ) from None
         fresh.looping = hp.num_loops > 0
         scorer = maybe_compile(fresh, hp, device)
     plain_pass, lora, costs = not hp.ttt_enabled or hp.eval_diagnostics, None, None
@@ -2033,8 +2063,11 @@ def finish(log, hp, clock: EvalClock, finals: list[str], world: int):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))  # a scheduler's stop ends the run like Ctrl-C
     try:
         main()
     except (HyperparameterError, DataError, ArtifactError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (below): what was saved stays, the log says so
+        sys.exit(130)
