@@ -15,6 +15,7 @@ import lzma
 import math
 import os
 import queue
+import signal
 import struct
 import sys
 import threading
@@ -55,6 +56,13 @@ except ImportError:
 # name, type, default, allowed (inclusive (lo, hi) range, or a tuple of choices), meaning
 CASEOPS = "sp8192_lossless_caps_caseops_v1_reserved"  # the flagship's data: data/download.py --variant caseops
 HPARAMS = (
+    (
+        "PRESET",
+        str,
+        "flagship",
+        ("flagship", "1gpu", "cpu", "smoke"),
+        "named defaults (PRESETS); any variable overrides",
+    ),
     ("DATA_PATH", str, f"./data/datasets/fineweb10B_{CASEOPS}", None, "fineweb_{train,val,val_bytes}_*.bin folder"),
     ("TOKENIZER_PATH", str, f"./data/tokenizers/fineweb_8192_bpe_{CASEOPS[7:]}.model", None, "SentencePiece model"),
     ("RUN_ID", str, "", None, "name of the run's log and artifact (default: a fresh uuid)"),
@@ -180,6 +188,26 @@ HPARAMS = (
 )
 
 
+CPU_SAMPLE = "./data/datasets/sample_sp1024"  # python3 data/prepare.py builds it from ../shared/data
+CPU = {  # the flagship's techniques at 6 x 128 on the offline sample: 300 s of training on 2 cores, ~300 s of eval
+    "DATA_PATH": CPU_SAMPLE, "TOKENIZER_PATH": f"{CPU_SAMPLE}/tokenizer.model", "VOCAB_SIZE": "1024",
+    "NUM_LAYERS": "6", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "ROPE_DIMS": "8",
+    "LOOP_START": "2", "LOOP_END": "3", "PARALLEL_START_LAYER": "4", "XSA_LAST_N": "6", "TRAIN_SEQ_LEN": "256",
+    "TRAIN_BATCH_TOKENS": "4096", "GRAD_ACCUM_STEPS": "1", "WARMUP_STEPS": "0", "MAX_WALLCLOCK_SECONDS": "300",
+    "GPTQ_RESERVE_SECONDS": "10", "MUON_MOMENTUM_WARMUP_STEPS": "150", "EMA_DECAY": "0.98", "TRAIN_LOG_EVERY": "25",
+    "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "128", "VAL_BATCH_SIZE": "32768", "TTT_CONTEXT": "256",
+    "TTT_BATCH_DOCS": "16", "TTT_PHASE_DOCS": "80", "TTT_SGD_BATCH_TOKENS": "4096",
+}  # fmt: skip
+PRESETS = {
+    "flagship": {},  # the defaults: 8xH100
+    "1gpu": {"GRAD_ACCUM_STEPS": "8", "MAX_WALLCLOCK_SECONDS": "4800", "EVAL_MAX_SECONDS": "4560"},  # 8 GPUs' work
+    "cpu": CPU,
+    "smoke": {**CPU, "NUM_LAYERS": "4", "MODEL_DIM": "64", "LOOP_START": "1", "LOOP_END": "2", "XSA_LAST_N": "4",
+              "PARALLEL_START_LAYER": "3", "MAX_WALLCLOCK_SECONDS": "20", "GPTQ_RESERVE_SECONDS": "2",
+              "GPTQ_CALIBRATION_BATCHES": "4", "TRAIN_LOG_EVERY": "10", "EVAL_STRIDE": "0", "TTT_ENABLED": "0"},
+}  # fmt: skip
+
+
 class HyperparameterError(ValueError):
     """An environment variable with a value the run cannot use."""
 
@@ -219,6 +247,7 @@ class Hyperparameters:
     def __init__(self, env=None):
         env = os.environ if env is None else env
         refuse_unknown_names(env)
+        env = {**PRESETS[_parse("PRESET", str, env.get("PRESET", "flagship"), HPARAMS[0][3])], **env}
         for name, typ, default, allowed, _ in HPARAMS:
             raw = env.get(name)
             setattr(self, name.lower(), default if raw is None else _parse(name, typ, raw, allowed))
@@ -242,6 +271,11 @@ class Hyperparameters:
         hd = self.model_dim // self.num_heads
         need(self.rope_dims % 2 == 0 and self.rope_dims <= hd, f"ROPE_DIMS={self.rope_dims}: expected even, <= {hd}")
         need(self.gate_window <= self.model_dim, f"GATE_WINDOW={self.gate_window}: expected <= MODEL_DIM")
+        need(self.eval_stride <= self.eval_seq_len, f"EVAL_STRIDE={self.eval_stride} must be <= EVAL_SEQ_LEN="
+             f"{self.eval_seq_len}: a window can score only its own tokens (the rest would go unscored)")  # fmt: skip
+        chunk = max([self.ttt_chunk] + [c for _, c in self.ttt_short_chunks_parsed])
+        need(chunk <= self.ttt_context, f"TTT chunk {chunk} (TTT_CHUNK, TTT_SHORT_CHUNKS) must be <= TTT_CONTEXT="
+             f"{self.ttt_context}: a chunk is scored with its own tokens as context")  # fmt: skip
         if self.num_loops:
             loops = f"LOOP_START={self.loop_start}, LOOP_END={self.loop_end}"
             need(self.loop_start <= self.loop_end < self.num_layers, f"{loops}: expected start <= end < NUM_LAYERS")
@@ -315,7 +349,12 @@ def load_shard(path: str, vocab_size: int | None = None) -> np.ndarray:
 def load_tokenizer(path: str, vocab_size: int) -> spm.SentencePieceProcessor:
     if not os.path.isfile(path):
         raise DataError(f"TOKENIZER_PATH={path}: no such file (expected the SentencePiece .model of the shards)")
-    sp = spm.SentencePieceProcessor(model_file=path)
+    try:
+        sp = spm.SentencePieceProcessor(model_file=path)
+    except RuntimeError:
+        raise DataError(
+            f"TOKENIZER_PATH={path}: not a SentencePiece model (expected the .model of the shards)"
+        ) from None
     if sp.vocab_size() != vocab_size or sp.bos_id() != BOS_ID:
         raise DataError(f"{path}: vocab {sp.vocab_size()}, bos {sp.bos_id()}; expected VOCAB_SIZE={vocab_size}, bos 1")
     return sp
@@ -354,8 +393,9 @@ def load_validation(hp: Hyperparameters, sp: spm.SentencePieceProcessor) -> ValD
     if not paths:
         raise DataError(f"DATA_PATH={hp.data_path}: no fineweb_val_*.bin shards")
     tokens = np.concatenate([load_shard(p, hp.vocab_size) for p in paths]).astype(np.int64)
-    if tokens[0] != BOS_ID:
-        raise DataError(f"{paths[0]}: the validation stream must start with BOS ({BOS_ID}), found {tokens[0]}")
+    if not tokens.size or tokens[0] != BOS_ID:
+        found = tokens[0] if tokens.size else "no tokens at all"
+        raise DataError(f"{paths[0]}: the validation stream must start with BOS ({BOS_ID}), found {found}")
     if sidecars := shard_paths(hp.data_path, "val_bytes"):  # transformed text (CaseOps): original bytes per token
         nbytes = np.concatenate([load_shard(p) for p in sidecars]).astype(np.int64)
         if nbytes.shape != tokens.shape:
@@ -1031,6 +1071,16 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
     mine = [b for lo, hi in ranges for b in range(lo + rank, hi, world)]  # this rank's batches, in order
     cost = TTTCost(hp, costs, {b: [docs[d] for d in batches[b]] for b in mine} if costs else {})
     after = lambda b: [c for c in mine if c > b]  # mine is increasing
+    tokens = {b: sum(docs[d][1] for d in batches[b]) for b in mine}
+    t_start, every = time.perf_counter(), max(1, len(mine) // 10)
+
+    def progress(b: int):  # about ten lines a run: where TTT is, and when it will end at its pace so far
+        done = mine.index(b) + 1
+        if done % every == 0 or done == len(mine):
+            spent, part = time.perf_counter() - t_start, sum(tokens[c] for c in mine[:done]) / sum(tokens.values())
+            log(f"ttt_progress rank_batches:{done}/{len(mine)} rank_tokens_done:{part:.3f} elapsed_s:{spent:.0f} "
+                f"projected_s:{spent / part:.0f} deadline_left_s:{deadline - time.perf_counter():.0f}")  # fmt: skip
+
     sums, lo, scored, deferred, left_s = torch.zeros(3, dtype=torch.float64, device=device), 0, set(), [], None
     for phase, (hi, n_docs) in enumerate([*bounds, (len(batches), None)]):
         lora.reset(hp.seed + phase)
@@ -1046,6 +1096,7 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
             sums += ttt_batch(runner, lora, val, spans, hp, backend, device, record)
             cost.observe(b, time.perf_counter() - now)
             scored.update(batches[b])
+            progress(b)
         if n_docs is not None:  # every rank learns from the documents scored by all of them, cut to the boundary
             t0 = time.perf_counter()
             if world > 1:
@@ -1613,8 +1664,12 @@ class Logger:
     def __init__(self, hp: Hyperparameters, rank: int):
         self.rank, self.path = rank, Path(hp.log_dir) / f"{hp.run_id}.txt"
         if rank == 0:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.write_text("")
+            except OSError as e:
+                msg = f"LOG_DIR={hp.log_dir}: cannot write {self.path.name} there ({e.strerror})"
+                raise HyperparameterError(msg) from None
 
     def __call__(self, msg: str, console: bool = True):
         if self.rank != 0:
@@ -1705,6 +1760,13 @@ def compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accu
         opt.load_state_dict(s)
 
 
+def projected_end(hp: Hyperparameters, step: int, train_ms: float, budget_ms: float) -> str:
+    """Seconds of the training cap left and the step training will stop at, at the mean step time so far."""
+    left_s = max(0.0, budget_ms - train_ms) / 1000
+    end = hp.iterations if math.isinf(left_s) else min(hp.iterations, step + int(1000 * left_s * step / train_ms))
+    return f"remaining_s:{left_s:.0f} projected_steps:{end}"
+
+
 def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log) -> dict:
     """The timed loop. The clock excludes validation; training stops before the cap (minus the calibration
     reserve) would be crossed by one more step."""
@@ -1737,7 +1799,7 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
         if step % hp.train_log_every == 0 or step <= 5:
             log(f"step:{step}/{hp.iterations} train_loss:{loss:.6f} grad_norm:{grad_norm:.4f} lr_mul:{mul:.4f} "
                 f"seq_len:{seq_len} train_time_ms:{train_ms:.0f} step_avg_ms:{train_ms / step:.2f} "
-                f"tokens:{step * hp.train_batch_tokens}")  # fmt: skip
+                f"tokens:{step * hp.train_batch_tokens} {projected_end(hp, step, train_ms, budget_ms)}")  # fmt: skip
         if hp.val_loss_every and step % hp.val_loss_every == 0:
             r = evaluate(step_model, val, hp, 0, backend, device, rank, world)
             log(f"step:{step}/{hp.iterations} val_loss:{r['val_loss']:.6f} val_bpb:{r['val_bpb']:.6f} "
@@ -1831,8 +1893,21 @@ def maybe_compile(model: GPT, hp: Hyperparameters, device):
 
 def main():
     hp = Hyperparameters()
+    if hp.eval_only and not Path(hp.eval_only).is_file():
+        raise ArtifactError(f"EVAL_ONLY={hp.eval_only}: no such file (expected a <RUN_ID>.ptz artifact)")
     rank, world, _, device = setup_distributed()
     log = Logger(hp, rank)
+    try:
+        run(hp, rank, world, device, log)
+    except (HyperparameterError, DataError, ArtifactError) as e:
+        log(f"error: {e}", console=False)  # the run's log says how it ended, not only the console
+        raise
+    except KeyboardInterrupt:
+        log(f"error: interrupted; kept: {', '.join(sorted(p.name for p in Path(hp.log_dir).glob(hp.run_id + '.*')))}")
+        raise
+
+
+def run(hp: Hyperparameters, rank: int, world: int, device, log):
     source = Path(__file__).read_bytes()  # the file that runs is the counted code, read once at start
     log(source.decode(), console=False)
     log(f"python:{sys.version.split()[0]} torch:{torch.__version__} device:{device.type} world_size:{world}")
@@ -1858,7 +1933,7 @@ def main():
         f"micro_batch_tokens:{hp.train_batch_tokens // (world * accum)} virtual_layers_looped:"
         f"{virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops)}")  # fmt: skip
     if hp.eval_only:  # score a saved artifact: the clock starts before it is read
-        clock = EvalClock()
+        clock = EvalClock(log)
         with clock("ngram_hints"):
             val = with_hints(val, hp, device)
         with clock("load"):
@@ -1867,7 +1942,7 @@ def main():
         return finish(log, hp, clock, finals, world)
     compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log)
     stats = train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log)
-    clock = EvalClock()  # everything after training stops counts as evaluation
+    clock = EvalClock(log)  # everything after training stops counts as evaluation
     with clock("ngram_hints"):
         val = with_hints(val, hp, device)
     log(f"train_done steps:{stats['steps']} train_time_ms:{stats['train_ms']:.0f} tokens:{stats['tokens']} "
@@ -1892,14 +1967,17 @@ def main():
 
 
 class EvalClock:
-    """Seconds by part since training stopped (or since an EVAL_ONLY run began)."""
+    """Seconds by part since training stopped (or since an EVAL_ONLY run began); with a log, each part's start
+    is a line (eval_part:NAME elapsed_s:...), so a reader sees where the evaluation is."""
 
-    def __init__(self):
-        self.t0, self.parts = time.perf_counter(), {}
+    def __init__(self, log=None):
+        self.t0, self.parts, self.log = time.perf_counter(), {}, log
 
     @contextlib.contextmanager
     def __call__(self, part: str):
         t = time.perf_counter()
+        if self.log is not None:
+            self.log(f"eval_part:{part} elapsed_s:{t - self.t0:.1f}")
         yield
         self.parts[part] = self.parts.get(part, 0.0) + time.perf_counter() - t
 
@@ -1939,7 +2017,13 @@ def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, cloc
     shape is compiled (and timed, for the deadline) on random tokens first. Returns its final lines."""
     with clock("load"):
         fresh = GPT(hp).to(device)
-        fresh.load_state_dict(dequantize_model(deserialize(blob), device), strict=True)
+        try:
+            fresh.load_state_dict(dequantize_model(deserialize(blob), device), strict=True)
+        except RuntimeError as e:  # a shape or a tensor the configuration does not have
+            detail = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+            raise ArtifactError(
+                f"the artifact does not fit this configuration (same env as its run?): {detail}"
+            ) from None
         fresh.looping = hp.num_loops > 0
         scorer = maybe_compile(fresh, hp, device)
     plain_pass, lora, costs = not hp.ttt_enabled or hp.eval_diagnostics, None, None
@@ -1979,8 +2063,11 @@ def finish(log, hp, clock: EvalClock, finals: list[str], world: int):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))  # a scheduler's stop ends the run like Ctrl-C
     try:
         main()
     except (HyperparameterError, DataError, ArtifactError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (below): what was saved stays, the log says so
+        sys.exit(130)

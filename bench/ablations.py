@@ -6,7 +6,7 @@ Training ablations change the model or optimizer; the quantization ablations (GP
 same model again (CPU training is deterministic for a seed, which the identical pre-quantization scores show)
 and differ only in the export; TTT is ablated by scoring each baseline artifact with `EVAL_ONLY` and TTT on.
 
-    env <README CPU configuration> python3 bench/ablations.py --out bench/results/ablations_cpu.json \
+    PRESET=cpu python3 bench/ablations.py --out bench/results/ablations_cpu.json \
         [--steps 200] [--seeds 1337 42] [--jobs 2] [--only xsa ema]
 
 Results are saved after every run and finished runs are skipped on a rerun (the logs and artifacts stay in
@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tools.record import final_scores, parse_log, run_train_gpt  # noqa: E402
-from train_gpt import HPARAMS  # noqa: E402
+from train_gpt import HPARAMS, Hyperparameters  # noqa: E402
 
 FIXED = {
     "MAX_WALLCLOCK_SECONDS": "0",
@@ -53,8 +53,8 @@ def ablations(env: dict) -> dict[str, tuple[str, dict]]:
     progressive context takes a quarter, a half, then all of the length over the flagship's fractions (its thirds,
     1024 and 2048 of 3072, would not divide the CPU batch), its LR ramp scaled from 32 of about 4,900 steps; the
     short-document chunks are #2014's."""
-    heads, dim, layers = int(env.get("NUM_HEADS", 8)), int(env.get("MODEL_DIM", 512)), env.get("NUM_LAYERS", "11")
-    n = int(env.get("TRAIN_SEQ_LEN", 3072))
+    hp = Hyperparameters({k: v for k, v in env.items() if k in {h[0] for h in HPARAMS}})  # presets resolved
+    heads, dim, layers, n = hp.num_heads, hp.model_dim, str(hp.num_layers), hp.train_seq_len
     return {
         "baseline": ("nothing (the configuration as given)", {}),
         "xsa": ("XSA off", {"XSA_LAST_N": "0"}),

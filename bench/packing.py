@@ -8,7 +8,7 @@ values drawn from the histogram of the checkpoint matrix of the same role, so ab
 size). The flagship-shaped set also times the fit-to-budget export at flagship size on CPU: budget = its natural
 size less the 1.04% the measured flagship was over (bench/RESULTS.md, GPU check).
 
-    env <README CPU configuration> OMP_NUM_THREADS=1 python3 bench/packing.py --checkpoint logs/<run>.float.pt \
+    PRESET=cpu OMP_NUM_THREADS=1 python3 bench/packing.py --checkpoint logs/<run>.float.pt \
         --out bench/results/packing.json
 """
 

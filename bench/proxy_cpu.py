@@ -7,7 +7,7 @@ gates, full RoPE, q gain 1.5, ReLU^2 MLP 2x, plain Muon (fixed quintic coefficie
 weight decay) with the baseline's learning rates, no EMA, none of XSA / SmearGate / sparse gate / parallel
 lanes / recurrence / layer-norm scale, int8 per-row round-to-nearest + zlib, no TTT.
 
-    env <README CPU configuration> python3 bench/proxy_cpu.py --out bench/results/proxy_cpu.json [--seeds 1337]
+    PRESET=cpu python3 bench/proxy_cpu.py --out bench/results/proxy_cpu.json [--seeds 1337]
 
 Runs one configuration at a time (concurrent CPU runs distort the clock).
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import train_gpt as tg  # noqa: E402
 from tools.record import parse_log, run_train_gpt  # noqa: E402
 
 NAIVE = {
@@ -42,8 +43,8 @@ NAIVE = {
 
 def naive_overrides(env: dict) -> dict:
     """NAIVE plus what depends on the shape: full RoPE over the head, no parallel lanes."""
-    heads, dim, layers = int(env.get("NUM_HEADS", 8)), int(env.get("MODEL_DIM", 512)), env.get("NUM_LAYERS", "11")
-    return {**NAIVE, "ROPE_DIMS": str(dim // heads), "PARALLEL_START_LAYER": layers}
+    hp = tg.Hyperparameters({k: v for k, v in env.items() if k in {h[0] for h in tg.HPARAMS}})  # presets resolved
+    return {**NAIVE, "ROPE_DIMS": str(hp.model_dim // hp.num_heads), "PARALLEL_START_LAYER": str(hp.num_layers)}
 
 
 def run(name: str, overrides: dict, seed: int, logdir: Path) -> dict:

@@ -6,7 +6,7 @@ Trains with the configuration in the environment (e.g. the README's CPU configur
 script's own training loop, then quantizes the same EMA weights with each variant and evaluates the
 rebuilt model on the validation split with the script's evaluation:
 
-    env <README CPU configuration> python3 bench/quantization.py --out bench/results/quantization_cpu.json \
+    PRESET=cpu python3 bench/quantization.py --out bench/results/quantization_cpu.json \
         [--checkpoint <file>.pt]   # saved on the first run, then reused: the variants see the same weights
 """
 

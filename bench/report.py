@@ -11,7 +11,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-CPU_ENV = "env <README CPU configuration>"
+CPU_ENV = "PRESET=cpu"  # the README CPU configuration, as a preset
 
 
 def load(name: str) -> dict | None:
@@ -332,6 +332,10 @@ def main() -> None:
                      load("classical.json"), classical)  # fmt: skip
     abl_cmd = f"{CPU_ENV} python3 bench/ablations.py --out bench/results/ablations_cpu.json --steps 200 --jobs 2"
     lines += section("Ablations: one technique off at a time", abl_cmd, cpu, load("ablations_cpu.json"), ablation)
+    stack_cmd = (f"{CPU_ENV} python3 bench/ablations.py --out bench/results/ablations_stack_cpu.json --steps 200 "
+                 "--jobs 2 --only asym_logit progressive_context ngram_tilt ttt short_chunks")  # fmt: skip
+    lines += section("Ablations of the final stack (the defaults since 2026-11-26)", stack_cmd, cpu,
+                     load("ablations_stack_cpu.json"), ablation)  # fmt: skip
     quant_cmd = f"{CPU_ENV} python3 bench/quantization.py --out bench/results/quantization_cpu.json"
     lines += section("Quantization", quant_cmd, cpu, load("quantization_cpu.json"), quantization)
     lines += section("Packing: compressed bytes against the entropy of the stored symbols", quant_cmd, cpu,

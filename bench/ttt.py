@@ -4,7 +4,7 @@ Each variant is a separate `EVAL_ONLY=<artifact> python3 train_gpt.py` run with 
 environment (the one the artifact was trained with, e.g. the README's CPU configuration) plus the variant's
 overrides, so what is measured is exactly the script's evaluation, its eval clock included:
 
-    env <README CPU configuration> python3 bench/ttt.py --artifact logs/<run>.ptz --out bench/results/ttt_cpu.json
+    PRESET=cpu python3 bench/ttt.py --artifact logs/<run>.ptz --out bench/results/ttt_cpu.json
 
 Runs one variant at a time (concurrent CPU runs oversubscribe the cores and distort the clock).
 """

@@ -89,6 +89,9 @@ class ShardWriter:
         decode to other text (SentencePiece's NFKC and whitespace normalisation): bytes are charged
         on the decoded text, so that difference must be visible."""
         batch = []
+        from tqdm import tqdm  # a bar on a terminal only: logs and tests stay greppable
+
+        progress = tqdm(desc=f"encode {self.kind}", unit="doc", disable=None, leave=False)
         for text in itertools.chain(texts, [None]):  # None flushes the last batch
             if text is not None:
                 batch.append(text)
@@ -96,7 +99,9 @@ class ShardWriter:
                 for doc, ids in zip(batch, tok.encode_docs(sp, batch, use_caseops)):
                     self.add(ids)
                     self.normalized += count_normalized and tok.decode_doc(sp, ids, use_caseops) != doc
+                progress.update(len(batch))
                 batch = []
+        progress.close()
         self.flush()
 
     def add(self, ids: list[int]) -> None:

@@ -451,6 +451,9 @@ def test_ema_closed_form_and_copy_to():
         ({"PARALLEL_START_LAYER": "4"}, ["PARALLEL_START_LAYER", "4", "LOOP_END"]),
         ({"TTT_SHORT_CHUNKS": "256:8,100:4"}, ["TTT_SHORT_CHUNKS", "increasing"]),
         ({"NUM_LAYER": "4"}, ["NUM_LAYER is not a setting", "did you mean NUM_LAYERS?"]),  # misspelt: never ignored
+        ({"EVAL_STRIDE": "512", "EVAL_SEQ_LEN": "128"}, ["EVAL_STRIDE=512 must be <= EVAL_SEQ_LEN=128", "unscored"]),
+        ({"TTT_CHUNK": "64", "TTT_CONTEXT": "32"}, ["TTT chunk 64", "must be <= TTT_CONTEXT=32"]),
+        ({"TTT_SHORT_CHUNKS": "100:48", "TTT_CONTEXT": "40", "TTT_CHUNK": "8"}, ["TTT chunk 48", "TTT_CONTEXT=40"]),
         ({"MATRIXLR": "0.1"}, ["MATRIXLR is not a setting", "did you mean MATRIX_LR?"]),
         ({"TTT_LORA_RANKS": "8"}, ["TTT_LORA_RANKS", "did you mean TTT_LORA_RANK?"]),
         ({"NGRAM_BETA": "2"}, ["NGRAM_BETA", "did you mean NGRAM_"]),  # our prefix: always one of ours

@@ -11,7 +11,9 @@ def test_ci_runs_the_readme_test_command():
     blocks = re.findall(r"```bash\n(.*?)```", readme, re.DOTALL)
     commands = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
-    assert ci[-1].strip() in commands and "pytest" in ci[-1]
+    assert ci[-1].strip() == "python3 tools/start.py test" and ci[-1].strip() in commands  # the README's second
+    start = (ROOT / "tools" / "start.py").read_text()
+    assert '"-m", "pytest", "-q")' in start and '"ruff", "check"' in start  # and it lints, then runs the suite
 
 
 def test_requirements_are_cpu_installable():
@@ -29,8 +31,7 @@ def test_readme_cpu_configuration_is_valid():
     block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL) if "python3 train_gpt.py" in b)
     env = dict(re.findall(r"([A-Z_]+)=(\S+)", block))
     hp = tg.Hyperparameters(env)
-    names = {name for name, *_ in tg.HPARAMS}
-    assert set(env) <= names and hp.data_path == "data/datasets/sample_sp1024"
+    assert env == {"PRESET": "cpu"} and hp.data_path == "./data/datasets/sample_sp1024"
     assert hp.vocab_size == 1024 and hp.num_loops == 2 and hp.smear_gate and hp.sparse_attn_gate and hp.xsa_last_n == 6
     assert tg.grad_accum_steps(hp, 1) == 1
 

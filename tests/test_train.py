@@ -170,7 +170,7 @@ def test_cli_run_logs_source_hparams_and_final_lines(small_dataset, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     log = (tmp_path / "run.txt").read_text()
     assert log.startswith((ROOT / "train_gpt.py").read_text())  # the source that ran
-    assert "hparam NUM_LAYERS=6" in log and "hparam MATRIX_LR=0.026" in log
+    assert "hparam NUM_LAYERS=6" in log and "hparam MATRIX_LR=0.028" in log
     stop = re.search(r"stopping_early:wallclock_cap train_time_ms:(\d+)", log)
     assert stop and int(stop.group(1)) <= 3000
     calibration_end = float(re.search(r"gptq_calibration_end_s:([\d.]+)", log).group(1))
@@ -181,9 +181,16 @@ def test_cli_run_logs_source_hparams_and_final_lines(small_dataset, tmp_path):
     assert tail[0].startswith("final_prequant_exact") and tail[1].startswith("final_roundtrip_exact")
     assert re.fullmatch(r"final_roundtrip_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}", tail[1])
     assert re.fullmatch(
-        r"eval_time_s:[\d.]+ prequant_eval:[\d.]+ checkpoint:[\d.]+ quantize:[\d.]+ load:[\d.]+ roundtrip_eval:[\d.]+",
+        r"eval_time_s:[\d.]+ ngram_hints:[\d.]+ prequant_eval:[\d.]+ checkpoint:[\d.]+ quantize:[\d.]+ load:[\d.]+ "
+        r"roundtrip_eval:[\d.]+",
         tail[4],
     )
+    # progress a reader can follow: the cap left and the projected last step; each evaluation part as it starts
+    steps = re.findall(r"^step:(\d+)/\d+ train_loss:.* remaining_s:(\d+) projected_steps:(\d+)$", log, re.M)
+    assert steps and all(0 <= int(left) <= 3 for _, left, _ in steps)
+    assert int(steps[-1][2]) >= int(steps[-1][0])
+    parts = re.findall(r"^eval_part:(\w+) elapsed_s:[\d.]+$", log, re.M)
+    assert parts == ["ngram_hints", "prequant_eval", "checkpoint", "quantize", "load", "roundtrip_eval"]
     pre, post = log_values(tail[0], "val_bpb")[0], log_values(tail[1], "val_bpb")[0]
     assert abs(pre - post) < 0.05  # GPTQ int6/int7 costs little
     artifact, code = log_values(tail[2], "artifact_bytes")[0], log_values(tail[2], "code_bytes")[0]
@@ -236,3 +243,69 @@ def test_two_process_torchrun_matches_one_process_with_accumulation(small_datase
     val1 = log_values(log1.split("final_prequant_exact")[1], "val_loss")[0]
     val2 = log_values(log2.split("final_prequant_exact")[1], "val_loss")[0]
     assert val1 == pytest.approx(val2, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- bad input and interrupts
+
+
+def tiny_artifact(path: Path, **over) -> Path:
+    """An artifact of the toy configuration (random weights, round to nearest), without a training run."""
+    hp = tiny_hp(**over)
+    torch.manual_seed(0)
+    packed = tg.quantize_model(tg.GPT(hp).state_dict(), None, hp, log=lambda _: None)
+    path.write_bytes(tg.serialize(packed, "zlib")[0])
+    return path
+
+
+def test_bad_inputs_end_in_one_error_line_without_a_traceback(small_dataset, tmp_path):
+    """Each case: exit 2, one `error:` line naming what was wrong, no traceback; once the log exists, it says so."""
+    not_model = tmp_path / "not_a.model"
+    not_model.write_bytes(b"this is not a sentencepiece model")
+    empty_val = tmp_path / "empty_val"
+    empty_val.mkdir()
+    for f in small_dataset.iterdir():
+        (empty_val / f.name).symlink_to(f)
+    (empty_val / "fineweb_val_000000.bin").unlink()
+    header = np.zeros(tg.HEADER_INTS, "<i4")
+    header[:3] = tg.SHARD_MAGIC, tg.SHARD_VERSION, 0
+    (empty_val / "fineweb_val_000000.bin").write_bytes(header.tobytes())
+    (tmp_path / "a_file").write_text("")
+    cases = {
+        "missing_artifact": ({"EVAL_ONLY": str(tmp_path / "missing.ptz")}, "EVAL_ONLY=", "no such file"),
+        "other_shape": ({"EVAL_ONLY": str(tiny_artifact(tmp_path / "w96.ptz", MODEL_DIM=96)), "EVAL_STRIDE": "0"},
+                        "does not fit this configuration", "size mismatch"),
+        "not_a_tokenizer": ({"TOKENIZER_PATH": str(not_model)}, "TOKENIZER_PATH=", "not a SentencePiece model"),
+        "empty_val_shard": ({"DATA_PATH": str(empty_val)}, "fineweb_val_000000.bin", "found no tokens at all"),
+        "log_dir_under_a_file": ({"LOG_DIR": str(tmp_path / "a_file" / "logs")}, "LOG_DIR=", "cannot write"),
+    }  # fmt: skip
+    for name, (env, *parts) in cases.items():
+        p = run_script({"RUN_ID": name, **env}, small_dataset, tmp_path, timeout=120)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and "Traceback" not in p.stderr, (name, p.stderr[-2000:])
+        assert lines[-1].startswith("error: ") and all(part in lines[-1] for part in parts), (name, lines[-1])
+        log = tmp_path / f"{name}.txt"
+        if log.is_file() and name != "missing_artifact":  # refused before the log: nothing written
+            assert log.read_text().strip().splitlines()[-1] == lines[-1], name
+
+
+def test_an_interrupt_ends_the_run_with_what_it_saved_and_says_so(small_dataset, tmp_path):
+    """SIGINT (and SIGTERM, the same handler) during training: exit 130, no traceback, the log's last line."""
+    import signal
+    import time
+
+    data = {"DATA_PATH": str(small_dataset), "TOKENIZER_PATH": str(small_dataset / "tokenizer.model")}
+    env = {**os.environ, **TINY, **data, "LOG_DIR": str(tmp_path), "RUN_ID": "stop", "ITERATIONS": "100000",
+           "MAX_WALLCLOCK_SECONDS": "600"}  # fmt: skip
+    log = tmp_path / "stop.txt"
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        log.unlink(missing_ok=True)
+        p = subprocess.Popen([sys.executable, str(ROOT / "train_gpt.py")], env=env, cwd=tmp_path, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        deadline = time.time() + 120
+        while not (log.is_file() and "step:5/" in log.read_text(errors="ignore")) and time.time() < deadline:
+            time.sleep(0.5)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
+        last = log.read_text().strip().splitlines()[-1]
+        assert last.startswith("error: interrupted; kept: ") and "stop.txt" in last

@@ -244,6 +244,10 @@ def test_eval_only_scores_a_saved_artifact_and_reports_the_clock(small_dataset, 
     ttt = (tmp_path / "ttt.txt").read_text()  # with TTT the score is TTT's alone: no plain pass runs
     assert re.search(r"^ttt_adapted_docs:8/8$", ttt, re.M) and re.search(r"^final_ttt_exact val_loss:", ttt, re.M)
     assert not re.search(r"^(final_roundtrip_exact|roundtrip_eval|eval_deadline_hit)", ttt, re.M)
+    # TTT says where it is: batches done of this rank's, the share of its tokens, and the projected end
+    progress = re.findall(r"^ttt_progress rank_batches:(\d+)/(\d+) rank_tokens_done:([\d.]+) elapsed_s:\d+ "
+                          r"projected_s:\d+ deadline_left_s:-?\d+$", ttt, re.M)  # fmt: skip
+    assert progress and progress[-1][0] == progress[-1][1] and float(progress[-1][2]) == 1.0
 
 
 # ----------------------------------------------------------------------------- the eval deadline

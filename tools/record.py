@@ -132,7 +132,7 @@ def parse_log(path: Path) -> RunLog:
         val_tokens=int(val.group(1)), val_docs=int(val.group(2)), val_bytes=int(val.group(3)),
         device=env.group(2), world_size=int(env.group(3)), torch_version=env.group(1),
         curve=[(int(s), float(loss), int(ms) / 1000, int(tok)) for s, loss, ms, tok in re.findall(
-            rf"^step:(\d+)/\d+ train_loss:{NUM} .*?train_time_ms:(\d+) .*?tokens:(\d+)$", text, re.M)],
+            rf"^step:(\d+)/\d+ train_loss:{NUM} .*?train_time_ms:(\d+) .*?tokens:(\d+)(?: .*)?$", text, re.M)],
         val_curve=[(int(s), float(loss), float(bpb), int(ms) / 1000) for s, loss, bpb, ms in re.findall(
             rf"^step:(\d+)/\d+ val_loss:{NUM} val_bpb:{NUM} train_time_ms:(\d+)$", text, re.M)],
     )  # fmt: skip
