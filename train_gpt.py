@@ -60,8 +60,8 @@ HPARAMS = (
         "PRESET",
         str,
         "flagship",
-        ("flagship", "1gpu", "cpu", "smoke"),
-        "named defaults (PRESETS); any variable overrides",
+        ("flagship", "1gpu", "cpu", "smoke", "naive"),
+        "named defaults; any variable overrides",
     ),
     ("DATA_PATH", str, f"./data/datasets/fineweb10B_{CASEOPS}", None, "fineweb_{train,val,val_bytes}_*.bin folder"),
     ("TOKENIZER_PATH", str, f"./data/tokenizers/fineweb_8192_bpe_{CASEOPS[7:]}.model", None, "SentencePiece model"),
@@ -198,6 +198,17 @@ CPU = {  # the flagship's techniques at 6 x 128 on the offline sample: 300 s of 
     "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "128", "VAL_BATCH_SIZE": "32768", "TTT_CONTEXT": "256",
     "TTT_BATCH_DOCS": "16", "TTT_PHASE_DOCS": "80", "TTT_SGD_BATCH_TOKENS": "4096",
 }  # fmt: skip
+NAIVE = {  # the naive baseline's recipe as switches: every later technique off (not yet its export or init)
+    "SKIP_GATES": "0", "QK_GAIN_INIT": "1.5", "MLP_ACT": "relu2", "MLP_MULT": "2", "LN_SCALE": "0",
+    "XSA_LAST_N": "0", "SMEAR_GATE": "0", "SPARSE_ATTN_GATE": "0", "NUM_LOOPS": "0", "LOGIT_ASYM": "0",
+    "MUON_NS": "quintic", "MUON_ROW_NORM": "0", "MUON_WD": "0", "EMBED_WD": "0", "SCALAR_WD": "0",
+    "MATRIX_LR": "0.04", "SCALAR_LR": "0.04", "TIED_EMBED_LR": "0.05", "MUON_MOMENTUM": "0.95",
+    "MUON_MOMENTUM_WARMUP_START": "0.85", "BETA2": "0.95", "GRAD_CLIP_NORM": "0", "EMA_DECAY": "0",
+    "GPTQ": "0", "GPTQ_RESERVE_SECONDS": "0", "LQER_TOP_K": "0", "AWQ_GROUP": "0", "NGRAM_TILT": "0",
+    "ATTN_BITS": "8", "MLP_BITS": "8", "EMBED_BITS": "8",
+    "ATTN_CLIP_SIGMAS": "16", "MLP_CLIP_SIGMAS": "16", "EMBED_CLIP_SIGMAS": "16",
+    "EXPORT_COMPRESSOR": "zlib", "TTT_ENABLED": "0",
+}  # fmt: skip
 PRESETS = {
     "flagship": {},  # the defaults: 8xH100
     "1gpu": {"GRAD_ACCUM_STEPS": "8", "MAX_WALLCLOCK_SECONDS": "4800", "EVAL_MAX_SECONDS": "4560"},  # 8 GPUs' work
@@ -205,6 +216,7 @@ PRESETS = {
     "smoke": {**CPU, "NUM_LAYERS": "4", "MODEL_DIM": "64", "LOOP_START": "1", "LOOP_END": "2", "XSA_LAST_N": "4",
               "PARALLEL_START_LAYER": "3", "MAX_WALLCLOCK_SECONDS": "20", "GPTQ_RESERVE_SECONDS": "2",
               "GPTQ_CALIBRATION_BATCHES": "4", "TRAIN_LOG_EVERY": "10", "EVAL_STRIDE": "0", "TTT_ENABLED": "0"},
+    "naive": {**CPU, **NAIVE, "ROPE_DIMS": "32", "PARALLEL_START_LAYER": "6"},  # at the CPU shape: full RoPE, one lane
 }  # fmt: skip
 
 

@@ -28,17 +28,7 @@ sys.path.insert(0, str(ROOT))
 import train_gpt as tg  # noqa: E402
 from tools.record import parse_log, run_train_gpt  # noqa: E402
 
-NAIVE = {
-    "SKIP_GATES": "0", "QK_GAIN_INIT": "1.5", "MLP_ACT": "relu2", "MLP_MULT": "2", "LN_SCALE": "0",
-    "XSA_LAST_N": "0", "SMEAR_GATE": "0", "SPARSE_ATTN_GATE": "0", "NUM_LOOPS": "0",
-    "MUON_NS": "quintic", "MUON_ROW_NORM": "0", "MUON_WD": "0", "EMBED_WD": "0", "SCALAR_WD": "0",
-    "MATRIX_LR": "0.04", "SCALAR_LR": "0.04", "TIED_EMBED_LR": "0.05", "MUON_MOMENTUM": "0.95",
-    "MUON_MOMENTUM_WARMUP_START": "0.85", "BETA2": "0.95", "GRAD_CLIP_NORM": "0", "EMA_DECAY": "0",
-    "GPTQ": "0", "GPTQ_RESERVE_SECONDS": "0", "LQER_TOP_K": "0", "AWQ_GROUP": "0",
-    "ATTN_BITS": "8", "MLP_BITS": "8", "EMBED_BITS": "8",
-    "ATTN_CLIP_SIGMAS": "16", "MLP_CLIP_SIGMAS": "16", "EMBED_CLIP_SIGMAS": "16",
-    "EXPORT_COMPRESSOR": "zlib", "TTT_ENABLED": "0",
-}  # fmt: skip
+NAIVE = tg.NAIVE  # the naive baseline's recipe as switches of train_gpt.py (PRESET=naive at the CPU shape)
 
 
 def naive_overrides(env: dict) -> dict:

@@ -35,6 +35,9 @@ def test_the_naive_baseline_switches_off_every_flagship_technique_at_the_same_sh
     assert naive.rope_dims == naive.model_dim // naive.num_heads and naive.qk_gain_init == 1.5
     assert (naive.mlp_act, naive.mlp_mult, naive.skip_gates, naive.ln_scale) == ("relu2", 2.0, 0, 0)
     assert (naive.xsa_last_n, naive.smear_gate, naive.sparse_attn_gate, naive.num_loops) == (0, 0, 0, 0)
+    assert (naive.logit_asym, naive.ngram_tilt) == (0, 0)  # the final stack's additions are off too
+    preset = tg.Hyperparameters({"PRESET": "naive"})  # the same recipe, named
+    assert all(getattr(preset, k.lower()) == getattr(naive, k.lower()) for k in proxy_cpu.naive_overrides(env))
     assert naive.parallel_start_layer == naive.num_layers and naive.ema_decay == 0
     assert (naive.muon_ns, naive.muon_row_norm, naive.muon_wd) == ("quintic", 0, 0.0)
     assert (naive.gptq, naive.lqer_top_k, naive.attn_bits, naive.mlp_bits, naive.embed_bits) == (0, 0, 8, 8, 8)

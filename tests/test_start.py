@@ -54,7 +54,7 @@ def test_each_preset_is_a_set_of_defaults_that_any_variable_overrides(preset):
     table = {name: (typ, allowed) for name, typ, _, allowed, _ in tg.HPARAMS}
     for name, value in tg.PRESETS[preset].items():
         assert getattr(hp, name.lower()) == tg._parse(name, *table[name][:1], value, table[name][1]), name
-    assert tg.Hyperparameters({"PRESET": preset, "MODEL_DIM": "96", "NUM_HEADS": "4"}).model_dim == 96
+    assert tg.Hyperparameters({"PRESET": preset, "MODEL_DIM": "256", "NUM_HEADS": "4"}).model_dim == 256
     untouched = [n for n, *_ in tg.HPARAMS if n not in tg.PRESETS[preset] and n not in ("PRESET", "RUN_ID")]
     flagship = tg.Hyperparameters({})
     changed = [n for n in untouched if getattr(hp, n.lower()) != getattr(flagship, n.lower())]
@@ -62,5 +62,5 @@ def test_each_preset_is_a_set_of_defaults_that_any_variable_overrides(preset):
 
 
 def test_an_unknown_preset_is_refused_with_the_choices():
-    with pytest.raises(tg.HyperparameterError, match="PRESET='gpu': expected one of flagship, 1gpu, cpu, smoke"):
+    with pytest.raises(tg.HyperparameterError, match="PRESET='gpu': expected one of flagship, 1gpu, cpu, smoke, naive"):
         tg.Hyperparameters({"PRESET": "gpu"})
