@@ -214,7 +214,7 @@ PRESETS = {
     "1gpu": {"GRAD_ACCUM_STEPS": "8", "MAX_WALLCLOCK_SECONDS": "4800", "EVAL_MAX_SECONDS": "4560"},  # 8 GPUs' work
     "cpu": CPU,
     "smoke": {**CPU, "NUM_LAYERS": "4", "MODEL_DIM": "64", "LOOP_START": "1", "LOOP_END": "2", "XSA_LAST_N": "4",
-              "PARALLEL_START_LAYER": "3", "MAX_WALLCLOCK_SECONDS": "20", "GPTQ_RESERVE_SECONDS": "2",
+              "PARALLEL_START_LAYER": "3", "MAX_WALLCLOCK_SECONDS": "10", "GPTQ_RESERVE_SECONDS": "1",
               "GPTQ_CALIBRATION_BATCHES": "4", "TRAIN_LOG_EVERY": "10", "EVAL_STRIDE": "0", "TTT_ENABLED": "0"},
     "naive": {**CPU, **NAIVE, "ROPE_DIMS": "32", "PARALLEL_START_LAYER": "6"},  # at the CPU shape: full RoPE, one lane
 }  # fmt: skip
