@@ -343,8 +343,8 @@ def shard_paths(data_path: str, kind: str) -> list[str]:
     return sorted(glob.glob(os.path.join(data_path, f"fineweb_{kind}_[0-9]*.bin")))
 
 
-def load_shard(path: str, vocab_size: int | None = None) -> np.ndarray:
-    """A shard's uint16 tokens after checking magic, version, size and (for token shards) the vocabulary."""
+def shard_tokens(path: str) -> int:
+    """The token count a shard's header declares, after checking magic, version and the file's size."""
     size = os.path.getsize(path)
     header = np.fromfile(path, dtype="<i4", count=HEADER_INTS) if size >= 4 * HEADER_INTS else None
     if header is None or header[0] != SHARD_MAGIC or header[1] != SHARD_VERSION:
@@ -352,6 +352,12 @@ def load_shard(path: str, vocab_size: int | None = None) -> np.ndarray:
     n = int(header[2])
     if size != 4 * HEADER_INTS + 2 * n:
         raise DataError(f"{path}: header declares {n} tokens = {4 * HEADER_INTS + 2 * n} bytes, file has {size}")
+    return n
+
+
+def load_shard(path: str, vocab_size: int | None = None) -> np.ndarray:
+    """A shard's uint16 tokens after checking its header, size and (for token shards) the vocabulary."""
+    n = shard_tokens(path)
     tokens = np.fromfile(path, dtype="<u2", count=n, offset=4 * HEADER_INTS)
     if vocab_size is not None and n and int(tokens.max()) >= vocab_size:
         raise DataError(f"{path}: token id {int(tokens.max())} >= VOCAB_SIZE={vocab_size} (wrong tokenizer/data?)")
@@ -425,6 +431,8 @@ class TokenStream:
         if not paths:
             raise DataError("no fineweb_train_*.bin shards found in DATA_PATH")
         self.paths, self.vocab_size, self.index, self.pos = paths, vocab_size, 0, 0
+        for p in paths[1:]:  # every header and size now (cheap), not a damaged shard minutes into the run
+            shard_tokens(p)
         self.tokens = load_shard(paths[0], vocab_size)
 
     def take(self, n: int) -> np.ndarray:
@@ -1779,6 +1787,21 @@ def projected_end(hp: Hyperparameters, step: int, train_ms: float, budget_ms: fl
     return f"remaining_s:{left_s:.0f} projected_steps:{end}"
 
 
+class TrainingError(RuntimeError):
+    """Training that cannot go on (a non-finite loss)."""
+
+
+def stop_on_bad_loss(hp: Hyperparameters, model: GPT, ema, step: int, loss: float, rank: int):
+    kept = "nothing kept (EMA_DECAY=0: the weights are already damaged)"
+    if ema is not None:
+        ema.copy_to(model)
+        path = Path(hp.log_dir) / f"{hp.run_id}.float.pt"
+        if rank == 0:
+            save_checkpoint(path, model.state_dict(), None)
+        kept = f"the EMA weights before it kept as {path} (tools/rescue.py exports them)"
+    raise TrainingError(f"step {step}: training loss is {loss}; stopped, {kept}")
+
+
 def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log) -> dict:
     """The timed loop. The clock excludes validation; training stops before the cap (minus the calibration
     reserve) would be crossed by one more step."""
@@ -1804,6 +1827,8 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
         optimizers[0].param_groups[0]["momentum"] = muon_momentum_at(step, hp)
         t0 = time.perf_counter()
         loss, grad_norm = train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device)
+        if not math.isfinite(loss):  # stop at once: the EMA still holds the weights from before this step
+            stop_on_bad_loss(hp, model, ema, step + 1, loss, rank)
         if ema is not None:
             ema.update(model)
         step, last_ms = step + 1, 1000 * (time.perf_counter() - t0)
@@ -1911,7 +1936,7 @@ def main():
     log = Logger(hp, rank)
     try:
         run(hp, rank, world, device, log)
-    except (HyperparameterError, DataError, ArtifactError) as e:
+    except (HyperparameterError, DataError, ArtifactError, TrainingError) as e:
         log(f"error: {e}", console=False)  # the run's log says how it ended, not only the console
         raise
     except KeyboardInterrupt:
@@ -2078,7 +2103,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))  # a scheduler's stop ends the run like Ctrl-C
     try:
         main()
-    except (HyperparameterError, DataError, ArtifactError) as e:
+    except (HyperparameterError, DataError, ArtifactError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (below): what was saved stays, the log says so

@@ -309,3 +309,34 @@ def test_an_interrupt_ends_the_run_with_what_it_saved_and_says_so(small_dataset,
         assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
         last = log.read_text().strip().splitlines()[-1]
         assert last.startswith("error: interrupted; kept: ") and "stop.txt" in last
+
+
+def test_a_damaged_later_train_shard_is_refused_at_start(small_dataset, tmp_path):
+    """Every train shard's header and size is checked when the stream opens, not when training reaches it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in small_dataset.iterdir():
+        (data / f.name).symlink_to(f)
+    raw = (small_dataset / "fineweb_train_000000.bin").read_bytes()
+    (data / "fineweb_train_000001.bin").write_bytes(raw[: len(raw) // 2])  # a later shard, truncated
+    with pytest.raises(tg.DataError, match="fineweb_train_000001.bin: header declares"):
+        tg.TokenStream(tg.shard_paths(str(data), "train"), 1024)
+
+
+def test_a_non_finite_loss_stops_training_at_once_and_keeps_the_ema_weights(small_dataset, tmp_path):
+    hp = tiny_hp(DATA_PATH=small_dataset, LOG_DIR=tmp_path, RUN_ID="nan", ITERATIONS=50, GPTQ=0)
+    torch.manual_seed(0)
+    model = tg.GPT(hp)
+    optimizers = tg.build_optimizers(model, hp, 0, 1, torch.device("cpu"))
+    calls, lines = [], []
+
+    def poisoned(x, y, layout):  # the model's forward, turned to NaN from the third step on
+        calls.append(1)
+        nll = model(x, y, layout)
+        return nll * float("nan") if len(calls) >= 3 else nll
+
+    with pytest.raises(tg.TrainingError, match=r"step 3: training loss is nan; stopped, the EMA weights before it"):
+        tg.train(hp, model, poisoned, optimizers, None, "sdpa", 0, 1, 1, torch.device("cpu"), lines.append)
+    assert len(calls) == 3 and not any("step:4/" in line for line in lines)
+    kept = torch.load(tmp_path / "nan.float.pt")["state"]
+    assert set(kept) == set(model.state_dict()) and all(torch.isfinite(t).all() for t in kept.values())
