@@ -9,6 +9,7 @@ import contextlib
 import copy
 import difflib
 import glob
+import hashlib
 import io
 import json
 import lzma
@@ -259,6 +260,7 @@ class Hyperparameters:
     def __init__(self, env=None):
         env = os.environ if env is None else env
         refuse_unknown_names(env)
+        self.overrides = {name for name, *_ in HPARAMS if name in env}  # set by the user, not by a preset
         env = {**PRESETS[_parse("PRESET", str, env.get("PRESET", "flagship"), HPARAMS[0][3])], **env}
         for name, typ, default, allowed, _ in HPARAMS:
             raw = env.get(name)
@@ -293,6 +295,27 @@ class Hyperparameters:
             need(self.loop_start <= self.loop_end < self.num_layers, f"{loops}: expected start <= end < NUM_LAYERS")
             need(self.parallel_start_layer > self.loop_end,
                  f"PARALLEL_START_LAYER={self.parallel_start_layer}: expected > LOOP_END={self.loop_end}")  # fmt: skip
+
+    def adopt(self, trained: dict, source: str):
+        """The model-shaping values an artifact was trained with (MODEL_HPARAMS), in place of the defaults and the
+        preset's; a value the user set that differs is refused: the weights would load into another model."""
+        if set(trained) != set(MODEL_HPARAMS):
+            raise ArtifactError(f"{source}: records hyperparameters {sorted(trained)}, expected those this "
+                                f"train_gpt.py shapes its model with: {', '.join(MODEL_HPARAMS)}")  # fmt: skip
+        conflicts = [f"{n}={getattr(self, n.lower())} (artifact: {v})" for n, v in trained.items()
+                     if n in self.overrides and getattr(self, n.lower()) != v]  # fmt: skip
+        if conflicts:
+            raise HyperparameterError(f"EVAL_ONLY={source} was trained with other values of {', '.join(conflicts)}; "
+                                      "expected those unset or equal to the artifact's")  # fmt: skip
+        for name, value in trained.items():
+            setattr(self, name.lower(), value)
+
+
+# The hyperparameters that shape the model and its maths: the artifact records them, and EVAL_ONLY takes them
+MODEL_HPARAMS = ("VOCAB_SIZE", "NUM_LAYERS", "MODEL_DIM", "NUM_HEADS", "NUM_KV_HEADS", "MLP_MULT", "MLP_ACT",
+                 "LOGIT_SOFTCAP", "LOGIT_ASYM", "ROPE_BASE", "ROPE_DIMS", "LN_SCALE", "XSA_LAST_N", "LOOP_START",
+                 "LOOP_END", "NUM_LOOPS", "PARALLEL_START_LAYER", "SKIP_GATES", "SMEAR_GATE", "SPARSE_ATTN_GATE",
+                 "GATE_WINDOW", "SPARSE_ATTN_GATE_SCALE")  # fmt: skip
 
 
 def parse_seq_len_schedule(spec: str, default_len: int) -> list[tuple[int, float]]:
@@ -398,18 +421,43 @@ def target_bytes_from_tables(sp: spm.SentencePieceProcessor, tokens: np.ndarray)
     return out
 
 
+def file_sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_tokenizer_of_data(hp: Hyperparameters) -> str:
+    """'ok' when DATA_PATH's manifest.json names TOKENIZER_PATH's sha256 as the tokenizer the shards were made
+    with; a tokenizer of the same vocabulary size but another model would charge the wrong bytes per token."""
+    manifest = Path(hp.data_path) / "manifest.json"
+    if not manifest.is_file() or not os.path.isfile(hp.tokenizer_path):  # (load_tokenizer refuses a missing one)
+        return "unchecked_no_manifest" if os.path.isfile(hp.tokenizer_path) else "unchecked"
+    try:
+        made_with = json.loads(manifest.read_text())["tokenizer"]
+        want = made_with["sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{manifest}: unreadable (expected the JSON manifest with tokenizer.sha256)") from None
+    have = file_sha256(hp.tokenizer_path)
+    if have != want:
+        named = made_with.get("source") or made_with.get("file")
+        raise DataError(f"TOKENIZER_PATH={hp.tokenizer_path} (sha256 {have[:16]}) did not make the shards in "
+                        f"DATA_PATH={hp.data_path}: their manifest.json names {named} ({want[:16]})")  # fmt: skip
+    return "ok"
+
+
 @dataclass
 class ValData:
     tokens: np.ndarray  # int64 stream, BOS before every document
     target_bytes: np.ndarray  # int64, bytes charged when tokens[i] is predicted (entry 0 unused)
     byte_source: str
     hints: np.ndarray | None = None  # int64, the n-gram tilt's hint for each target (-1: none); set at eval time
+    tokenizer_check: str = ""  # check_tokenizer_of_data's verdict
 
 
 def load_validation(hp: Hyperparameters, sp: spm.SentencePieceProcessor) -> ValData:
     paths = shard_paths(hp.data_path, "val")
     if not paths:
         raise DataError(f"DATA_PATH={hp.data_path}: no fineweb_val_*.bin shards")
+    checked = check_tokenizer_of_data(hp)
     tokens = np.concatenate([load_shard(p, hp.vocab_size) for p in paths]).astype(np.int64)
     if not tokens.size or tokens[0] != BOS_ID:
         found = tokens[0] if tokens.size else "no tokens at all"
@@ -418,10 +466,22 @@ def load_validation(hp: Hyperparameters, sp: spm.SentencePieceProcessor) -> ValD
         nbytes = np.concatenate([load_shard(p) for p in sidecars]).astype(np.int64)
         if nbytes.shape != tokens.shape:
             raise DataError(f"byte sidecars hold {nbytes.size} counts for {tokens.size} validation tokens")
-        return ValData(tokens, nbytes, "sidecar")
+        return ValData(tokens, nbytes, "sidecar", tokenizer_check=checked)
     if sp.vocab_size() > 7 and [sp.id_to_piece(i) for i in range(4, 8)] == [chr(0xE001 + i) for i in range(4)]:
         raise DataError(f"{hp.tokenizer_path} is a CaseOps tokenizer but {hp.data_path} has no fineweb_val_bytes_*")
-    return ValData(tokens, target_bytes_from_tables(sp, tokens), "tokenizer_tables")
+    return ValData(tokens, target_bytes_from_tables(sp, tokens), "tokenizer_tables", tokenizer_check=checked)
+
+
+def check_lengths_fit(hp: Hyperparameters, n_val: int):
+    """Every window length at most the validation stream: a longer one is padding (and on CPU a dense T x T mask
+    that runs for hours), never more context."""
+    lengths = {"EVAL_SEQ_LEN": hp.eval_seq_len, **({"TTT_CONTEXT": hp.ttt_context} if hp.ttt_enabled else {}),
+               **{"SEQ_LEN_SCHEDULE" if hp.seq_len_schedule else "TRAIN_SEQ_LEN": n for n, _ in
+                  hp.seq_len_schedule_parsed}}  # fmt: skip
+    for name, n in lengths.items():
+        if n > n_val:
+            raise HyperparameterError(f"{name}: length {n} is longer than all {n_val} validation tokens "
+                                      f"(DATA_PATH={hp.data_path}); expected at most {n_val}")  # fmt: skip
 
 
 class TokenStream:
@@ -1351,7 +1411,7 @@ def with_hints(val: ValData, hp: Hyperparameters, device) -> ValData:
     scored = ngram_hints(torch.from_numpy(val.tokens[at]).to(device), hp.ngram_order, hp.ngram_threshold)
     hints = np.full(len(val.tokens), -1, np.int64)
     hints[at[target]] = scored.cpu().numpy()[target]
-    return ValData(val.tokens, val.target_bytes, val.byte_source, hints)
+    return ValData(val.tokens, val.target_bytes, val.byte_source, hints, val.tokenizer_check)
 
 
 def sgd_row_list(spans, L: int):
@@ -1562,7 +1622,7 @@ def fit_to_budget(packed: dict, hessians: dict | None, hp: Hyperparameters, code
     """(blob, stream sizes), within ARTIFACT_MAX_BYTES where possible: while over, the GPTQ matrices whose bytes
     cost the least Hessian-weighted error move to coarser grids; each stream's ratio of compressed bytes to
     entropy, measured on the last blob, predicts the saving, so one more serialization usually does."""
-    blob, sizes = serialize(packed, hp.export_compressor)
+    blob, sizes = serialize(packed, hp.export_compressor, artifact_run(hp))
     if code + len(blob) <= hp.artifact_max_bytes:
         return blob, sizes
     base, curves, base_err, pos = {n: e for n, e in packed.items() if e[0] == "gptq"}, {}, 0.0, {}
@@ -1581,7 +1641,7 @@ def fit_to_budget(packed: dict, hessians: dict | None, hp: Hyperparameters, code
             log(f"fit_step round:{r} tensor:{name} step_x:{FIT_LADDER[k]:.3f} est_saved_bytes:{b:.0f} "
                 f"est_err:{cost / base_err:+.3e}")  # fmt: skip
         new, sizes = serialize({**packed, **{n: coarsen(base[n], FIT_LADDER[k]) for n, k in pos.items()}},
-                               hp.export_compressor)  # fmt: skip
+                               hp.export_compressor, artifact_run(hp))  # fmt: skip
         err = sum(curves[n][1][k][1] for n, k in pos.items()) / base_err
         log(f"fit_round:{r} model_bytes:{len(new)} saved_bytes:{len(blob) - len(new)} est_saved_bytes:"
             f"{sum(m[2] for m in moves):.0f} est_err_total:{err:+.3e} matrices_coarsened:{len(pos)}")  # fmt: skip
@@ -1594,7 +1654,7 @@ def fit_to_budget(packed: dict, hessians: dict | None, hp: Hyperparameters, code
 # -----------------------------------------------------------------------------
 # Artifact: our own container, one compressed stream per tensor class, checksums; never torch.load
 # -----------------------------------------------------------------------------
-ARTIFACT_MAGIC = b"PGA2"
+ARTIFACT_MAGIC = b"PGA3"  # PGA2 artifacts (before the header recorded hyperparameters) are refused
 COMPRESSORS = {  # name -> (compress, decompress); the artifact stores the index of the name
     "brotli": (lambda b: brotli.compress(b, quality=11), brotli.decompress),
     "zlib": (lambda b: zlib.compress(b, 9), zlib.decompress),
@@ -1607,11 +1667,18 @@ class ArtifactError(ValueError):
     """An artifact that is not one this script wrote, that was damaged, or that is over budget."""
 
 
-def serialize(packed: dict, method: str) -> tuple[bytes, dict[str, int]]:
+def artifact_run(hp: Hyperparameters) -> dict:
+    """What the artifact's header says of its run: the model-shaping hyperparameters and the tokenizer's sha256."""
+    tokenizer = file_sha256(hp.tokenizer_path) if os.path.isfile(hp.tokenizer_path) else None
+    return {"hparams": {name: getattr(hp, name.lower()) for name in MODEL_HPARAMS}, "tokenizer_sha256": tokenizer}
+
+
+def serialize(packed: dict, method: str, run: dict | None = None) -> tuple[bytes, dict[str, int]]:
     """(blob, compressed bytes per stream): one stream per tensor class, so each compressor context sees one
-    kind of symbol. Matrices stay row-major: column-major measured ~1 KB larger (bench note, issue 4)."""
+    kind of symbol. Matrices stay row-major: column-major measured ~1 KB larger (bench note, issue 4). `run`
+    (artifact_run) goes into the header, plain JSON like the rest of it."""
     if method == "best":
-        return min((serialize(packed, m) for m in COMPRESSORS), key=lambda r: len(r[0]))
+        return min((serialize(packed, m, run) for m in COMPRESSORS), key=lambda r: len(r[0]))
     streams: dict[str, io.BytesIO] = {}
     entries = []
     for name, (kind, arrays, meta) in packed.items():
@@ -1626,25 +1693,31 @@ def serialize(packed: dict, method: str) -> tuple[bytes, dict[str, int]]:
     compress = COMPRESSORS[method][0]
     blobs = {k: compress(v.getvalue()) for k, v in streams.items()}
     table = [[k, len(b), zlib.crc32(b), len(streams[k].getvalue())] for k, b in blobs.items()]
-    head = compress(json.dumps({"tensors": entries, "streams": table}).encode())
+    head = compress(json.dumps({"tensors": entries, "streams": table, "run": run or {}}).encode())
     prefix = ARTIFACT_MAGIC + bytes([list(COMPRESSORS).index(method)]) + struct.pack("<II", len(head), zlib.crc32(head))
     sizes = {"header": len(prefix) + len(head), **{k: len(b) for k, b in blobs.items()}}
     return prefix + head + b"".join(blobs.values()), sizes
 
 
-def deserialize(blob: bytes) -> dict:
-    """Checks magic, compressor, lengths and checksums before trusting a byte."""
+def read_header(blob: bytes) -> tuple[dict, int]:
+    """(header, where the streams begin), after checking magic, compressor, length and checksum."""
     if len(blob) < 13 or blob[:4] != ARTIFACT_MAGIC or blob[4] >= len(COMPRESSORS):
-        raise ArtifactError(f"not a model artifact (expected magic {ARTIFACT_MAGIC!r} and a known compressor)")
-    decompress = list(COMPRESSORS.values())[blob[4]][1]
+        raise ArtifactError(f"not a model artifact of this train_gpt.py (expected magic {ARTIFACT_MAGIC!r}, found "
+                            f"{blob[:4]!r}, and a known compressor)")  # fmt: skip
     n, crc = struct.unpack("<II", blob[5:13])
-    head, pos = blob[13 : 13 + n], 13 + n
+    head = blob[13 : 13 + n]
     if len(head) != n or zlib.crc32(head) != crc:
         raise ArtifactError("artifact header is truncated or corrupt (length or checksum mismatch)")
     try:
-        header = json.loads(decompress(head))
+        return json.loads(list(COMPRESSORS.values())[blob[4]][1](head)), 13 + n
     except Exception as e:  # a checksum collision, or a blob from another tool: still a clear refusal
         raise ArtifactError(f"artifact header does not decode: {e}") from None
+
+
+def deserialize(blob: bytes) -> dict:
+    """Checks magic, compressor, lengths and checksums before trusting a byte."""
+    header, pos = read_header(blob)
+    decompress = list(COMPRESSORS.values())[blob[4]][1]
     if pos + sum(clen for _, clen, _, _ in header["streams"]) != len(blob):
         raise ArtifactError(f"artifact is {len(blob)} bytes, its header declares a different length (truncated?)")
     raw = {}
@@ -1678,18 +1751,29 @@ def estimate_model_bytes(model: nn.Module, hp: Hyperparameters) -> int:
 # -----------------------------------------------------------------------------
 # Training
 # -----------------------------------------------------------------------------
+RUN_FILES = (".txt", ".ptz", ".over_budget.ptz", ".float.pt")  # what a run writes as LOG_DIR/<RUN_ID><suffix>
+
+
 class Logger:
-    """key:value lines to the console (rank 0) and to LOG_DIR/RUN_ID.txt."""
+    """key:value lines to the console (rank 0) and to LOG_DIR/RUN_ID.txt, which the run claims by creating it:
+    two runs under one RUN_ID would otherwise merge their logs and overwrite each other's artifact."""
 
     def __init__(self, hp: Hyperparameters, rank: int):
         self.rank, self.path = rank, Path(hp.log_dir) / f"{hp.run_id}.txt"
         if rank == 0:
+            taken = [p.name for p in (Path(hp.log_dir) / f"{hp.run_id}{s}" for s in RUN_FILES) if p.exists()]
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.path.write_text("")
+                if not taken:
+                    self.path.open("x").close()
+            except FileExistsError:
+                taken = [self.path.name]
             except OSError as e:
                 msg = f"LOG_DIR={hp.log_dir}: cannot write {self.path.name} there ({e.strerror})"
                 raise HyperparameterError(msg) from None
+            if taken:
+                raise HyperparameterError(f"RUN_ID={hp.run_id}: {', '.join(taken)} already in LOG_DIR="
+                                          f"{hp.log_dir} (another run's); expected a new RUN_ID")  # fmt: skip
 
     def __call__(self, msg: str, console: bool = True):
         if self.rank != 0:
@@ -1901,9 +1985,19 @@ def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, bac
     return (sums or None), batches
 
 
-def log_eval(log, tag: str, r: dict, ms: float):
-    log(f"{tag} val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f} tokens:{r['tokens']} bytes:{r['bytes']} "
-        f"eval_time_ms:{ms:.0f}")  # fmt: skip
+class EvalError(RuntimeError):
+    """An evaluation that did not score every validation target exactly once (C4)."""
+
+
+def log_eval(log, tag: str, r: dict, ms: float, val: ValData):
+    """The evaluation's line, with its scored targets and their bytes next to the validation set's totals: a
+    pass that scored any target twice or not at all is an error, not a score."""
+    want_tokens, want_bytes = len(val.tokens) - 1, int(val.target_bytes[1:].sum())
+    log(f"{tag} val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f} tokens:{r['tokens']} expected_tokens:"
+        f"{want_tokens} bytes:{r['bytes']} expected_bytes:{want_bytes} eval_time_ms:{ms:.0f}")  # fmt: skip
+    if (r["tokens"], r["bytes"]) != (want_tokens, want_bytes):
+        raise EvalError(f"{tag.split()[0]} scored {r['tokens']} targets and {r['bytes']} bytes; the validation set "
+                        f"has {want_tokens} and {want_bytes}: every target must be scored exactly once")  # fmt: skip
 
 
 def evaluate_pass(model, val, hp, backend, rank, world, device, log, stage: str) -> str:
@@ -1911,7 +2005,7 @@ def evaluate_pass(model, val, hp, backend, rank, world, device, log, stage: str)
     mode = "sliding" if hp.eval_stride else "chunked"
     t0 = time.perf_counter()
     r = evaluate(model, val, hp, hp.eval_stride, backend, device, rank, world)
-    log_eval(log, f"{stage}_eval mode:{mode} stride:{hp.eval_stride}", r, 1000 * (time.perf_counter() - t0))
+    log_eval(log, f"{stage}_eval mode:{mode} stride:{hp.eval_stride}", r, 1000 * (time.perf_counter() - t0), val)
     return f"final_{stage}_exact val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f}"
 
 
@@ -1928,6 +2022,9 @@ def maybe_compile(model: GPT, hp: Hyperparameters, device):
     return torch.compile(model, dynamic=False) if on else model
 
 
+RUN_ERRORS = (HyperparameterError, DataError, ArtifactError, TrainingError, EvalError)  # one line each, no traceback
+
+
 def main():
     hp = Hyperparameters()
     if hp.eval_only and not Path(hp.eval_only).is_file():
@@ -1936,7 +2033,7 @@ def main():
     log = Logger(hp, rank)
     try:
         run(hp, rank, world, device, log)
-    except (HyperparameterError, DataError, ArtifactError, TrainingError) as e:
+    except RUN_ERRORS as e:
         log(f"error: {e}", console=False)  # the run's log says how it ended, not only the console
         raise
     except KeyboardInterrupt:
@@ -1944,7 +2041,21 @@ def main():
         raise
 
 
+def adopt_artifact(hp: Hyperparameters, blob: bytes):
+    """EVAL_ONLY: the model-shaping hyperparameters from the artifact's header, and its tokenizer checked."""
+    trained = read_header(blob)[0].get("run") or {}
+    hp.adopt(trained.get("hparams") or {}, hp.eval_only)
+    want = trained.get("tokenizer_sha256")
+    if want and os.path.isfile(hp.tokenizer_path) and file_sha256(hp.tokenizer_path) != want:
+        raise DataError(f"TOKENIZER_PATH={hp.tokenizer_path} is not the tokenizer EVAL_ONLY={hp.eval_only} was "
+                        f"trained with (sha256 {want[:16]})")  # fmt: skip
+
+
 def run(hp: Hyperparameters, rank: int, world: int, device, log):
+    clock = EvalClock(log) if hp.eval_only else None  # an EVAL_ONLY run's clock starts before the artifact is read
+    if hp.eval_only:
+        blob = Path(hp.eval_only).read_bytes()
+        adopt_artifact(hp, blob)
     source = Path(__file__).read_bytes()  # the file that runs is the counted code, read once at start
     log(source.decode(), console=False)
     log(f"python:{sys.version.split()[0]} torch:{torch.__version__} device:{device.type} world_size:{world}")
@@ -1953,8 +2064,10 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
     backend = pick_backend(hp.attn_backend, device)
     accum = grad_accum_steps(hp, world)
     val = load_validation(hp, load_tokenizer(hp.tokenizer_path, hp.vocab_size))
+    check_lengths_fit(hp, len(val.tokens))
     log(f"val_tokens:{len(val.tokens)} val_docs:{int((val.tokens == BOS_ID).sum())} "
-        f"val_bytes:{int(val.target_bytes[1:].sum())} byte_source:{val.byte_source}")  # fmt: skip
+        f"val_bytes:{int(val.target_bytes[1:].sum())} byte_source:{val.byte_source} "
+        f"tokenizer_check:{val.tokenizer_check}")  # fmt: skip
     model = GPT(hp).to(device)
     if world > 1:
         for t in model.state_dict().values():
@@ -1969,12 +2082,9 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
     log(f"model_params:{n_params} attn_backend:{backend} grad_accum_steps:{accum} "
         f"micro_batch_tokens:{hp.train_batch_tokens // (world * accum)} virtual_layers_looped:"
         f"{virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops)}")  # fmt: skip
-    if hp.eval_only:  # score a saved artifact: the clock starts before it is read
-        clock = EvalClock(log)
+    if hp.eval_only:  # score the saved artifact
         with clock("ngram_hints"):
             val = with_hints(val, hp, device)
-        with clock("load"):
-            blob = Path(hp.eval_only).read_bytes()
         finals = score_artifact(blob, hp, val, backend, rank, world, device, log, clock)
         return finish(log, hp, clock, finals, world)
     compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log)
@@ -2082,7 +2192,7 @@ def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, cloc
         with clock("ttt_eval"):
             ttt = ttt_evaluate(fresh, val, hp, backend, device, rank, world, log=log, runner=scorer, lora=lora,
                                deadline=clock.t0 + hp.eval_max_seconds, costs=costs)  # fmt: skip
-        log_eval(log, "ttt_eval", ttt, 1000 * clock.parts["ttt_eval"])
+        log_eval(log, "ttt_eval", ttt, 1000 * clock.parts["ttt_eval"], val)
         finals.append(f"final_ttt_exact val_loss:{ttt['val_loss']:.8f} val_bpb:{ttt['val_bpb']:.8f}")
     return finals
 
@@ -2103,7 +2213,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))  # a scheduler's stop ends the run like Ctrl-C
     try:
         main()
-    except (HyperparameterError, DataError, ArtifactError, TrainingError) as e:
+    except RUN_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (below): what was saved stays, the log says so

@@ -13,6 +13,7 @@ import sentencepiece as spm
 import torch
 
 import train_gpt as tg
+from tests.conftest import shared_file
 from tests.helpers import TINY, randomize, tiny_hp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,7 +254,7 @@ def tiny_artifact(path: Path, **over) -> Path:
     hp = tiny_hp(**over)
     torch.manual_seed(0)
     packed = tg.quantize_model(tg.GPT(hp).state_dict(), None, hp, log=lambda _: None)
-    path.write_bytes(tg.serialize(packed, "zlib")[0])
+    path.write_bytes(tg.serialize(packed, "zlib", tg.artifact_run(hp))[0])
     return path
 
 
@@ -270,10 +271,22 @@ def test_bad_inputs_end_in_one_error_line_without_a_traceback(small_dataset, tmp
     header[:3] = tg.SHARD_MAGIC, tg.SHARD_VERSION, 0
     (empty_val / "fineweb_val_000000.bin").write_bytes(header.tobytes())
     (tmp_path / "a_file").write_text("")
+    (tmp_path / "taken.txt").write_text("an earlier run's log\n")
+    no_record = tmp_path / "no_record.ptz"
+    no_record.write_bytes(tg.serialize(tg.deserialize(tiny_artifact(tmp_path / "w.ptz").read_bytes()), "zlib")[0])
+    artifact = lambda name, **hp: str(tiny_artifact(tmp_path / f"{name}.ptz", **hp))
+    sp8192 = {"TOKENIZER_PATH": str(shared_file("fineweb_8192_bpe.model")), "VOCAB_SIZE": "8192"}
     cases = {
         "missing_artifact": ({"EVAL_ONLY": str(tmp_path / "missing.ptz")}, "EVAL_ONLY=", "no such file"),
-        "other_shape": ({"EVAL_ONLY": str(tiny_artifact(tmp_path / "w96.ptz", MODEL_DIM=96)), "EVAL_STRIDE": "0"},
-                        "does not fit this configuration", "size mismatch"),
+        "other_shape": ({"EVAL_ONLY": artifact("w96", MODEL_DIM=96)}, "MODEL_DIM=64 (artifact: 96)"),
+        "other_activation": ({"EVAL_ONLY": artifact("relu2", MLP_ACT="relu2"), "MLP_ACT": "leaky_relu2"},
+                             "MLP_ACT=leaky_relu2 (artifact: relu2)"),
+        "other_xsa_and_softcap": ({"EVAL_ONLY": artifact("x2", XSA_LAST_N=2, LOGIT_SOFTCAP=20), "LOGIT_SOFTCAP": "30"},
+                                  "XSA_LAST_N=6 (artifact: 2)", "LOGIT_SOFTCAP=30.0 (artifact: 20.0)"),
+        "artifact_without_hparams": ({"EVAL_ONLY": str(no_record)}, "records hyperparameters []", "MODEL_DIM"),
+        "tokenizer_not_of_the_shards": (sp8192, "did not make the shards", "fineweb_1024_bpe.model"),
+        "taken": ({}, "RUN_ID=taken: taken.txt already in LOG_DIR="),
+        "eval_longer_than_val": ({"EVAL_SEQ_LEN": "65536"}, "EVAL_SEQ_LEN: length 65536 is longer than all"),
         "not_a_tokenizer": ({"TOKENIZER_PATH": str(not_model)}, "TOKENIZER_PATH=", "not a SentencePiece model"),
         "empty_val_shard": ({"DATA_PATH": str(empty_val)}, "fineweb_val_000000.bin", "found no tokens at all"),
         "log_dir_under_a_file": ({"LOG_DIR": str(tmp_path / "a_file" / "logs")}, "LOG_DIR=", "cannot write"),
@@ -284,8 +297,42 @@ def test_bad_inputs_end_in_one_error_line_without_a_traceback(small_dataset, tmp
         assert p.returncode == 2 and "Traceback" not in p.stderr, (name, p.stderr[-2000:])
         assert lines[-1].startswith("error: ") and all(part in lines[-1] for part in parts), (name, lines[-1])
         log = tmp_path / f"{name}.txt"
-        if log.is_file() and name != "missing_artifact":  # refused before the log: nothing written
+        if log.is_file() and name not in ("missing_artifact", "taken"):  # refused before the log: nothing written
             assert log.read_text().strip().splitlines()[-1] == lines[-1], name
+
+
+def test_eval_only_takes_the_model_shape_from_the_artifact(tmp_path):
+    """An artifact of another activation, XSA depth and softcap, scored under defaults that differ: the header's
+    values replace them, and the rebuilt model is the exported one (same logits), not a reshaped guess."""
+    trained = tiny_hp(MLP_ACT="relu2", XSA_LAST_N=2, LOGIT_SOFTCAP=20, MODEL_DIM=96)
+    blob = tiny_artifact(tmp_path / "a.ptz", MLP_ACT="relu2", XSA_LAST_N=2, LOGIT_SOFTCAP=20, MODEL_DIM=96).read_bytes()
+    hp = tg.Hyperparameters({k: v for k, v in TINY.items() if k != "MODEL_DIM"} | {"XSA_LAST_N": "2"})
+    assert (hp.mlp_act, hp.model_dim, hp.logit_softcap) == ("leaky_relu2", 512, 30.0)
+    hp.eval_only = str(tmp_path / "a.ptz")
+    tg.adopt_artifact(hp, blob)
+    assert all(getattr(hp, n.lower()) == getattr(trained, n.lower()) for n in tg.MODEL_HPARAMS)
+    model, reference = tg.GPT(hp), tg.GPT(trained)
+    weights = tg.dequantize_model(tg.deserialize(blob))
+    model.load_state_dict(weights)
+    reference.load_state_dict(weights)
+    x = torch.randint(2, 1024, (1, 32))
+    layout = tg.make_layout(x, "sdpa")
+    assert torch.equal(model(x, x, layout), reference(x, x, layout))
+
+
+def test_an_evaluation_that_misses_a_target_is_an_error_not_a_score(small_dataset, monkeypatch):
+    """C4 at run time: the evaluation's line states scored and expected targets and bytes; one window fewer (a
+    target unscored) raises EvalError naming both counts instead of returning the partial BPB."""
+    hp = tiny_hp(DATA_PATH=small_dataset, TOKENIZER_PATH=small_dataset / "tokenizer.model")
+    val = tg.load_validation(hp, tg.load_tokenizer(hp.tokenizer_path, hp.vocab_size))
+    model, lines, cpu = tg.GPT(hp).eval(), [], torch.device("cpu")
+    tg.evaluate_pass(model, val, hp, "sdpa", 0, 1, cpu, lines.append, "roundtrip")
+    n, b = len(val.tokens) - 1, int(val.target_bytes[1:].sum())
+    assert f"tokens:{n} expected_tokens:{n} bytes:{b} expected_bytes:{b} " in lines[0]
+    segments = tg.eval_segments
+    monkeypatch.setattr(tg, "eval_segments", lambda *a: segments(*a)[:-1])
+    with pytest.raises(tg.EvalError, match=rf"roundtrip_eval scored (?!{n} )\d+ targets .* has {n} and {b}"):
+        tg.evaluate_pass(model, val, hp, "sdpa", 0, 1, cpu, lines.append, "roundtrip")
 
 
 def test_an_interrupt_ends_the_run_with_what_it_saved_and_says_so(small_dataset, tmp_path):

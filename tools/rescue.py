@@ -45,6 +45,6 @@ if __name__ == "__main__":
         sys.exit("usage: python3 tools/rescue.py <RUN_ID>.float.pt")
     try:
         rescue(sys.argv[1])
-    except (tg.HyperparameterError, tg.DataError, tg.ArtifactError) as e:
+    except tg.RUN_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
