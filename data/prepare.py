@@ -43,9 +43,9 @@ def up_to_date(out: Path, docs: Path, val_docs: Path, model: Path) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     return (
-        m.get("docs", {}).get("sha256") == tok.file_sha256(docs)
-        and (m.get("val_docs_file") or {}).get("sha256") == tok.file_sha256(val_docs)
-        and m.get("tokenizer", {}).get("sha256") == tok.file_sha256(model)
+        m.get("docs", {}).get("sha256") == shards.file_sha256(docs)
+        and (m.get("val_docs_file") or {}).get("sha256") == shards.file_sha256(val_docs)
+        and m.get("tokenizer", {}).get("sha256") == shards.file_sha256(model)
     )
 
 

@@ -69,7 +69,7 @@ def verify(directory: Path, tokenizer: Path | None = None, val_docs: int | None 
     tok_path = find_tokenizer(directory, manifest, tokenizer)
     sp = tok.load_tokenizer(tok_path)
     vocab, caseops = sp.vocab_size(), tok.is_caseops(sp)
-    fact("tokenizer_sha256", tok.file_sha256(tok_path))
+    fact("tokenizer_sha256", shards.file_sha256(tok_path))
     want_sha = (manifest.get("tokenizer") or {}).get("sha256")
     if want_sha and want_sha != facts["tokenizer_sha256"]:
         raise VerifyError(
