@@ -40,6 +40,9 @@ class RecordError(ValueError):
     """A log or a record that cannot be accepted, with the reason."""
 
 
+PER_RUN = ("SEED", "RUN_ID", "LOG_DIR")  # the hyperparameters the seeds of one record may differ in
+
+
 # -----------------------------------------------------------------------------
 # Logs: the stable key:value lines of train_gpt.py
 # -----------------------------------------------------------------------------
@@ -179,6 +182,24 @@ def significance(ours_nats: list[float], ref_nats: list[float], margin: float = 
 # -----------------------------------------------------------------------------
 # Checks a reviewer would run
 # -----------------------------------------------------------------------------
+def log_names(runs: list[RunLog]) -> list[str]:
+    """How a message names each log: its file name, or its whole path where two share a name."""
+    names = [r.path.name for r in runs]
+    return [n if names.count(n) == 1 else str(r.path) for n, r in zip(names, runs)]
+
+
+def check_one_configuration(runs: list[RunLog]) -> None:
+    """The seeds of a record are one configuration: a log of another width or eval stride would average two
+    different models into one score. Names each differing hyperparameter with every log's value."""
+    names = log_names(runs)
+    keys = dict.fromkeys(k for r in runs for k in r.hparams if k not in PER_RUN)  # in log order, each once
+    differing = [k for k in keys if len({r.hparams.get(k) for r in runs}) > 1]
+    if differing:
+        values = lambda k: ", ".join(f"{r.hparams.get(k, 'unset')} in {n}" for r, n in zip(runs, names))
+        listed = ", ".join(f"{k} ({values(k)})" for k in differing)
+        raise RecordError(f"logs differ in {listed}: a record's seeds must share one configuration")
+
+
 def run_checks(runs: list[RunLog], code: bytes, expect_val: tuple[int, int] | None) -> list[tuple[str, bool, str]]:
     fp = {(r.val_docs, r.val_tokens) for r in runs}
     (docs, tokens), = fp if len(fp) == 1 else ((-1, -1),)  # fmt: skip
@@ -282,7 +303,7 @@ def config_diff(runs: list[RunLog], reference_hparams: dict[str, str] | None) ->
     import train_gpt
 
     base = reference_hparams or {n: str(d) for n, _, d, _, _ in train_gpt.HPARAMS}
-    ours = {k: v for k, v in runs[0].hparams.items() if k not in ("SEED", "RUN_ID", "LOG_DIR")}
+    ours = {k: v for k, v in runs[0].hparams.items() if k not in PER_RUN}
     return [(k, v, base.get(k, "—")) for k, v in ours.items() if base.get(k) != v]
 
 
@@ -348,12 +369,14 @@ def this_machine() -> str:
 
 
 def build_record(logs: list[Path], out_root: Path, args) -> Path:
-    runs = sorted((parse_log(p) for p in logs), key=lambda r: r.seed)
+    runs = [parse_log(p) for p in logs]
     if not runs:
         raise RecordError("no logs given")
     code = runs[0].source
     if any(r.source != code for r in runs):
         raise RecordError("the logs ran different code: a record is one train_gpt.py over several seeds")
+    check_one_configuration(runs)  # in the order given, so the message reads like the command line
+    runs.sort(key=lambda r: r.seed)
     over = [r for r in runs if r.artifact_bytes > BUDGET_BYTES]
     if over:
         sizes = [f"seed {r.seed} {r.artifact_bytes:,} (code {r.code_bytes:,} + model {r.model_bytes:,})" for r in over]
