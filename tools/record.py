@@ -437,6 +437,20 @@ def build_record(logs: list[Path], out_root: Path, args) -> Path:
     return folder
 
 
+RUN_FILES = (".txt", ".ptz", ".float.pt", ".over_budget.ptz")  # what train_gpt.py writes as LOG_DIR/<RUN_ID><suffix>
+
+
+def clear_run(log_dir: Path, run_id: str) -> list[Path]:
+    """Removes the files an unfinished earlier attempt of run_id left in log_dir; returns them. train_gpt.py refuses
+    a RUN_ID whose log exists, and a stale artifact could pass for the new run's. Only for a run about to be
+    redone: never for a finished run whose results are kept."""
+    stale = [Path(log_dir) / f"{run_id}{suffix}" for suffix in RUN_FILES]
+    stale = [p for p in stale if p.exists()]
+    for p in stale:
+        p.unlink()
+    return stale
+
+
 def run_train_gpt(env: dict, capture: bool = True) -> Path:
     """Runs this checkout's train_gpt.py in one process with env (which names LOG_DIR and RUN_ID); returns the
     log's path. A failure raises RecordError with the end of its stderr (when captured)."""
