@@ -176,6 +176,12 @@ def test_every_committed_record_agrees_with_its_logs(folder):
     assert all(ok for _, ok, _ in checks) and sub["checks"] == {name: ok for name, ok, _ in checks}
 
 
+def test_a_repeated_seed_is_refused_before_any_run(tmp_path):
+    with pytest.raises(record.RecordError, match=r"^--seeds 1 2 1: give each seed once"):
+        record.run_seeds([1, 2, 1], 1, tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing packed, nothing run
+
+
 def test_a_failed_bench_run_names_the_run_and_the_script_error(tmp_path):
     env = {**os.environ, "VOCAB_SIZE": "many", "RUN_ID": "bad_run", "LOG_DIR": str(tmp_path)}
     with pytest.raises(record.RecordError, match=r"(?s)bad_run exited with 2:.*VOCAB_SIZE='many': expected int"):

@@ -463,6 +463,8 @@ def run_train_gpt(env: dict, capture: bool = True) -> Path:
 
 def run_seeds(seeds: list[int], nproc: int, workdir: Path) -> list[Path]:
     """Packs train_gpt.py and runs it once per seed with the environment's configuration; returns the logs."""
+    if len(set(seeds)) != len(seeds):  # refused before hours of runs: a repeat reuses its RUN_ID, adds no evidence
+        raise RecordError(f"--seeds {' '.join(map(str, seeds))}: give each seed once (a record's seeds are distinct)")
     sys.path.insert(0, str(ROOT))
     from tools.pack import pack
 
