@@ -10,7 +10,8 @@ The folder, records/<track>/<date>_<name>/, holds the train_gpt.py that ran (cut
 begin with the source), requirements.txt, every log, submission.json, plots and a README.md written from
 the data. Significance: the mean improvement over the reference in nats and BPB and a one-sided Welch
 t-test of "better by at least 0.005 nats" (scipy), against the challenge's bar of p < 0.01.
-An artifact over 16,000,000 bytes is always refused; other failed checks refuse the record unless
+An artifact over 16,000,000 bytes is always refused, and so are logs of different code or of different
+hyperparameters (all but SEED, RUN_ID and LOG_DIR); other failed checks refuse the record unless
 --allow-failed-checks (e.g. a non-record track on other hardware). Nothing is left half-written.
 """
 
