@@ -71,7 +71,8 @@ def check_shard_list(directory: Path, recorded: dict) -> None:
         raise VerifyError(f"{directory} lacks {some(missing)}, which manifest.json lists (missing shards)")
     if extra:
         raise VerifyError(
-            f"{directory} holds {some(extra)}, which manifest.json does not list (remove them, or rebuild the dataset)"
+            f"{directory} holds {some(extra)}, which manifest.json does not list "
+            "(unchecked data: remove, or rebuild the dataset)"
         )
 
 
