@@ -10,8 +10,9 @@ and differ only in the export; TTT is ablated by scoring each baseline artifact 
         [--steps 200] [--seeds 1337 42] [--jobs 2] [--only xsa ema]
 
 Results are saved after every run and finished runs are skipped on a rerun (the logs and artifacts stay in
---logdir), so an interrupted sweep resumes. With --jobs 2 two single-threaded runs share the 2 cores: the
-scores are those of a 2-thread run (same seed, same numbers), only the step times are not comparable.
+--logdir), so an interrupted sweep resumes; a run that had not finished is redone after its files are removed.
+With --jobs 2 two single-threaded runs share the 2 cores: the scores are those of a 2-thread run (same seed, same
+numbers), only the step times are not comparable.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tools.record import final_scores, parse_log, run_train_gpt  # noqa: E402
+from tools.record import clear_run, final_scores, parse_log, run_train_gpt  # noqa: E402
 from train_gpt import HPARAMS, Hyperparameters  # noqa: E402
 
 FIXED = {
@@ -120,6 +121,21 @@ def eval_run(name: str, overrides: dict, seed: int, base: dict, logdir: Path) ->
     return {"stages": final_scores(text), "model_bytes": artifact.stat().st_size}
 
 
+def run_row(sweep: Sweep, table: dict, name: str, seed: int, base: dict, logdir: Path) -> None:
+    """One row for one seed, unless the sweep holds its result. A run redone after an attempt that did not finish
+    first removes that attempt's files (train_gpt.py refuses an existing log); a finished run's are kept, the TTT
+    rows read the baseline's artifact."""
+    if sweep.done(name, seed):
+        return
+    stale = clear_run(logdir, f"{name}_seed{seed}")
+    if stale:
+        print(f"ablation:{name} seed:{seed} removed_stale:{','.join(p.name for p in stale)}", flush=True)
+    if name in EVAL_ONLY:
+        sweep.add(name, seed, eval_run(name, table[name][1], seed, base, logdir))
+    else:
+        sweep.add(name, seed, train_run(name, table[name][1], seed, base))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -145,12 +161,7 @@ def main() -> None:
             "LOCAL_WORLD_SIZE": str(args.jobs)}  # fmt: skip
 
     def job(name: str, seed: int):
-        if sweep.done(name, seed):
-            return
-        if name in EVAL_ONLY:
-            sweep.add(name, seed, eval_run(name, table[name][1], seed, base, args.logdir))
-        else:
-            sweep.add(name, seed, train_run(name, table[name][1], seed, base))
+        run_row(sweep, table, name, seed, base, args.logdir)
 
     with ThreadPoolExecutor(args.jobs) as pool:  # the baselines first: the TTT rows read their artifacts
         for f in [pool.submit(job, "baseline", s) for s in args.seeds]:

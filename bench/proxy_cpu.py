@@ -54,7 +54,7 @@ def main() -> None:
     configs = {"flagship_cpu": {}, "naive_baseline_cpu": naive_overrides(dict(os.environ))}
     results = {name: {} for name in configs}
     with tempfile.TemporaryDirectory() as logdir:
-        for seed in args.seeds:
+        for seed in dict.fromkeys(args.seeds):  # each once: a repeat would reuse its RUN_ID in the same folder
             for name, overrides in configs.items():
                 results[name][str(seed)] = run(name, overrides, seed, Path(logdir))
                 print(name, seed, json.dumps(results[name][str(seed)]["stages"]), flush=True)

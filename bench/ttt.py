@@ -54,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as logdir:
-        for name in args.only or VARIANTS:
+        for name in dict.fromkeys(args.only or VARIANTS):  # each once: a repeat would reuse its RUN_ID
             results[name] = run_variant(args.artifact.resolve(), VARIANTS[name], Path(logdir), name)
             print(name, json.dumps(results[name]), flush=True)
     if args.out.exists():  # a partial run (--only) adds to the variants already measured

@@ -7,13 +7,17 @@ Files land in the challenge's local layout: OUT/datasets/<dataset>/ and OUT/toke
 defaults to data/). The full validation split is always fetched; --train-shards N takes the
 first N train shards of the frozen order. Every file is checked after download (shard header and
 size, tokenizer loadable with the expected vocabulary); a file already present and valid is
-kept, a bad one is fetched again, and interrupted downloads resume. The network is touched only by
-HubSource; LocalSource serves a folder laid out like the hub repository (offline tests, mirrors).
+kept, a bad one is fetched again, and interrupted downloads resume. A complete download ends by
+writing the dataset folder's manifest.json (the tokenizer and every shard with its sha256, for
+data/verify.py); it is removed before the first fetch, so a folder caught half-way claims nothing.
+The network is touched only by HubSource; LocalSource serves a folder laid out like the hub
+repository (offline tests, mirrors).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -51,6 +55,7 @@ VARIANTS = {
     ),
 }
 DEFAULT_TRAIN_SHARDS = 80
+MANIFEST = "manifest.json"
 
 
 class DownloadError(RuntimeError):
@@ -137,6 +142,35 @@ def local_path(out: Path, remote: str, variant: Variant) -> Path:
     return out / re.sub(rf"^{re.escape(variant.root)}/", "", remote)
 
 
+def write_manifest(dataset: Path, tokenizer: Path, variant_name: str) -> dict:
+    """The dataset folder's manifest.json, with the keys of data/export.py's where they apply. It describes
+    every shard in the folder, also train shards beyond this download's prefix that an earlier one left: those
+    are what train_gpt.py will read."""
+    variant = VARIANTS[variant_name]
+    sp = tok.load_tokenizer(tokenizer)
+    found = {kind: shards.list_shards(dataset, kind) for kind in ("val", "val_bytes", "train")}
+    manifest = {
+        "format": "parameter-golf-shards/1",
+        "source": {"repo_id": variant.repo_id, "variant": variant_name, "dataset": variant.dataset},
+        "tokenizer": {
+            "file": os.path.relpath(tokenizer, dataset),  # relative: the data/ tree may move as a whole
+            "source": f"{variant.repo_id}:{variant.root}/tokenizers/{variant.tokenizer}",
+            "sha256": shards.file_sha256(tokenizer),
+            "vocab_size": sp.vocab_size(),
+            "caseops": tok.is_caseops(sp),
+        },
+        "bos_id": shards.BOS_ID,
+        "byte_sidecar": variant.byte_sidecar,
+        "val_tokens": sum(shards.read_header(p) for p in found["val"]),
+        "val_shards": len(found["val"]),
+        "train_tokens": sum(shards.read_header(p) for p in found["train"]),
+        "train_shards": len(found["train"]),
+        "shards": shards.checksums([p for paths in found.values() for p in paths]),
+    }
+    shards.atomic_write(dataset / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    return manifest
+
+
 def download(variant_name: str, train_shards: int, out: Path, source=None, log=print) -> Path:
     """Fetches a variant into out/; returns the dataset folder."""
     if variant_name not in VARIANTS:
@@ -146,6 +180,8 @@ def download(variant_name: str, train_shards: int, out: Path, source=None, log=p
     variant = VARIANTS[variant_name]
     source = source or HubSource(variant.repo_id)
     todo = plan(source.list_files(), variant, train_shards)
+    dataset = Path(out) / "datasets" / variant.dataset
+    (dataset / MANIFEST).unlink(missing_ok=True)  # back, rewritten, only once every file is in place
     from tqdm import tqdm
 
     staging = set()
@@ -167,7 +203,8 @@ def download(variant_name: str, train_shards: int, out: Path, source=None, log=p
             raise DownloadError(f"downloaded {remote} but it is not valid: {e}") from None
     for folder in staging:  # partial downloads are kept there until everything succeeded
         shutil.rmtree(folder, ignore_errors=True)
-    dataset = Path(out) / "datasets" / variant.dataset
+    tokenizer = local_path(Path(out), f"{variant.root}/tokenizers/{variant.tokenizer}", variant)
+    write_manifest(dataset, tokenizer, variant_name)
     log(f"download:done variant:{variant_name} files:{len(todo)} dataset:{dataset}")
     return dataset
 

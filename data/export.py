@@ -217,15 +217,15 @@ def export_dataset(
         dropped = counts.pop("dropped", 0)
         skipped.update(counts)  # one file: this pass read it whole, so its count replaces the val pass's
 
-        val_file = {"path": str(val_source), "sha256": tok.file_sha256(val_source)} if val_docs_file else None
+        val_file = {"path": str(val_source), "sha256": shards.file_sha256(val_source)} if val_docs_file else None
         manifest = {
             "format": "parameter-golf-shards/1",
-            "docs": {"path": str(docs), "sha256": tok.file_sha256(docs)},
+            "docs": {"path": str(docs), "sha256": shards.file_sha256(docs)},
             "val_docs_file": val_file,
             "tokenizer": {
                 "file": TOKENIZER_FILE,
                 "source": str(tokenizer) if tokenizer else "trained",
-                "sha256": tok.file_sha256(tmp / TOKENIZER_FILE),
+                "sha256": shards.file_sha256(tmp / TOKENIZER_FILE),
                 "vocab_size": sp.vocab_size(),
                 "caseops": use_caseops,
             },
@@ -243,6 +243,8 @@ def export_dataset(
             "train_shards": train.count,
             "train_docs_dropped_as_val": dropped,
             "docs_skipped_incomplete": skipped,
+            # Last, being long: what data/verify.py checks every shard's bytes against.
+            "shards": shards.checksums([p for p in tmp.iterdir() if shards.SHARD_RE.match(p.name)]),
         }
         shards.atomic_write(tmp / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
         # The manifest goes first and comes back last: a folder caught half-way claims nothing.

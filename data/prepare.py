@@ -7,7 +7,8 @@ From the offline sample (PG_SHARED_DATA, default ../shared/data beside the repos
 validation = the complete documents of fineweb_val_head.jsonl (the official val split's head),
 training = fineweb_train_sample.jsonl, encoded with the official tokenizers. Without that folder
 but with network, it downloads the official val split and one train shard from the hub instead.
-Each dataset is verified (data/verify.py) before it is reported ready; an up-to-date one is kept.
+Each dataset is verified (data/verify.py) before it is reported ready; an up-to-date one (same inputs, every
+shard matching the checksums of its manifest) is kept, any other rebuilt.
 """
 
 from __future__ import annotations
@@ -37,16 +38,28 @@ def shared_dir() -> Path:
     return Path(os.environ.get("PG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-def up_to_date(out: Path, docs: Path, val_docs: Path, model: Path) -> bool:
+def stale_reason(out: Path, docs: Path, val_docs: Path, model: Path) -> str | None:
+    """Why the dataset in out/ must be built again, or None when it is the export of these inputs, intact."""
     try:
         m = json.loads((out / export.MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
-        return False
-    return (
-        m.get("docs", {}).get("sha256") == tok.file_sha256(docs)
-        and (m.get("val_docs_file") or {}).get("sha256") == tok.file_sha256(val_docs)
-        and m.get("tokenizer", {}).get("sha256") == tok.file_sha256(model)
+        return "no readable manifest.json"
+    same_inputs = (
+        m.get("docs", {}).get("sha256") == shards.file_sha256(docs)
+        and (m.get("val_docs_file") or {}).get("sha256") == shards.file_sha256(val_docs)
+        and m.get("tokenizer", {}).get("sha256") == shards.file_sha256(model)
     )
+    if not same_inputs:
+        return "built from other documents or another tokenizer"
+    try:
+        recorded = verify.recorded_checksums(m)
+        if recorded is None:  # an export from before checksums: rebuilt, so that verify can check its shards
+            return "manifest.json records no shard checksums"
+        verify.check_shard_list(out, recorded)
+        verify.check_shard_sums(out, recorded)
+    except verify.VerifyError as e:
+        return str(e)
+    return None
 
 
 def prepare(name: str, root: Path, overwrite: bool = False, log=print) -> Path:
@@ -58,7 +71,9 @@ def prepare(name: str, root: Path, overwrite: bool = False, log=print) -> Path:
     tokenizer, declared_val_docs = None, None
     if not missing:
         out = root / folder
-        if overwrite or not up_to_date(out, needed[1], needed[0], needed[2]):
+        stale = "--overwrite" if overwrite else stale_reason(out, needed[1], needed[0], needed[2])
+        if stale:
+            log(f"prepare:build {out} ({stale})")
             export.export_dataset(needed[1], out, tokenizer=needed[2], val_docs_file=needed[0], overwrite=True, log=log)
         else:
             log(f"prepare:up_to_date {out}")

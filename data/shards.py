@@ -8,6 +8,7 @@ byte count per token.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -70,6 +71,20 @@ def load_shard(path: Path) -> np.ndarray:
     """The tokens of a shard as uint16, after the header checks."""
     n = read_header(path)
     return np.fromfile(path, dtype="<u2", count=n, offset=HEADER_BYTES)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checksums(paths: list[Path]) -> dict[str, dict]:
+    """file name -> {"tokens", "sha256"} of each shard, for a manifest: the header checks cannot tell a shard
+    with one token changed from the one that was written, its sha256 can."""
+    return {Path(p).name: {"tokens": read_header(p), "sha256": file_sha256(p)} for p in sorted(paths)}
 
 
 def atomic_write(path: Path, write) -> None:

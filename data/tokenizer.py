@@ -9,7 +9,6 @@ unless escaped, when they stand for their own three UTF-8 bytes.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +23,6 @@ PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
 class TokenizerError(ValueError):
     """A tokenizer file that is missing, unreadable or not laid out as the challenge expects."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_tokenizer(path: Path) -> spm.SentencePieceProcessor:

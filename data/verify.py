@@ -4,7 +4,9 @@ Checks every shard's header, magic, version and size; every token id against the
 vocabulary; the BOS-delimited document counts of each split (against manifest.json or
 --val-docs); that no document is in both train and val (by content hash); and that the bytes the
 scorer will charge (tokenizer byte tables, or the CaseOps byte sidecar) add up, document by
-document, to the UTF-8 length of the decoded original text of the validation split.
+document, to the UTF-8 length of the decoded original text of the validation split; and, when
+manifest.json records them, that the folder holds exactly the shards it lists, each with the sha256
+recorded when it was written (a changed in-vocabulary token passes every other check).
 Prints one `key:value` fingerprint line per fact; exit status 1 with a message on any failure.
 """
 
@@ -42,6 +44,49 @@ def find_tokenizer(directory: Path, manifest: dict, given: Path | None) -> Path:
     raise VerifyError(f"no tokenizer given and none at {directory / name}; pass --tokenizer PATH.model")
 
 
+def recorded_checksums(manifest: dict) -> dict | None:
+    """The manifest's {file name: {"tokens", "sha256"}}, or None when it records none (an older export, a
+    download from before checksums, or no manifest at all)."""
+    recorded = manifest.get("shards")
+    if recorded is None:
+        return None
+    ok = isinstance(recorded, dict) and all(
+        isinstance(e, dict) and isinstance(e.get("sha256"), str) for e in recorded.values()
+    )
+    if not ok:
+        raise VerifyError('manifest.json\'s "shards" must map each shard\'s file name to {"tokens": n, "sha256": hex}')
+    return recorded
+
+
+def some(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def check_shard_list(directory: Path, recorded: dict) -> None:
+    """The folder holds exactly the shards the manifest lists: a missing one would silently shrink a split, an
+    extra one (train_gpt.py reads every shard it finds) would add data nobody checked."""
+    present = {p.name for p in directory.iterdir() if shards.SHARD_RE.match(p.name)}
+    missing, extra = sorted(set(recorded) - present), sorted(present - set(recorded))
+    if missing:
+        raise VerifyError(f"{directory} lacks {some(missing)}, which manifest.json lists (missing shards)")
+    if extra:
+        raise VerifyError(
+            f"{directory} holds {some(extra)}, which manifest.json does not list "
+            "(unchecked data: remove, or rebuild the dataset)"
+        )
+
+
+def check_shard_sums(directory: Path, recorded: dict) -> None:
+    """Every listed shard's bytes against the sha256 recorded when it was written."""
+    for name, entry in sorted(recorded.items()):
+        found = shards.file_sha256(directory / name)
+        if found != entry["sha256"]:
+            raise VerifyError(
+                f"{directory / name}: sha256 is {found[:16]}..., manifest.json records {entry['sha256'][:16]}... "
+                "(the shard is not the one that was written)"
+            )
+
+
 def load_checked(path: Path, vocab: int) -> np.ndarray:
     """A shard's tokens after the header checks and a check of every id against the vocabulary."""
     tokens = shards.load_shard(path)
@@ -66,10 +111,16 @@ def verify(directory: Path, tokenizer: Path | None = None, val_docs: int | None 
         facts[key] = value
         log(f"{key}:{value}")
 
+    # The list first (a missing shard named as such, not as a short split); the bytes last, once the checks
+    # that say more precisely what is wrong (truncated, bad magic, id out of vocabulary) have passed.
+    recorded = recorded_checksums(manifest)
+    if recorded is not None:
+        check_shard_list(directory, recorded)
+
     tok_path = find_tokenizer(directory, manifest, tokenizer)
     sp = tok.load_tokenizer(tok_path)
     vocab, caseops = sp.vocab_size(), tok.is_caseops(sp)
-    fact("tokenizer_sha256", tok.file_sha256(tok_path))
+    fact("tokenizer_sha256", shards.file_sha256(tok_path))
     want_sha = (manifest.get("tokenizer") or {}).get("sha256")
     if want_sha and want_sha != facts["tokenizer_sha256"]:
         raise VerifyError(
@@ -142,6 +193,11 @@ def verify(directory: Path, tokenizer: Path | None = None, val_docs: int | None 
         raise VerifyError(f"{shared} training documents are also validation documents (train/val leak)")
     if manifest.get("train_docs") is not None and train_docs != manifest["train_docs"]:
         raise VerifyError(f"the train split holds {train_docs} documents, manifest.json says {manifest['train_docs']}")
+    if recorded is None:
+        fact("checksums", "none_recorded")
+    else:
+        check_shard_sums(directory, recorded)
+        fact("checksums", "ok")
     fact("verify", "ok")
     return facts
 

@@ -4,6 +4,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -18,6 +19,7 @@ import report  # noqa: E402
 import torch  # noqa: E402
 
 import train_gpt as tg  # noqa: E402
+from tools import record  # noqa: E402
 
 
 def readme_cpu_env() -> dict:
@@ -91,6 +93,41 @@ def test_each_ablation_changes_only_its_technique():
         else:
             attr, value = switched[name]
             assert changed == {attr} and getattr(hp, attr) == value, name
+
+
+def test_a_resumed_sweep_removes_the_stale_files_of_the_runs_it_redoes(tmp_path, monkeypatch):
+    """An interrupted sweep left files of runs it had not finished; the rerun removes them before running those
+    again (train_gpt.py refuses a RUN_ID whose log exists: the fake creates its log exclusively, as it does) and
+    keeps the finished baseline's, whose artifact the TTT row reads."""
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    for run_id in ("baseline_seed1", "xsa_seed1", "ttt_seed1"):
+        for suffix in record.RUN_FILES:
+            (logdir / f"{run_id}{suffix}").write_text("from the interrupted attempt")
+    sweep = ablations.Sweep(tmp_path / "sweep.json", {"steps": 2, "seeds": [1], "config": {}})
+    sweep.add("baseline", 1, {"stages": {}})
+    ran = []
+
+    def fake_train_gpt(env):
+        log = Path(env["LOG_DIR"]) / f"{env['RUN_ID']}.txt"
+        with open(log, "x") as f:
+            f.write("this attempt")
+        ran.append(env["RUN_ID"])
+        return log
+
+    monkeypatch.setattr(ablations, "run_train_gpt", fake_train_gpt)
+    run = SimpleNamespace(stages={}, model_bytes=1, artifact_bytes=1, steps=2, step_avg_ms=1.0, eval_parts={})
+    monkeypatch.setattr(ablations, "parse_log", lambda path: run)
+    table = {"baseline": ("", {}), "xsa": ("XSA off", {"XSA_LAST_N": "0"}), "ttt": ("TTT on", {"TTT_ENABLED": "1"})}
+    base = {"LOG_DIR": str(logdir)}
+    for name in table:
+        ablations.run_row(sweep, table, name, 1, base, logdir)
+    assert ran == ["xsa_seed1", "ttt_seed1"] and all(sweep.done(n, 1) for n in table)
+    assert sorted(p.name for p in logdir.iterdir()) == sorted(
+        [f"baseline_seed1{suffix}" for suffix in record.RUN_FILES] + ["ttt_seed1.txt", "xsa_seed1.txt"]
+    )
+    assert {(logdir / f"baseline_seed1{s}").read_text() for s in record.RUN_FILES} == {"from the interrupted attempt"}
+    assert (logdir / "xsa_seed1.txt").read_text() == "this attempt"
 
 
 def test_ablation_table_signs_and_effects(tmp_path):

@@ -1,10 +1,12 @@
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from data import download, shards
+from data import download, shards, verify
 
 V = download.VARIANTS["sp1024"]
 
@@ -17,7 +19,8 @@ def mirror(tmp_path, sp1024_model):
     ds.mkdir(parents=True)
     for kind, n in [("val", 2), ("train", 3)]:
         for i in range(n):
-            shards.write_shard(ds / shards.shard_name(kind, i), np.array([1, 10 + i, 20, 30]))
+            first = (10 if kind == "val" else 100) + i  # no train document is a val one: verify passes
+            shards.write_shard(ds / shards.shard_name(kind, i), np.array([1, first, 20, 30]))
     (root / V.root / "tokenizers").mkdir()
     shutil.copy(sp1024_model, root / V.root / "tokenizers" / V.tokenizer)
     (root / V.root / "manifest.json").write_text("{}")
@@ -37,8 +40,42 @@ def test_full_val_and_a_prefix_of_train(tmp_path, mirror):
         "fineweb_train_000001.bin",
         "fineweb_val_000000.bin",
         "fineweb_val_000001.bin",
+        "manifest.json",
     ]
     assert names(out / "tokenizers") == [V.tokenizer]
+
+
+def test_a_complete_download_writes_a_manifest_that_verify_checks(tmp_path, mirror):
+    out = tmp_path / "data"
+    ds = download.download("sp1024", 2, out, download.LocalSource(mirror), log=lambda _: None)
+    m = json.loads((ds / "manifest.json").read_text())
+    tokenizer = out / "tokenizers" / V.tokenizer
+    assert (ds / m["tokenizer"]["file"]).resolve() == tokenizer.resolve()
+    assert m["tokenizer"]["sha256"] == hashlib.sha256(tokenizer.read_bytes()).hexdigest()
+    assert m["format"] == "parameter-golf-shards/1" and m["tokenizer"]["vocab_size"] == 1024
+    files = [p for p in ds.iterdir() if shards.SHARD_RE.match(p.name)]
+    assert m["shards"] == {p.name: {"tokens": 4, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in files}
+    assert m["val_tokens"] == 8 and m["train_shards"] == 2
+    # verify finds the tokenizer through the manifest and checks the shards' bytes against it
+    assert verify.verify(ds, log=lambda _: None)["checksums"] == "ok"
+    # 101 -> 102: the header, the ids and the documents stay valid, only the bytes differ
+    shards.write_shard(ds / "fineweb_train_000001.bin", np.array([1, 102, 20, 30]))
+    with pytest.raises(verify.VerifyError, match="fineweb_train_000001.bin: sha256 is .* manifest.json records"):
+        verify.verify(ds, log=lambda _: None)
+
+
+def test_an_interrupted_download_leaves_no_manifest(tmp_path, mirror):
+    src = download.LocalSource(mirror)
+    ds = download.download("sp1024", 1, tmp_path, src, log=lambda _: None)
+    assert (ds / "manifest.json").is_file()
+
+    def fail(remote, dest):
+        raise download.DownloadError(f"cannot download {remote}")
+
+    src.fetch = fail
+    with pytest.raises(download.DownloadError):
+        download.download("sp1024", 2, tmp_path, src, log=lambda _: None)
+    assert not (ds / "manifest.json").exists()  # the old one no longer describes the folder
 
 
 def test_too_many_train_shards(tmp_path, mirror):

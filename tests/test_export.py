@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -41,6 +42,24 @@ def test_first_docs_are_val_and_train_starts_right_after(tmp_path, small_docs, s
     # Small shards: documents continue across shard boundaries, every shard is full but the last.
     sizes = [shards.read_header(p) for p in shards.list_shards(tmp_path / "o", "train")]
     assert m["train_shards"] == len(sizes) > 1 and set(sizes[:-1]) == {20_000}
+
+
+def shards_on_disk(folder):
+    """What the manifest must say, computed here from the files: name -> header token count, sha256 of the bytes."""
+    files = [p for p in folder.iterdir() if shards.SHARD_RE.match(p.name)]
+    return {
+        p.name: {"tokens": shards.read_header(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in files
+    }
+
+
+def test_manifest_lists_every_shard_with_its_sha256(tmp_path, small_docs, sp1024_model, caseops_dataset):
+    m = export.export_dataset(small_docs, tmp_path / "o", sp1024_model, val_docs=100, shard_tokens=20_000, log=quiet)
+    assert m["shards"] == shards_on_disk(tmp_path / "o")
+    assert m == json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert sum(n.startswith("fineweb_train_") for n in m["shards"]) == m["train_shards"] > 1
+    caseops_manifest = json.loads((caseops_dataset / "manifest.json").read_text())
+    assert caseops_manifest["shards"] == shards_on_disk(caseops_dataset)
+    assert "fineweb_val_bytes_000000.bin" in caseops_manifest["shards"]  # the byte sidecars too
 
 
 def test_fewer_docs_than_asked_is_refused(tmp_path, small_docs, sp1024_model):

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from data import download, prepare
@@ -13,6 +15,25 @@ def test_builds_from_the_offline_sample_then_keeps_it(tmp_path, monkeypatch):
     logged.clear()
     prepare.prepare("sp1024", tmp_path / "datasets", log=logged.append)
     assert logged[0] == f"prepare:up_to_date {out}"
+    # A changed shard is not up to date: the sample is rebuilt rather than trained on.
+    inputs = [
+        SHARED / "fineweb_train_sample.jsonl",
+        SHARED / "fineweb_val_head.jsonl",
+        SHARED / "fineweb_1024_bpe.model",
+    ]
+    train = out / "fineweb_train_000000.bin"
+    kept = train.read_bytes()
+    train.write_bytes(kept[:-2] + bytes([kept[-2] ^ 1, kept[-1]]))
+    assert "fineweb_train_000000.bin: sha256 is" in prepare.stale_reason(out, *inputs)
+    train.write_bytes(kept)
+    assert prepare.stale_reason(out, *inputs) is None
+    # An export from before checksums is rebuilt, so that its shards get them.
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "shards"}))
+    logged.clear()
+    prepare.prepare("sp1024", tmp_path / "datasets", log=logged.append)
+    assert logged[0] == f"prepare:build {out} (manifest.json records no shard checksums)"
+    assert json.loads((out / "manifest.json").read_text()) == manifest and "sp1024:checksums:ok" in logged
 
 
 def test_without_sample_or_network_it_names_what_is_missing(tmp_path, monkeypatch):

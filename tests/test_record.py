@@ -120,6 +120,27 @@ def test_code_that_differs_from_what_ran_is_caught(real_logs, tmp_path):
     assert not checks["validation fingerprint (val_docs, val_tokens)"]  # the sample is not the official split
 
 
+def test_logs_of_different_configurations_are_refused_naming_each_difference(real_logs, tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(real_logs[0].read_text())
+    text = real_logs[1].read_text()  # same code, seed 2: only the hparam lines change
+    for name, value in [("MODEL_DIM", "96"), ("EVAL_STRIDE", "64")]:
+        text, n = re.subn(rf"^hparam {name}=.*$", f"hparam {name}={value}", text, flags=re.M)
+        assert n == 1
+    b.write_text(text)
+    out = tmp_path / "records"
+    msg = (
+        "logs differ in MODEL_DIM (64 in a.txt, 96 in b.txt), EVAL_STRIDE (0 in a.txt, 64 in b.txt): "
+        "a record's seeds must share one configuration"
+    )
+    with pytest.raises(record.RecordError) as e:
+        record.build_record([a, b], out, build_args(tmp_path, allow_failed_checks=True))
+    assert str(e.value) == msg and not out.exists()
+    p = subprocess.run([sys.executable, str(ROOT / "tools" / "record.py"), "build", str(a), str(b), "--name", "x",
+                        "--records", str(out)], capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 2 and p.stderr == f"error: {msg}\n"
+
+
 def test_welch_t_test_matches_the_t_table():
     """Equal sizes and variances: Welch is Student's t with 2n-2 = 4 degrees of freedom, whose one-sided 1%
     critical value is 3.747 (t tables); a difference that gives t = 3.747 must give p = 0.01."""
@@ -153,6 +174,12 @@ def test_every_committed_record_agrees_with_its_logs(folder):
     fingerprint = (sub["val_fingerprint"]["val_docs"], sub["val_fingerprint"]["val_tokens"])
     checks = record.run_checks(runs, code, fingerprint)
     assert all(ok for _, ok, _ in checks) and sub["checks"] == {name: ok for name, ok, _ in checks}
+
+
+def test_a_repeated_seed_is_refused_before_any_run(tmp_path):
+    with pytest.raises(record.RecordError, match=r"^--seeds 1 2 1: give each seed once"):
+        record.run_seeds([1, 2, 1], 1, tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing packed, nothing run
 
 
 def test_a_failed_bench_run_names_the_run_and_the_script_error(tmp_path):

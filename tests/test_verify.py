@@ -1,3 +1,4 @@
+import hashlib
 import json
 import shutil
 
@@ -32,6 +33,7 @@ def test_sample_datasets_pass_with_fingerprints(request, name, capsys):
     assert lines["val_docs"] == "108" and lines["val_bytes"] == "313038" and lines["shared_docs"] == "0"
     assert lines["train_docs"] == "5000" and lines["train_shards"] == "1"
     assert lines["byte_accounting"] == ("sidecar" if name == "caseops_dataset" else "tables")
+    assert lines["checksums"] == "ok"
 
 
 def rewrite(path, fn):
@@ -94,11 +96,51 @@ def test_wrong_sidecar_is_caught(caseops_dataset, copy_of, capsys):
     assert rc == 1 and "byte accounting is off in 1 val documents" in err
 
 
+def drop_checksums(ds):
+    manifest = json.loads((ds / "manifest.json").read_text())
+    del manifest["shards"]
+    (ds / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_missing_sidecar_for_caseops(caseops_dataset, copy_of, capsys):
     ds = copy_of(caseops_dataset)
     (ds / "fineweb_val_bytes_000000.bin").unlink()
     rc, _, err = run_cli([ds], capsys)
+    assert rc == 1 and "lacks fineweb_val_bytes_000000.bin, which manifest.json lists" in err
+    drop_checksums(ds)  # without the list, the CaseOps check still catches it
+    rc, _, err = run_cli([ds], capsys)
     assert rc == 1 and "sidecar" in err
+
+
+def test_one_in_vocabulary_token_changed_fails_on_its_checksum(sp1024_dataset, copy_of, capsys):
+    """The change keeps every structural fact (ids in range, BOS where it was, document counts): only the
+    recorded sha256 can tell this shard from the one that was written."""
+    ds = copy_of(sp1024_dataset)
+    path = ds / "fineweb_train_000000.bin"
+    want = json.loads((ds / "manifest.json").read_text())["shards"][path.name]["sha256"]
+    tokens = shards.load_shard(path).astype(np.int64)
+    assert tokens[500] not in (1, 5)  # neither the old nor the new id is BOS
+    rewrite(path, lambda t: np.where(np.arange(t.size) == 500, 5, t))
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    rc, _, err = run_cli([ds], capsys)
+    assert rc == 1 and f"{path}: sha256 is {found[:16]}..., manifest.json records {want[:16]}..." in err
+    drop_checksums(ds)
+    rc, out, _ = run_cli([ds], capsys)
+    assert rc == 0 and "checksums:none_recorded" in out.splitlines()  # an older manifest: said, not failed
+
+
+def test_a_listed_shard_that_is_missing_fails(sp1024_dataset, copy_of, capsys):
+    ds = copy_of(sp1024_dataset)
+    (ds / "fineweb_train_000000.bin").unlink()
+    rc, _, err = run_cli([ds], capsys)
+    assert rc == 1 and "lacks fineweb_train_000000.bin, which manifest.json lists (missing shards)" in err
+
+
+def test_a_shard_the_manifest_does_not_list_fails(sp1024_dataset, copy_of, capsys):
+    ds = copy_of(sp1024_dataset)
+    shutil.copy(ds / "fineweb_train_000000.bin", ds / "fineweb_train_000001.bin")
+    rc, _, err = run_cli([ds], capsys)
+    assert rc == 1 and "holds fineweb_train_000001.bin, which manifest.json does not list" in err
 
 
 def test_tokenizer_that_does_not_match_the_data(sp1024_dataset, caseops_model, copy_of, capsys):

@@ -10,7 +10,8 @@ The folder, records/<track>/<date>_<name>/, holds the train_gpt.py that ran (cut
 begin with the source), requirements.txt, every log, submission.json, plots and a README.md written from
 the data. Significance: the mean improvement over the reference in nats and BPB and a one-sided Welch
 t-test of "better by at least 0.005 nats" (scipy), against the challenge's bar of p < 0.01.
-An artifact over 16,000,000 bytes is always refused; other failed checks refuse the record unless
+An artifact over 16,000,000 bytes is always refused, and so are logs of different code or of different
+hyperparameters (all but SEED, RUN_ID and LOG_DIR); other failed checks refuse the record unless
 --allow-failed-checks (e.g. a non-record track on other hardware). Nothing is left half-written.
 """
 
@@ -38,6 +39,9 @@ MARGIN_NATS, ALPHA = 0.005, 0.01
 
 class RecordError(ValueError):
     """A log or a record that cannot be accepted, with the reason."""
+
+
+PER_RUN = ("SEED", "RUN_ID", "LOG_DIR")  # the hyperparameters the seeds of one record may differ in
 
 
 # -----------------------------------------------------------------------------
@@ -179,6 +183,24 @@ def significance(ours_nats: list[float], ref_nats: list[float], margin: float = 
 # -----------------------------------------------------------------------------
 # Checks a reviewer would run
 # -----------------------------------------------------------------------------
+def log_names(runs: list[RunLog]) -> list[str]:
+    """How a message names each log: its file name, or its whole path where two share a name."""
+    names = [r.path.name for r in runs]
+    return [n if names.count(n) == 1 else str(r.path) for n, r in zip(names, runs)]
+
+
+def check_one_configuration(runs: list[RunLog]) -> None:
+    """The seeds of a record are one configuration: a log of another width or eval stride would average two
+    different models into one score. Names each differing hyperparameter with every log's value."""
+    names = log_names(runs)
+    keys = dict.fromkeys(k for r in runs for k in r.hparams if k not in PER_RUN)  # in log order, each once
+    differing = [k for k in keys if len({r.hparams.get(k) for r in runs}) > 1]
+    if differing:
+        values = lambda k: ", ".join(f"{r.hparams.get(k, 'unset')} in {n}" for r, n in zip(runs, names))
+        listed = ", ".join(f"{k} ({values(k)})" for k in differing)
+        raise RecordError(f"logs differ in {listed}: a record's seeds must share one configuration")
+
+
 def run_checks(runs: list[RunLog], code: bytes, expect_val: tuple[int, int] | None) -> list[tuple[str, bool, str]]:
     fp = {(r.val_docs, r.val_tokens) for r in runs}
     (docs, tokens), = fp if len(fp) == 1 else ((-1, -1),)  # fmt: skip
@@ -282,7 +304,7 @@ def config_diff(runs: list[RunLog], reference_hparams: dict[str, str] | None) ->
     import train_gpt
 
     base = reference_hparams or {n: str(d) for n, _, d, _, _ in train_gpt.HPARAMS}
-    ours = {k: v for k, v in runs[0].hparams.items() if k not in ("SEED", "RUN_ID", "LOG_DIR")}
+    ours = {k: v for k, v in runs[0].hparams.items() if k not in PER_RUN}
     return [(k, v, base.get(k, "—")) for k, v in ours.items() if base.get(k) != v]
 
 
@@ -348,12 +370,14 @@ def this_machine() -> str:
 
 
 def build_record(logs: list[Path], out_root: Path, args) -> Path:
-    runs = sorted((parse_log(p) for p in logs), key=lambda r: r.seed)
+    runs = [parse_log(p) for p in logs]
     if not runs:
         raise RecordError("no logs given")
     code = runs[0].source
     if any(r.source != code for r in runs):
         raise RecordError("the logs ran different code: a record is one train_gpt.py over several seeds")
+    check_one_configuration(runs)  # in the order given, so the message reads like the command line
+    runs.sort(key=lambda r: r.seed)
     over = [r for r in runs if r.artifact_bytes > BUDGET_BYTES]
     if over:
         sizes = [f"seed {r.seed} {r.artifact_bytes:,} (code {r.code_bytes:,} + model {r.model_bytes:,})" for r in over]
@@ -414,6 +438,20 @@ def build_record(logs: list[Path], out_root: Path, args) -> Path:
     return folder
 
 
+RUN_FILES = (".txt", ".ptz", ".float.pt", ".over_budget.ptz")  # what train_gpt.py writes as LOG_DIR/<RUN_ID><suffix>
+
+
+def clear_run(log_dir: Path, run_id: str) -> list[Path]:
+    """Removes the files an unfinished earlier attempt of run_id left in log_dir; returns them. train_gpt.py refuses
+    a RUN_ID whose log exists, and a stale artifact could pass for the new run's. Only for a run about to be
+    redone: never for a finished run whose results are kept."""
+    stale = [Path(log_dir) / f"{run_id}{suffix}" for suffix in RUN_FILES]
+    stale = [p for p in stale if p.exists()]
+    for p in stale:
+        p.unlink()
+    return stale
+
+
 def run_train_gpt(env: dict, capture: bool = True) -> Path:
     """Runs this checkout's train_gpt.py in one process with env (which names LOG_DIR and RUN_ID); returns the
     log's path. A failure raises RecordError with the end of its stderr (when captured)."""
@@ -426,6 +464,8 @@ def run_train_gpt(env: dict, capture: bool = True) -> Path:
 
 def run_seeds(seeds: list[int], nproc: int, workdir: Path) -> list[Path]:
     """Packs train_gpt.py and runs it once per seed with the environment's configuration; returns the logs."""
+    if len(set(seeds)) != len(seeds):  # refused before hours of runs: a repeat reuses its RUN_ID, adds no evidence
+        raise RecordError(f"--seeds {' '.join(map(str, seeds))}: give each seed once (a record's seeds are distinct)")
     sys.path.insert(0, str(ROOT))
     from tools.pack import pack
 
