@@ -56,14 +56,14 @@ def test_results_md_marks_what_was_not_measured(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
     report.main()
     empty = (tmp_path / "RESULTS.md").read_text()
-    assert empty.count("**Not measured yet.**") == 13
+    assert empty.count("**Not measured yet.**") == 14
     (tmp_path / "results").mkdir()
     classical = {"val_docs": 2, "val_bytes": 100, "train_bytes": 1000, "date": "2026-01-02",
                  "compressors": {"xz": {"setting": "s", "alone_bpb": 2.5, "marginal_bpb": 2.0}}}  # fmt: skip
     (tmp_path / "results" / "classical.json").write_text(json.dumps(classical))
     report.main()
     text = (tmp_path / "RESULTS.md").read_text()
-    assert text.count("**Not measured yet.**") == 12 and "| xz | s | 2.5000 | 2.0000 |" in text
+    assert text.count("**Not measured yet.**") == 13 and "| xz | s | 2.5000 | 2.0000 |" in text
     assert text.count("Date: ") == 1 and "Date: 2026-01-02" in text
 
 
@@ -265,3 +265,20 @@ def test_probe_set_and_its_damaged_artifacts():
     with pytest.raises(Exception) as e:  # noqa: B017 (today brotli's own error; an ArtifactError once handled)
         tg.deserialize(probes.undecodable_stream(blob))
     assert "checksum" not in str(e.value) and "length" not in str(e.value)
+
+
+def test_probes_section_lists_what_was_not_handled():
+    r = lambda name, outcome, msg: {"name": name, "what": "w", "outcome": outcome, "message": msg, "seconds": 1.0}
+    d = {
+        "probes_n": 3,
+        "repo": "/r",
+        "repo_version": "abc",
+        "mem_gb": 8.0,
+        "seconds": 30.0,
+        "fixture_seconds": 9.0,
+        "totals": {"error": 1, "traceback": 1, "silent": 1, "hang": 0},
+        "probes": [r("a", "error", "error: x"), r("b", "traceback", "ValueError: a|b"), r("c", "silent", "exit 0")],
+    }
+    text = "\n".join(report.probes(d))
+    assert "**1 error, 1 traceback, 1 silent, 0 hang.**" in text and "Handled (1): `a`." in text
+    assert "| `b` | w | traceback | 1.0 | ValueError: a\\|b |" in text and "| `c` |" in text and "| `a` |" not in text
