@@ -79,7 +79,7 @@ def last_error_line(log: str) -> str | None:
 def coverage(log: str) -> str:
     """What the final score covered, from the log: scored targets and bytes against the validation set's."""
     val = re.search(r"^val_tokens:(\d+) val_docs:(\d+) val_bytes:(\d+)", log, re.M)
-    evals = re.findall(r"^(\w+)_eval .*?\btokens:(\d+) bytes:(\d+)", log, re.M)
+    evals = re.findall(r"^(\w+)_eval .*?\btokens:(\d+)\b.*?\bbytes:(\d+)", log, re.M)
     finals = re.findall(r"^final_(\w+)_exact val_loss:\S+ val_bpb:(\S+)", log, re.M)
     if not val or not evals:
         return "no evaluation in the log"
@@ -508,8 +508,8 @@ def eval_only() -> list[Probe]:
               expect="corrupt|checksum", setup=artifact("corrupt", flip_byte_near_end)),
         Probe("eval_only_undecodable_stream", "an artifact stream of random bytes whose checksum matches",
               expect="artifact|stream|corrupt", setup=artifact("undecodable", undecodable_stream)),
-        Probe("eval_only_other_shape", "EVAL_ONLY given a MODEL_DIM=96 artifact under MODEL_DIM=64",
-              expect="MODEL_DIM|shape|configuration|size mismatch",
+        Probe("eval_only_other_shape", "EVAL_ONLY given a MODEL_DIM=96 artifact with MODEL_DIM=64 set",
+              {"MODEL_DIM": "64"}, "MODEL_DIM|shape|configuration|size mismatch",
               setup=artifact(path=lambda fx: str(fx.run_wide().with_suffix(".ptz")))),
         Probe("eval_only_other_mlp_act", "the same-shape artifact under MLP_ACT=relu2 (trained leaky_relu2)",
               {"MLP_ACT": "relu2"}, "MLP_ACT", setup=artifact(path=a)),

@@ -242,6 +242,8 @@ def test_probe_outcomes_from_canned_runs():
         "silent",
         "exit 0: bad input accepted; roundtrip scored only 6 of 10 targets, 31 of 40 bytes, val_bpb 2.0",
     )
+    newer = log.format("10 expected_tokens:10", "40 expected_bytes:40")  # the totals beside the counts
+    assert "scored all 10 of 10 targets" in c(0, "", "", log=newer)[1]
     assert c(None, "step:1\n", "", timed_out=True, timeout=90) == (
         "hang", "no result after 90 s; last output: step:1")  # fmt: skip
     kept = "error: interrupted; kept: a.txt"
