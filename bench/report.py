@@ -319,6 +319,29 @@ def ngram_hints(d: dict) -> list[str]:
     return out
 
 
+def probes(d: dict) -> list[str]:
+    """The hostile review of issue 20 (bench/probes.py): totals, then every probe not handled, with its message."""
+    t, cell = d["totals"], lambda s: " ".join(str(s).split()).replace("|", "\\|")
+    short = lambda s: cell(s) if len(cell(s)) <= 300 else cell(s)[:297] + "..."  # noqa: E731
+    out = [f"{d['probes_n']} bad inputs and faults against `{d['repo']}` at {d['repo_version']}: training runs at "
+           "`PRESET=smoke` shrunk to 4 steps and a 3 s cap, and the data and record tools; one process at a time, "
+           f"each under a {d['mem_gb']:g} GB address-space limit; {d['seconds']:.0f} s in all "
+           f"({d['fixture_seconds']:.0f} s of fixtures). **error**: handled (nonzero exit, one error line naming the "
+           "fault, the same line last in the run's log; or the probe's stated good outcome); **traceback**: a Python "
+           "traceback; **silent**: bad input accepted, or a failure without a clear message; **hang**: no result "
+           "before the timeout.", "",
+           f"**{t['error']} error, {t['traceback']} traceback, {t['silent']} silent, {t['hang']} hang.**",
+           ""]  # fmt: skip
+    bad = [r for r in d["probes"] if r["outcome"] != "error"]
+    if bad:
+        out += ["| probe | fault | outcome | s | message |", "|---|---|---|---|---|"]
+        out += [f"| `{r['name']}` | {cell(r['what'])} | {r['outcome']} | {r['seconds']:.1f} | {short(r['message'])} |"
+                for r in bad]  # fmt: skip
+        out.append("")
+    good = [f"`{r['name']}`" for r in d["probes"] if r["outcome"] == "error"]
+    return out + [f"Handled ({len(good)}): {', '.join(good) or 'none'}."]
+
+
 def main() -> None:
     cpu = "2 CPU cores (AMD EPYC), torch 2.13 CPU"
     lines = ["# Benchmark results", "",
@@ -354,6 +377,9 @@ def main() -> None:
     lines += section("Evaluation cost on 8 GPUs, on paper", ec_cmd, cpu, ec, eval_cost)
     ng_cmd = "python3 bench/ngram_hints.py --out bench/results/ngram_hints.json"
     lines += section("N-gram tilt: the hint precompute", ng_cmd, cpu, load("ngram_hints.json"), ngram_hints)
+    hp = load("probes.json")
+    lines += section("Hostile probes (issue 20)", "python3 bench/probes.py --out bench/results/probes.json",
+                     hp["machine"] if hp else cpu, hp, probes)  # fmt: skip
     gc = load("gpu_check.json")
     gc_cmd = gc["command"] if gc else "python3 bench/gpu_check.py --out <dir> (on the device: README, first GPU run)"
     gc_machine = gc["stages"]["env"]["gpu"] + " (device tool)" if gc else "one H100 or H200 (device tool)"

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -13,6 +15,7 @@ import ablations  # noqa: E402
 import gpu_proxy  # noqa: E402
 import numpy as np  # noqa: E402
 import packing  # noqa: E402
+import probes  # noqa: E402
 import proxy_cpu  # noqa: E402
 import quantization  # noqa: E402
 import report  # noqa: E402
@@ -55,14 +58,14 @@ def test_results_md_marks_what_was_not_measured(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
     report.main()
     empty = (tmp_path / "RESULTS.md").read_text()
-    assert empty.count("**Not measured yet.**") == 13
+    assert empty.count("**Not measured yet.**") == 14
     (tmp_path / "results").mkdir()
     classical = {"val_docs": 2, "val_bytes": 100, "train_bytes": 1000, "date": "2026-01-02",
                  "compressors": {"xz": {"setting": "s", "alone_bpb": 2.5, "marginal_bpb": 2.0}}}  # fmt: skip
     (tmp_path / "results" / "classical.json").write_text(json.dumps(classical))
     report.main()
     text = (tmp_path / "RESULTS.md").read_text()
-    assert text.count("**Not measured yet.**") == 12 and "| xz | s | 2.5000 | 2.0000 |" in text
+    assert text.count("**Not measured yet.**") == 13 and "| xz | s | 2.5000 | 2.0000 |" in text
     assert text.count("Date: ") == 1 and "Date: 2026-01-02" in text
 
 
@@ -249,3 +252,72 @@ def test_ngram_hint_bench_times_the_evaluation_step_and_reads_real_text(tmp_path
     assert 0 < q["train_sample"]["hinted_share"] < 0.2 and q["train_sample"]["hint_right_share"] > 0.5
     assert json.loads((tmp_path / "ngram_hints.json").read_text())["order"] == 16
     assert "| train_sample |" in "\n".join(report.ngram_hints(r))
+
+
+def test_probe_outcomes_from_canned_runs():
+    """bench/probes.py's classifier: a traceback anywhere wins; an error counts as handled only when it is the last
+    stderr line in the tool's format, names the fault and ends the run's log; exit 0 on bad input is silent, with
+    the score's coverage of the validation targets; SIGINT's good outcome is exit 130 and the log's last line."""
+    c, tb = probes.classify, "Traceback (most recent call last):\n  File x, line 1\nValueError: bad\n"
+    err = "error: NUM_LAYERS='four': expected int"
+    assert c(2, "", err + "\n", expect="NUM_LAYERS") == ("error", err)
+    assert c(2, "", tb + err)[0] == "traceback" and c(2, tb, err)[0] == "traceback"
+    assert c(1, "", tb) == ("traceback", "ValueError: bad")
+    outcome, msg = c(2, "", "error: checks failed: distinct seeds", expect="MODEL_DIM")
+    assert outcome == "silent" and "does not name the fault" in msg
+    assert c(2, "", err, expect="NUM_LAYERS", log=f"hparam X=1\n{err}\n")[0] == "error"
+    assert c(2, "", err, expect="NUM_LAYERS", log="hparam X=1\nerror: something else\n")[0] == "silent"
+    assert c(2, "", err, expect="NUM_LAYERS", log="hparam X=1\n")[0] == "silent"  # the log never says how it ended
+    assert c(1, "", "Killed\n")[0] == "silent"
+    failed = "verify:FAILED fineweb_val_000000.bin: sha256 differs"
+    assert c(1, "", failed, prefixes=("verify:FAILED",), expect="sha256") == ("error", failed)
+    assert c(0, "verify:ok\n", "") == ("silent", "exit 0: bad input accepted; last output: verify:ok")
+    log = "val_tokens:11 val_docs:2 val_bytes:40\nroundtrip_eval mode:chunked stride:0 val_loss:1 val_bpb:2 tokens:{} "
+    log += "bytes:{} eval_time_ms:5\nfinal_roundtrip_exact val_loss:1.0 val_bpb:2.0\n"
+    assert "scored all 10 of 10 targets, 40 of 40 bytes, val_bpb 2.0" in c(0, "", "", log=log.format(10, 40))[1]
+    assert c(0, "", "", log=log.format(6, 31)) == (
+        "silent",
+        "exit 0: bad input accepted; roundtrip scored only 6 of 10 targets, 31 of 40 bytes, val_bpb 2.0",
+    )
+    newer = log.format("10 expected_tokens:10", "40 expected_bytes:40")  # the totals beside the counts
+    assert "scored all 10 of 10 targets" in c(0, "", "", log=newer)[1]
+    assert c(None, "step:1\n", "", timed_out=True, timeout=90) == (
+        "hang", "no result after 90 s; last output: step:1")  # fmt: skip
+    kept = "error: interrupted; kept: a.txt"
+    assert c(130, "", "", log=f"step:2\n{kept}\n", interrupt=True) == ("error", kept)
+    assert c(0, "", "", log=f"step:2\n{kept}\n", interrupt=True)[0] == "silent"
+    assert c(130, "", "", log="step:2\n", interrupt=True)[0] == "silent"
+
+
+def test_probe_set_and_its_damaged_artifacts():
+    """Probe names are unique and every probe names the fault it expects (else any error would pass it); the
+    damaged artifacts fail where they claim to: a flipped byte at a checksum, the undecodable stream past them."""
+    ps = probes.all_probes(ROOT)
+    assert len({p.name for p in ps}) == len(ps) >= 55
+    assert all(p.expect for p in ps if p.good != "interrupt")
+    rng = np.random.default_rng(0)
+    packed = {k: ("fp16", {"w": rng.normal(size=4096).astype(np.float16)}, {}) for k in ("a", "b")}
+    blob = tg.serialize(packed, "brotli")[0]
+    assert set(tg.deserialize(blob)) == {"a", "b"}
+    with pytest.raises(tg.ArtifactError, match="checksum"):
+        tg.deserialize(probes.flip_byte_near_end(blob))
+    with pytest.raises(Exception) as e:  # noqa: B017 (today brotli's own error; an ArtifactError once handled)
+        tg.deserialize(probes.undecodable_stream(blob))
+    assert "checksum" not in str(e.value) and "length" not in str(e.value)
+
+
+def test_probes_section_lists_what_was_not_handled():
+    r = lambda name, outcome, msg: {"name": name, "what": "w", "outcome": outcome, "message": msg, "seconds": 1.0}
+    d = {
+        "probes_n": 3,
+        "repo": "/r",
+        "repo_version": "abc",
+        "mem_gb": 8.0,
+        "seconds": 30.0,
+        "fixture_seconds": 9.0,
+        "totals": {"error": 1, "traceback": 1, "silent": 1, "hang": 0},
+        "probes": [r("a", "error", "error: x"), r("b", "traceback", "ValueError: a|b"), r("c", "silent", "exit 0")],
+    }
+    text = "\n".join(report.probes(d))
+    assert "**1 error, 1 traceback, 1 silent, 0 hang.**" in text and "Handled (1): `a`." in text
+    assert "| `b` | w | traceback | 1.0 | ValueError: a\\|b |" in text and "| `c` |" in text and "| `a` |" not in text
