@@ -249,6 +249,8 @@ def refuse_unknown_names(env) -> None:
     a misspelt knob would otherwise be ignored and an ablation silently run the wrong configuration."""
     names = [name for name, *_ in HPARAMS]
     for key in sorted(set(env) - set(names)):
+        if key.upper() in names:  # env names are case-sensitive: num_layers would be ignored
+            raise HyperparameterError(f"{key} is not a setting of train_gpt.py; did you mean {key.upper()}?")
         close = difflib.get_close_matches(key, names, n=1, cutoff=0.85 if not key.startswith(OUR_PREFIXES) else 0)
         if close:
             raise HyperparameterError(f"{key} is not a setting of train_gpt.py; did you mean {close[0]}?")
@@ -266,6 +268,9 @@ class Hyperparameters:
             raw = env.get(name)
             setattr(self, name.lower(), default if raw is None else _parse(name, typ, raw, allowed))
         self.run_id = self.run_id or uuid.uuid4().hex[:12]
+        if not self.run_id.replace("-", "").replace("_", "").replace(".", "").isalnum() or self.run_id[0] == ".":
+            raise HyperparameterError(f"RUN_ID={self.run_id!r}: expected a file name of letters, digits, '-', '_' "
+                                      "and '.' (the run's files go in LOG_DIR, nowhere else)")  # fmt: skip
         if "TRAIN_SEQ_LEN" in env and "SEQ_LEN_SCHEDULE" not in env:  # the default schedule is the flagship's
             self.seq_len_schedule = ""
         for name, elevenths in DEPTH_RELATIVE.items():  # at another depth, the flagship's places scale with it
@@ -1725,7 +1730,10 @@ def deserialize(blob: bytes) -> dict:
         data = blob[pos : pos + clen]
         if zlib.crc32(data) != scrc:
             raise ArtifactError(f"artifact stream {name!r} is corrupt (checksum mismatch)")
-        raw[name], pos = decompress(data), pos + clen
+        try:
+            raw[name], pos = decompress(data), pos + clen
+        except Exception as e:  # the checksum matched bytes the compressor cannot read: not our artifact
+            raise ArtifactError(f"artifact stream {name!r} does not decompress: {e}") from None
         if len(raw[name]) != rawlen:
             raise ArtifactError(f"artifact stream {name!r} decompressed to {len(raw[name])} bytes, not {rawlen}")
     view = lambda stream, at, dtype, shape: np.frombuffer(raw[stream], dtype, math.prod(shape), at).reshape(shape)
@@ -1875,6 +1883,11 @@ class TrainingError(RuntimeError):
     """Training that cannot go on (a non-finite loss)."""
 
 
+def weights_finite(model: nn.Module) -> bool:
+    """One reduction over every parameter: an optimizer step can leave NaN weights behind a finite loss."""
+    return bool(torch.stack(torch._foreach_norm([p.detach() for p in model.parameters()])).sum().isfinite())
+
+
 def stop_on_bad_loss(hp: Hyperparameters, model: GPT, ema, step: int, loss: float, rank: int):
     kept = "nothing kept (EMA_DECAY=0: the weights are already damaged)"
     if ema is not None:
@@ -1883,7 +1896,8 @@ def stop_on_bad_loss(hp: Hyperparameters, model: GPT, ema, step: int, loss: floa
         if rank == 0:
             save_checkpoint(path, model.state_dict(), None)
         kept = f"the EMA weights before it kept as {path} (tools/rescue.py exports them)"
-    raise TrainingError(f"step {step}: training loss is {loss}; stopped, {kept}")
+    bad = f"training loss is {loss}" if not math.isfinite(loss) else "its update left non-finite weights"
+    raise TrainingError(f"step {step}: {bad}; stopped, {kept}")
 
 
 def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log) -> dict:
@@ -1911,7 +1925,7 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
         optimizers[0].param_groups[0]["momentum"] = muon_momentum_at(step, hp)
         t0 = time.perf_counter()
         loss, grad_norm = train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device)
-        if not math.isfinite(loss):  # stop at once: the EMA still holds the weights from before this step
+        if not math.isfinite(loss) or not weights_finite(model):  # stop: the EMA holds the weights before it
             stop_on_bad_loss(hp, model, ema, step + 1, loss, rank)
         if ema is not None:
             ema.update(model)

@@ -459,6 +459,9 @@ def test_ema_closed_form_and_copy_to():
         ({"NGRAM_BETA": "2"}, ["NGRAM_BETA", "did you mean NGRAM_"]),  # our prefix: always one of ours
         ({"TTT_SHORT_CHUNKS": "256-8"}, ["TTT_SHORT_CHUNKS", "below:chunk"]),
         ({"TTT_SHORT_CHUNKS": "256:0"}, ["TTT_SHORT_CHUNKS", "below:chunk"]),
+        ({"num_layers": "4"}, ["num_layers is not a setting", "did you mean NUM_LAYERS?"]),  # env names are exact
+        ({"RUN_ID": "../escaped"}, ["RUN_ID='../escaped'", "a file name"]),  # its files stay in LOG_DIR
+        ({"RUN_ID": "a/b"}, ["RUN_ID='a/b'", "a file name"]),
     ],
 )
 def test_bad_hyperparameter_message(env, parts):

@@ -120,6 +120,14 @@ def test_container_round_trip_is_exact_and_refuses_damage(trained):
         bad[pos] ^= 0x41
         with pytest.raises(tg.ArtifactError):
             tg.deserialize(bytes(bad))
+    head, at = tg.read_header(blob)  # a stream whose checksum matches bytes brotli cannot read
+    name, clen, _, rawlen = head["streams"][0]
+    junk = bytes(rng.integers(0, 256, clen, dtype=np.uint8))
+    head["streams"][0] = [name, clen, tg.zlib.crc32(junk), rawlen]
+    h = tg.COMPRESSORS["brotli"][0](tg.json.dumps(head).encode())
+    forged = blob[:5] + tg.struct.pack("<II", len(h), tg.zlib.crc32(h)) + h + junk + blob[at + clen :]
+    with pytest.raises(tg.ArtifactError, match=f"stream '{name}' does not decompress"):
+        tg.deserialize(forged)
     for cut in (5, 100, len(blob) - 1):
         with pytest.raises(tg.ArtifactError, match="truncated|not a model artifact"):
             tg.deserialize(blob[:cut])

@@ -387,3 +387,16 @@ def test_a_non_finite_loss_stops_training_at_once_and_keeps_the_ema_weights(smal
     assert len(calls) == 3 and not any("step:4/" in line for line in lines)
     kept = torch.load(tmp_path / "nan.float.pt")["state"]
     assert set(kept) == set(model.state_dict()) and all(torch.isfinite(t).all() for t in kept.values())
+
+
+def test_an_update_that_leaves_nan_weights_stops_before_the_ema_takes_them(small_dataset, tmp_path):
+    """ADAM_EPS=0 turns a zero gradient into 0/0: NaN weights behind a finite loss. The run stops at that step,
+    and the kept EMA weights are all finite."""
+    hp = tiny_hp(DATA_PATH=small_dataset, LOG_DIR=tmp_path, RUN_ID="nanw", ITERATIONS=50, GPTQ=0, ADAM_EPS=0)
+    torch.manual_seed(0)
+    model, lines = tg.GPT(hp), []
+    optimizers = tg.build_optimizers(model, hp, 0, 1, torch.device("cpu"))
+    with pytest.raises(tg.TrainingError, match=r"step 1: its update left non-finite weights; stopped, the EMA"):
+        tg.train(hp, model, model, optimizers, None, "sdpa", 0, 1, 1, torch.device("cpu"), lines.append)
+    kept = torch.load(tmp_path / "nanw.float.pt")["state"]
+    assert all(torch.isfinite(t).all() for t in kept.values())

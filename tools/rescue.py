@@ -7,6 +7,7 @@ and the log says so (`record_run:no`). Run it with the environment of the run (t
 
 from __future__ import annotations
 
+import pickle
 import sys
 from pathlib import Path
 
@@ -23,14 +24,25 @@ def load_checkpoint(path: str, model: tg.GPT, device) -> tuple[dict, dict | None
         model.load_state_dict(ckpt["state"])  # refuses a checkpoint of another shape
         return ckpt["state"], ckpt["hessians"]
     except Exception as e:
-        raise tg.ArtifactError(f"{path}: expected a <RUN_ID>.float.pt of the model this env describes "
-                               f"({' '.join(str(e).split())[:300]})") from None  # fmt: skip
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        first = "not a checkpoint of tensors" if isinstance(e, pickle.UnpicklingError) or not first else first
+        raise tg.ArtifactError(
+            f"{path}: expected a <RUN_ID>.float.pt of the model this env describes ({first})"
+        ) from None
 
 
 def rescue(path: str):
     hp = tg.Hyperparameters()
     rank, world, _, device = tg.setup_distributed()
     log = tg.Logger(hp, rank)
+    try:
+        rescue_into(path, hp, rank, world, device, log)
+    except tg.RUN_ERRORS as e:
+        log(f"error: {e}", console=False)  # the log says how it ended, as train_gpt.py's do
+        raise
+
+
+def rescue_into(path: str, hp, rank: int, world: int, device, log):
     log(f"rescue_checkpoint:{path} record_run:no")
     val = tg.load_validation(hp, tg.load_tokenizer(hp.tokenizer_path, hp.vocab_size))
     backend, model = tg.pick_backend(hp.attn_backend, device), tg.GPT(hp).to(device)
