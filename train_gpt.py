@@ -56,6 +56,7 @@ except ImportError:
 # -----------------------------------------------------------------------------
 # name, type, default, allowed (inclusive (lo, hi) range, or a tuple of choices), meaning
 CASEOPS = "sp8192_lossless_caps_caseops_v1_reserved"  # the flagship's data: data/download.py --variant caseops
+FLAGSHIP_STEPS = 4900  # the flagship's steps in 600 s on 8xH100 (final records: 4,917-4,945): the schedules' yardstick
 HPARAMS = (
     (
         "PRESET",
@@ -95,6 +96,8 @@ HPARAMS = (
     ("SPARSE_ATTN_GATE", int, 1, (0, 1), "per-head sigmoid gate on the attention output from a small input window"),
     ("GATE_WINDOW", int, 12, (1, 1024), "input dims read by the SmearGate and the sparse attention gate"),
     ("SPARSE_ATTN_GATE_SCALE", float, 0.5, (0.0, 100.0), "pre-sigmoid scale of the sparse attention gate"),
+    ("LINEAR_INIT", str, "orthogonal", ("orthogonal", "default"), "block matrices' init (default: PyTorch's)"),
+    ("DOC_ATTENTION", int, 1, (0, 1), "attention confined to each document (0: causal across documents)"),
     ("ATTN_BACKEND", str, "auto", ("auto", "fa3", "fa2", "flex", "sdpa"), "document-masked attention kernel"),
     # training
     ("TRAIN_SEQ_LEN", int, 3072, (2, 65536), "training sequence length (the last of the schedule)"),
@@ -116,7 +119,7 @@ HPARAMS = (
     ("MUON_WD", float, 0.095, (0.0, 10.0), "Muon decoupled weight decay (p *= 1 - lr*wd)"),
     ("MUON_MOMENTUM", float, 0.97, (0.0, 1.0), "Muon Nesterov momentum after warmup"),
     ("MUON_MOMENTUM_WARMUP_START", float, 0.92, (0.0, 1.0), "Muon momentum at step 0"),
-    ("MUON_MOMENTUM_WARMUP_STEPS", int, 1500, (0, 10**9), "steps of the linear momentum warmup"),
+    ("MUON_MOMENTUM_WARMUP_FRAC", float, round(1500 / FLAGSHIP_STEPS, 4), (0.0, 100.0), "momentum warmup, run share"),
     ("MUON_BACKEND_STEPS", int, 5, (1, 5), "Newton-Schulz iterations"),
     ("MUON_NS", str, "polar", ("polar", "quintic"), "Polar Express coefficients, or the fixed quintic"),
     ("MUON_ROW_NORM", int, 1, (0, 1), "MuonEq-R: normalise the update's rows before orthogonalisation"),
@@ -128,9 +131,9 @@ HPARAMS = (
     ("BETA2", float, 0.99, (0.0, 1.0), "AdamW beta2"),
     ("ADAM_EPS", float, 1e-8, (0.0, 1.0), "AdamW epsilon"),
     ("GRAD_CLIP_NORM", float, 0.3, (0.0, 1e6), "global gradient-norm clip (0: off)"),
-    ("WARMDOWN_FRAC", float, 0.85, (0.0, 1.0), "final fraction of training over which the LR decays linearly"),
+    ("WARMDOWN_FRAC", float, 0.85, (0.0, 100.0), "final run share of the linear LR decay (> 1: LR starts at 1/this)"),
     ("MIN_LR", float, 0.1, (0.0, 1.0), "LR floor of the decay, as a fraction of the peak"),
-    ("EMA_DECAY", float, 0.9965, (0.0, 1.0), "EMA of the weights, evaluated and exported (0: off)"),
+    ("EMA_HORIZON_FRAC", float, round(1 / (0.0035 * FLAGSHIP_STEPS), 5), (0.0, 1.0), "EMA time constant, run share"),
     ("COMPILE", int, 1, (0, 1), "torch.compile the model (CUDA only)"),
     # evaluation, export, logging
     ("VAL_LOSS_EVERY", int, 0, (0, 10**9), "validate every N steps during training (0: only at the end)"),
@@ -169,6 +172,7 @@ HPARAMS = (
     ("NGRAM_ORDER", int, 16, (1, 1024), "tokens of context the tilt's n-grams match"),
     ("NGRAM_THRESHOLD", float, 0.8, (0.0, 1.0), "share of the context's earlier continuations the hint must hold"),
     ("NGRAM_BOOST", float, 2.625, (0.0, 100.0), "logit boost of the hinted token, before the full softmax"),
+    ("EXPORT_SCHEME", str, "gptq", ("gptq", "int8_baseline"), "GPTQ (+LQER, AWQ), or the naive baseline's int8"),
     ("EXPORT_COMPRESSOR", str, "brotli", ("brotli", "zlib", "zstd", "lzma", "best"), "artifact compressor"),
     # quantization
     ("GPTQ", int, 1, (0, 1), "GPTQ with calibration Hessians (0: round to nearest)"),
@@ -195,19 +199,22 @@ CPU = {  # the flagship's techniques at 6 x 128 on the offline sample: 300 s of 
     "NUM_LAYERS": "6", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "ROPE_DIMS": "8",
     "LOOP_START": "2", "LOOP_END": "3", "PARALLEL_START_LAYER": "4", "XSA_LAST_N": "6", "TRAIN_SEQ_LEN": "256",
     "TRAIN_BATCH_TOKENS": "4096", "GRAD_ACCUM_STEPS": "1", "WARMUP_STEPS": "0", "MAX_WALLCLOCK_SECONDS": "300",
-    "GPTQ_RESERVE_SECONDS": "10", "MUON_MOMENTUM_WARMUP_STEPS": "150", "EMA_DECAY": "0.98", "TRAIN_LOG_EVERY": "25",
+    "GPTQ_RESERVE_SECONDS": "10", "TRAIN_LOG_EVERY": "25",
     "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "128", "VAL_BATCH_SIZE": "32768", "TTT_CONTEXT": "256",
     "TTT_BATCH_DOCS": "16", "TTT_PHASE_DOCS": "80", "TTT_SGD_BATCH_TOKENS": "4096",
 }  # fmt: skip
-NAIVE = {  # the naive baseline's recipe as switches: every later technique off (not yet its export or init)
+NAIVE = {  # the naive baseline as switches, at the CPU recipe of issue 21 (4 x 128, 16,384 tokens a step, 300 s)
+    "NUM_LAYERS": "4", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "ROPE_DIMS": "32",
+    "PARALLEL_START_LAYER": "4", "TRAIN_BATCH_TOKENS": "16384", "GRAD_ACCUM_STEPS": "8", "EVAL_STRIDE": "0",
+    "LINEAR_INIT": "default", "DOC_ATTENTION": "0", "EXPORT_SCHEME": "int8_baseline", "MIN_LR": "0",
+    # its 500-step momentum warmup and 1,200-step warmdown, as shares of the ~342 steps it takes here in 300 s
+    "MUON_MOMENTUM_WARMUP_FRAC": "1.46", "WARMDOWN_FRAC": "3.5",
     "SKIP_GATES": "0", "QK_GAIN_INIT": "1.5", "MLP_ACT": "relu2", "MLP_MULT": "2", "LN_SCALE": "0",
     "XSA_LAST_N": "0", "SMEAR_GATE": "0", "SPARSE_ATTN_GATE": "0", "NUM_LOOPS": "0", "LOGIT_ASYM": "0",
     "MUON_NS": "quintic", "MUON_ROW_NORM": "0", "MUON_WD": "0", "EMBED_WD": "0", "SCALAR_WD": "0",
     "MATRIX_LR": "0.04", "SCALAR_LR": "0.04", "TIED_EMBED_LR": "0.05", "MUON_MOMENTUM": "0.95",
-    "MUON_MOMENTUM_WARMUP_START": "0.85", "BETA2": "0.95", "GRAD_CLIP_NORM": "0", "EMA_DECAY": "0",
+    "MUON_MOMENTUM_WARMUP_START": "0.85", "BETA2": "0.95", "GRAD_CLIP_NORM": "0", "EMA_HORIZON_FRAC": "0",
     "GPTQ": "0", "GPTQ_RESERVE_SECONDS": "0", "LQER_TOP_K": "0", "AWQ_GROUP": "0", "NGRAM_TILT": "0",
-    "ATTN_BITS": "8", "MLP_BITS": "8", "EMBED_BITS": "8",
-    "ATTN_CLIP_SIGMAS": "16", "MLP_CLIP_SIGMAS": "16", "EMBED_CLIP_SIGMAS": "16",
     "EXPORT_COMPRESSOR": "zlib", "TTT_ENABLED": "0",
 }  # fmt: skip
 PRESETS = {
@@ -217,7 +224,7 @@ PRESETS = {
     "smoke": {**CPU, "NUM_LAYERS": "4", "MODEL_DIM": "64", "LOOP_START": "1", "LOOP_END": "2", "XSA_LAST_N": "4",
               "PARALLEL_START_LAYER": "3", "MAX_WALLCLOCK_SECONDS": "10", "GPTQ_RESERVE_SECONDS": "1",
               "GPTQ_CALIBRATION_BATCHES": "4", "TRAIN_LOG_EVERY": "10", "EVAL_STRIDE": "0", "TTT_ENABLED": "0"},
-    "naive": {**CPU, **NAIVE, "ROPE_DIMS": "32", "PARALLEL_START_LAYER": "6"},  # at the CPU shape: full RoPE, one lane
+    "naive": {**CPU, **NAIVE},
 }  # fmt: skip
 
 
@@ -320,7 +327,7 @@ class Hyperparameters:
 MODEL_HPARAMS = ("VOCAB_SIZE", "NUM_LAYERS", "MODEL_DIM", "NUM_HEADS", "NUM_KV_HEADS", "MLP_MULT", "MLP_ACT",
                  "LOGIT_SOFTCAP", "LOGIT_ASYM", "ROPE_BASE", "ROPE_DIMS", "LN_SCALE", "XSA_LAST_N", "LOOP_START",
                  "LOOP_END", "NUM_LOOPS", "PARALLEL_START_LAYER", "SKIP_GATES", "SMEAR_GATE", "SPARSE_ATTN_GATE",
-                 "GATE_WINDOW", "SPARSE_ATTN_GATE_SCALE")  # fmt: skip
+                 "GATE_WINDOW", "SPARSE_ATTN_GATE_SCALE", "DOC_ATTENTION")  # fmt: skip
 
 
 def parse_seq_len_schedule(spec: str, default_len: int) -> list[tuple[int, float]]:
@@ -584,9 +591,10 @@ def varlen_room(B: int, T: int, n_segments: int = 0) -> int:
     return room * max(1, -(-n_segments // room))
 
 
-def make_layout(tokens: Tensor, backend: str, seg_starts: Tensor | None = None) -> DocLayout:
+def make_layout(tokens: Tensor, backend: str, seg_starts: Tensor | None = None, documents: bool = True) -> DocLayout:
+    """documents=False (DOC_ATTENTION=0): segments begin only at row and packing starts, not at each BOS."""
     B, T = tokens.shape
-    starts = tokens == BOS_ID
+    starts = tokens == BOS_ID if documents else torch.zeros_like(tokens, dtype=torch.bool)
     starts[:, 0] = True
     if seg_starts is not None:
         starts |= seg_starts
@@ -599,7 +607,7 @@ def make_layout(tokens: Tensor, backend: str, seg_starts: Tensor | None = None) 
     elif backend == "flex":
         same_doc_causal = lambda b, h, q, k: (q >= k) & (doc_ids[b, q] == doc_ids[b, k])
         layout.block_mask = create_block_mask(same_doc_causal, B, None, T, T, tokens.device, _compile=tokens.is_cuda)
-    else:
+    elif documents or seg_starts is not None:  # else one causal segment a row: SDPA's is_causal kernel, no mask
         causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
         layout.mask = (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
     return layout
@@ -630,7 +638,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, layout: DocLayout) -> Tensor:
         flex = flex_attention if torch.compiler.is_compiling() or not q.is_cuda else compiled_flex_attention()
         out = flex(q, k, v, block_mask=layout.block_mask, enable_gqa=k.size(1) != H)
     else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, enable_gqa=k.size(1) != H)
+        mask, gqa = layout.mask, k.size(1) != H
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
     return out.transpose(1, 2)
 
 
@@ -715,10 +724,10 @@ class Linear(nn.Linear):
     """Bias-free; weights stay fp32 and autocast runs the matmul in bf16 on CUDA."""
 
     def __init__(self, fan_in: int, fan_out: int, init: str = "orthogonal"):
-        super().__init__(fan_in, fan_out, bias=False)
+        super().__init__(fan_in, fan_out, bias=False)  # "default": nn.Linear's own (Kaiming uniform)
         if init == "zero":
             nn.init.zeros_(self.weight)
-        else:
+        elif init == "orthogonal":
             nn.init.orthogonal_(self.weight)
 
 
@@ -727,7 +736,8 @@ class Attention(nn.Module):
         super().__init__()
         d, self.h, self.kv = hp.model_dim, hp.num_heads, hp.num_kv_heads
         self.hd = d // self.h
-        self.c_q, self.c_k, self.c_v = Linear(d, d), Linear(d, self.kv * self.hd), Linear(d, self.kv * self.hd)
+        kv, init = self.kv * self.hd, hp.linear_init
+        self.c_q, self.c_k, self.c_v = Linear(d, d, init), Linear(d, kv, init), Linear(d, kv, init)
         self.proj = Linear(d, d, init="zero")
         self.q_gain = nn.Parameter(torch.full((self.h,), hp.qk_gain_init))
         self.xsa = layer >= hp.num_layers - hp.xsa_last_n
@@ -752,7 +762,7 @@ class MLP(nn.Module):
     def __init__(self, hp: Hyperparameters):
         super().__init__()
         hidden = int(hp.mlp_mult * hp.model_dim)
-        self.fc, self.proj = Linear(hp.model_dim, hidden), Linear(hidden, hp.model_dim, init="zero")
+        self.fc, self.proj = Linear(hp.model_dim, hidden, hp.linear_init), Linear(hidden, hp.model_dim, init="zero")
         self.slope = 0.5 if hp.mlp_act == "leaky_relu2" else 0.0
 
     def forward(self, x: Tensor, adapter=None) -> Tensor:
@@ -966,22 +976,30 @@ def lr_multiplier(frac: float, warmdown_frac: float, min_lr: float) -> float:
     return max((1 - frac) / warmdown_frac, min_lr)
 
 
-def muon_momentum_at(step: int, hp: Hyperparameters) -> float:
-    t = min(step / hp.muon_momentum_warmup_steps, 1.0) if hp.muon_momentum_warmup_steps else 1.0
+# Schedules are shares of the run (the training fraction: time used of the cap, or steps of ITERATIONS), so a
+# 300-step CPU run and the flagship's 4,900 steps follow the same shape; the defaults are the flagship's step
+# counts divided by FLAGSHIP_STEPS.
+def muon_momentum_at(frac: float, hp: Hyperparameters) -> float:
+    """Linear from MUON_MOMENTUM_WARMUP_START over the first MUON_MOMENTUM_WARMUP_FRAC of the run."""
+    t = min(frac / hp.muon_momentum_warmup_frac, 1.0) if hp.muon_momentum_warmup_frac else 1.0
     return hp.muon_momentum_warmup_start + t * (hp.muon_momentum - hp.muon_momentum_warmup_start)
 
 
-class EMA:
-    """shadow <- decay * shadow + (1 - decay) * weights, in fp32, after every step."""
+def ema_decay(hp: Hyperparameters, share: float) -> float:
+    """The EMA's decay for a step that took `share` of the run: time constant EMA_HORIZON_FRAC of the run."""
+    return max(0.0, 1.0 - share / hp.ema_horizon_frac)
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+
+class EMA:
+    """shadow <- decay * shadow + (1 - decay) * weights, in fp32, after every step (decay: ema_decay)."""
+
+    def __init__(self, model: nn.Module):
         self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
-    def update(self, model: nn.Module):
+    def update(self, model: nn.Module, decay: float):
         state = model.state_dict()
-        torch._foreach_lerp_(list(self.shadow.values()), [state[k].float() for k in self.shadow], 1 - self.decay)
+        torch._foreach_lerp_(list(self.shadow.values()), [state[k].float() for k in self.shadow], 1 - decay)
 
     def copy_to(self, model: nn.Module):
         dtypes = {k: v.dtype for k, v in model.state_dict().items()}  # built once, not once per tensor
@@ -1120,7 +1138,8 @@ def run_rows(model, rows, val: ValData, width: int, backend: str, device, lora=N
     scored targets' NLL (nats), their count and their original bytes."""
     x, y, starts, score, nbytes, hints = (torch.from_numpy(a).to(device) for a in row_arrays(rows, val, width, n_rows))
     with autocast(device):
-        nll = model(x, y, make_layout(x, backend, starts), lora, None if val.hints is None else hints)
+        layout = make_layout(x, backend, starts, model.hp.doc_attention)
+        nll = model(x, y, layout, lora, None if val.hints is None else hints)
     scored = nll.detach().double() * score
     return nll, score, torch.stack([scored.sum(), score.sum().double(), (nbytes * score).sum().double()])
 
@@ -1377,7 +1396,7 @@ def ttt_warmup(runner, model: GPT, lora: LoRA, hp: Hyperparameters, backend: str
             x, y = torch.randint(2, hp.vocab_size, (2, rows, width), device=device)  # distinct, as in scoring
             t0 = time.perf_counter()
             with autocast(device):
-                nll = runner(x, y, make_layout(x, backend), adapters, no_hints(hp, y))
+                nll = runner(x, y, make_layout(x, backend, None, hp.doc_attention), adapters, no_hints(hp, y))
             nll.mean().backward()
             sync()
         return time.perf_counter() - t0
@@ -1552,9 +1571,24 @@ def dequantize_entry(kind: str, arrays: dict, meta: dict, device="cpu") -> Tenso
     return W
 
 
+def int8_baseline_entry(t: Tensor) -> tuple:
+    """The naive baseline's export of one tensor: over 65,536 entries, int8 rows clipped at the 99.99984th
+    percentile of |w| with fp16 scales clip/127 (every such tensor of ours is a matrix); else fp16 as is."""
+    W = t.detach().float()
+    if W.numel() <= 65536 or W.ndim != 2:
+        return "fp16", {"w": W.half().cpu().numpy()}, {}
+    clip = torch.quantile(W.abs(), 0.9999984, dim=1)
+    scale = (clip / 127).clamp_min(1e-10).half()
+    q = torch.round(torch.maximum(torch.minimum(W, clip[:, None]), -clip[:, None]) / scale.float()[:, None])
+    return "int8_row", {"q": q.to(torch.int8).cpu().numpy(), "scale": scale.cpu().numpy()}, {}
+
+
 def quantize_model(state: dict[str, Tensor], hessians: dict | None, hp: Hyperparameters, log=print) -> dict:
     """name -> (kind, arrays, meta): GPTQ (or round-to-nearest without Hessians) for the big matrices, int8
-    rows for gate weights, fp16 for the rest; then LQER on the LQER_TOP_K largest residuals."""
+    rows for gate weights, fp16 for the rest; then LQER on the LQER_TOP_K largest residuals. EXPORT_SCHEME=
+    int8_baseline: the naive baseline's export instead (int8_baseline_entry)."""
+    if hp.export_scheme == "int8_baseline":
+        return {name: int8_baseline_entry(t) for name, t in state.items()}
     packed, residual = {}, {}
     for name, t in state.items():
         W, cls = t.detach().float(), quant_class(name)
@@ -1838,7 +1872,7 @@ def train_step(model, step_model, optimizers, loader, seq_len, backend, hp, worl
     total = torch.zeros((), device=device)
     for x, y in micros:
         with autocast(device):
-            loss = step_model(x, y, make_layout(x, backend)).mean()
+            loss = step_model(x, y, make_layout(x, backend, None, hp.doc_attention)).mean()
         (loss / len(micros)).backward()
         total += loss.detach() / len(micros)
     sync_gradients(params, world)
@@ -1889,7 +1923,7 @@ def weights_finite(model: nn.Module) -> bool:
 
 
 def stop_on_bad_loss(hp: Hyperparameters, model: GPT, ema, step: int, loss: float, rank: int):
-    kept = "nothing kept (EMA_DECAY=0: the weights are already damaged)"
+    kept = "nothing kept (EMA_HORIZON_FRAC=0: the weights are already damaged)"
     if ema is not None:
         ema.copy_to(model)
         path = Path(hp.log_dir) / f"{hp.run_id}.float.pt"
@@ -1905,7 +1939,7 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
     reserve) would be crossed by one more step."""
     budget_ms = 1000 * (hp.max_wallclock_seconds - hp.gptq_reserve_seconds) if hp.max_wallclock_seconds else math.inf
     loader = TrainLoader(hp, rank, world, accum)
-    ema = EMA(model, hp.ema_decay) if hp.ema_decay > 0 else None
+    ema = EMA(model) if hp.ema_horizon_frac > 0 else None
     step, train_ms, last_ms, seq_len, changed_at = 0, 0.0, 0.0, None, 0
     while step < hp.iterations:
         frac = max(train_ms / budget_ms, step / hp.iterations)
@@ -1922,13 +1956,14 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
         for opt in optimizers:
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * mul
-        optimizers[0].param_groups[0]["momentum"] = muon_momentum_at(step, hp)
+        optimizers[0].param_groups[0]["momentum"] = muon_momentum_at(frac, hp)
         t0 = time.perf_counter()
         loss, grad_norm = train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device)
         if not math.isfinite(loss) or not weights_finite(model):  # stop: the EMA holds the weights before it
             stop_on_bad_loss(hp, model, ema, step + 1, loss, rank)
-        if ema is not None:
-            ema.update(model)
+        if ema is not None:  # this step's share of the run, its time so far included
+            share = max((train_ms + 1000 * (time.perf_counter() - t0)) / budget_ms, (step + 1) / hp.iterations) - frac
+            ema.update(model, ema_decay(hp, share))
         step, last_ms = step + 1, 1000 * (time.perf_counter() - t0)
         train_ms += last_ms
         if step % hp.train_log_every == 0 or step <= 5:
@@ -1986,7 +2021,7 @@ def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, bac
         t0 = time.perf_counter()
         for x, _ in loader.next_batch(seq_len, device):
             with autocast(device):
-                add("tok_emb.weight", model.hidden(x, make_layout(x, backend)))
+                add("tok_emb.weight", model.hidden(x, make_layout(x, backend, None, hp.doc_attention)))
         batches, step_s = batches + 1, time.perf_counter() - t0
     for h in hooks:
         h.remove()
@@ -2194,7 +2229,7 @@ def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, cloc
                 x, y = torch.randint(
                     2, hp.vocab_size, (2, eval_rows(hp, hp.eval_seq_len, world), hp.eval_seq_len), device=device
                 )  # fmt: skip; two tensors: an aliased pair is another graph
-                scorer(x, y, make_layout(x, backend), None, no_hints(hp, y))
+                scorer(x, y, make_layout(x, backend, None, hp.doc_attention), None, no_hints(hp, y))
         if hp.ttt_enabled:
             lora = LoRA(hp, hp.ttt_batch_docs, len(fresh.virtual_layers()), hp.seed, device)
             costs = ttt_warmup(scorer, fresh, lora, hp, backend, device, world)

@@ -65,7 +65,7 @@ def ablations(env: dict) -> dict[str, tuple[str, dict]]:
         "sparse_attn_gate": ("sparse attention gate off", {"SPARSE_ATTN_GATE": "0"}),
         "partial_rope": ("full RoPE instead of partial", {"ROPE_DIMS": str(dim // heads)}),
         "muoneq_r_polar": ("MuonEq-R + Polar Express off (quintic)", {"MUON_NS": "quintic", "MUON_ROW_NORM": "0"}),
-        "ema": ("EMA off", {"EMA_DECAY": "0"}),
+        "ema": ("EMA off", {"EMA_HORIZON_FRAC": "0"}),
         "gptq": ("GPTQ off (round to nearest)", {"GPTQ": "0"}),
         "lqer": ("LQER off", {"LQER_TOP_K": "0"}),
         "awq_lite": (f"AWQ-lite on ({dim // 8} int8 columns)", {"AWQ_GROUP": str(dim // 8)}),

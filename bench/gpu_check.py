@@ -145,7 +145,7 @@ class Run:
         self.model = tg.GPT(hp).to(device)
         self.step_model = tg.maybe_compile(self.model, hp, device)
         self.optimizers = tg.build_optimizers(self.model, hp, 0, 1, device)
-        self.ema = tg.EMA(self.model, hp.ema_decay) if hp.ema_decay > 0 else None
+        self.ema = tg.EMA(self.model) if hp.ema_horizon_frac > 0 else None
         self.loader = tg.TrainLoader(hp, 0, 1, self.accum)
         self.steps, self.blob = 0, None
 
@@ -154,7 +154,7 @@ class Run:
         loss, _ = tg.train_step(self.model, self.step_model, self.optimizers, self.loader, self.hp.train_seq_len,
                                 self.backend, self.hp, 1, self.device)  # fmt: skip
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, tg.ema_decay(self.hp, 1 / tg.FLAGSHIP_STEPS))  # a flagship-length step
         sync()
         self.steps += 1
         return 1000 * (time.perf_counter() - t0), loss

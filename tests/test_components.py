@@ -1,6 +1,7 @@
 """Unit tests of each model/optimizer component's defining property, on CPU with tiny configurations."""
 
 import math
+import types
 
 import pytest
 import torch
@@ -366,12 +367,65 @@ def test_lr_multiplier():
 
 
 def test_muon_momentum_warmup():
-    hp = tg.Hyperparameters({})
+    hp = tg.Hyperparameters({"MUON_MOMENTUM_WARMUP_FRAC": "0.4"})
     assert tg.muon_momentum_at(0, hp) == pytest.approx(0.92)
-    assert tg.muon_momentum_at(750, hp) == pytest.approx(0.945)
-    assert tg.muon_momentum_at(1500, hp) == pytest.approx(0.97)
-    assert tg.muon_momentum_at(3000, hp) == pytest.approx(0.97)
-    assert tg.muon_momentum_at(5, tg.Hyperparameters({"MUON_MOMENTUM_WARMUP_STEPS": "0"})) == pytest.approx(0.97)
+    assert tg.muon_momentum_at(0.2, hp) == pytest.approx(0.945)
+    assert tg.muon_momentum_at(0.4, hp) == pytest.approx(0.97)
+    assert tg.muon_momentum_at(0.9, hp) == pytest.approx(0.97)
+    assert tg.muon_momentum_at(0.01, tg.Hyperparameters({"MUON_MOMENTUM_WARMUP_FRAC": "0"})) == pytest.approx(0.97)
+
+
+def schedule_seen_by_train(steps: int, monkeypatch) -> tuple[tg.Hyperparameters, dict]:
+    """Muon momentum, LR and EMA decay per step of train()'s own loop, every step 1 s under a cap of `steps` s."""
+    hp = tg.Hyperparameters({"MAX_WALLCLOCK_SECONDS": str(steps + 8), "ITERATIONS": str(10 * steps),
+                             "NUM_LOOPS": "0", "GPTQ": "0"})  # fmt: skip
+    seen = {"momentum": [], "decay": [], "lr": []}
+
+    def seconds():  # train() reads the clock three times a step: start, before the EMA, end
+        k = 0
+        while True:
+            yield from (k, k + 1, k + 1)
+            k += 1
+
+    def step(model, step_model, optimizers, *a):
+        seen["momentum"].append(optimizers[0].param_groups[0]["momentum"])
+        seen["lr"].append(optimizers[0].param_groups[0]["lr"])
+        return 1.0, 0.0
+
+    class EMA:
+        def __init__(self, model):
+            pass
+
+        def update(self, model, decay):
+            seen["decay"].append(decay)
+
+        def copy_to(self, model):
+            pass
+
+    clock = seconds()
+    monkeypatch.setattr(tg.time, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(tg, "TrainLoader", lambda *a: types.SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(tg, "train_step", step)
+    monkeypatch.setattr(tg, "EMA", EMA)
+    model, opt = nn.Linear(1, 1), torch.optim.SGD([torch.zeros(1)], lr=1.0, momentum=0.5)
+    model.looping, opt.param_groups[0]["base_lr"] = False, 1.0
+    tg.train(hp, model, model, [opt], None, "sdpa", 0, 1, 1, torch.device("cpu"), lambda _: None)
+    return hp, seen
+
+
+def test_schedules_are_the_flagships_at_its_length_and_keep_their_shape_at_any_other(monkeypatch):
+    """Momentum warmup, EMA and LR as shares of the run: at the flagship's 4,900 steps the momentum warmup ends
+    at step 1,500 and the EMA decays 0.9965 a step, as the former step-count settings did; at 300 steps, the
+    same shape scaled (warmup over 92 steps, EMA 0.943 a step)."""
+    for steps in (tg.FLAGSHIP_STEPS, 300):
+        hp, seen = schedule_seen_by_train(steps, monkeypatch)
+        assert len(seen["momentum"]) == steps
+        warm = next(i for i, m in enumerate(seen["momentum"]) if m == pytest.approx(hp.muon_momentum))
+        assert warm == math.ceil(hp.muon_momentum_warmup_frac * steps) == (1500 if steps == 4900 else 92)
+        assert seen["momentum"][warm - 1] < hp.muon_momentum
+        assert seen["decay"] == pytest.approx([1 - 0.0035 * tg.FLAGSHIP_STEPS / steps] * steps, abs=1e-5)
+        assert seen["lr"][steps // 2] == pytest.approx((1 - 0.5) / 0.85)  # the warmdown, halfway
+    assert seen["decay"][0] == pytest.approx(0.9428, abs=1e-4)
 
 
 def test_seq_len_schedule():
@@ -405,14 +459,14 @@ def test_ema_closed_form_and_copy_to():
         model.weight.fill_(1.0)
         model.bias.fill_(-2.0)
     w0 = {k: v.clone() for k, v in model.state_dict().items()}
-    ema = tg.EMA(model, decay)
+    ema = tg.EMA(model)
     history = []
     for i in range(1, 6):
         with torch.no_grad():
             model.weight.copy_(torch.full((2, 3), float(i * i)))
             model.bias.copy_(torch.full((2,), -3.0 * i))
         history.append({k: v.clone() for k, v in model.state_dict().items()})
-        ema.update(model)
+        ema.update(model, decay)
     k = len(history)
     for name in w0:
         closed = decay**k * w0[name] + sum((1 - decay) * decay ** (k - i) * w[name] for i, w in enumerate(history, 1))
@@ -482,7 +536,7 @@ def test_default_hyperparameters_are_the_flagship():
         train_batch_tokens=786432,
         train_seq_len=3072,
         matrix_lr=0.028,  # the final record's (#2135, from #2060)
-        ema_decay=0.9965,
+        ema_horizon_frac=0.05831,  # 0.9965 a step at the flagship's 4,900 (test_schedules_are_the_flagships...)
         qk_gain_init=5.0,
         rope_dims=16,
         logit_softcap=30.0,
