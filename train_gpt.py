@@ -960,7 +960,8 @@ class Muon(torch.optim.Optimizer):
 
 
 def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world: int, device) -> list[torch.optim.Optimizer]:
-    matrices = [p for n, p in model.blocks.named_parameters() if p.ndim == 2 and "gate" not in n and "lane" not in n]
+    control = ("gate", "lane", "resid_mix")  # 2-D, but per-channel controls: AdamW, as in the baseline and records
+    matrices = [p for n, p in model.blocks.named_parameters() if p.ndim == 2 and not any(c in n for c in control)]
     ids = {id(p) for p in matrices} | {id(model.tok_emb.weight)}
     small = [p for p in model.parameters() if id(p) not in ids]
     coeffs = POLAR_EXPRESS if hp.muon_ns == "polar" else QUINTIC

@@ -42,6 +42,15 @@ FIXED = {
 
 
 SWITCHED_ON = {"awq_lite", "ttt", "progressive_context", "short_chunks"}  # off in the baseline: rows switch them on
+
+
+def switched_on(env: dict) -> set[str]:
+    """SWITCHED_ON, and the recurrence and parallel lanes where the configuration leaves them out (PRESET=cpu)."""
+    hp = Hyperparameters({k: v for k, v in env.items() if k in {h[0] for h in HPARAMS}})
+    return SWITCHED_ON | ({"recurrence"} if not hp.num_loops else set()) | (
+        {"parallel_residuals"} if hp.parallel_start_layer >= hp.num_layers else set())  # fmt: skip
+
+
 # Rows that only change the evaluation score the baseline's artifact again (EVAL_ONLY), compared with a stage of
 # another row: name -> (reference row, its stage, this row's stage).
 EVAL_ONLY = {"ttt": ("baseline", "roundtrip", "ttt"), "ngram_tilt": ("baseline", "roundtrip", "roundtrip"),
@@ -56,12 +65,15 @@ def ablations(env: dict) -> dict[str, tuple[str, dict]]:
     short-document chunks are #2014's."""
     hp = Hyperparameters({k: v for k, v in env.items() if k in {h[0] for h in HPARAMS}})  # presets resolved
     heads, dim, layers, n = hp.num_heads, hp.model_dim, str(hp.num_layers), hp.train_seq_len
+    lanes = hp.parallel_start_layer < hp.num_layers
     return {
         "baseline": ("nothing (the configuration as given)", {}),
         "xsa": ("XSA off", {"XSA_LAST_N": "0"}),
         "smear_gate": ("SmearGate off", {"SMEAR_GATE": "0"}),
-        "parallel_residuals": ("parallel residual lanes off", {"PARALLEL_START_LAYER": layers}),
-        "recurrence": ("depth recurrence off", {"NUM_LOOPS": "0"}),
+        "parallel_residuals": ("parallel residual lanes off", {"PARALLEL_START_LAYER": layers}) if lanes else (
+            "parallel residual lanes on (the last layer)", {"PARALLEL_START_LAYER": str(hp.num_layers - 1)}),
+        "recurrence": ("depth recurrence off", {"NUM_LOOPS": "0"}) if hp.num_loops else (
+            "depth recurrence on (2 more passes over LOOP_START..LOOP_END)", {"NUM_LOOPS": "2"}),
         "sparse_attn_gate": ("sparse attention gate off", {"SPARSE_ATTN_GATE": "0"}),
         "partial_rope": ("full RoPE instead of partial", {"ROPE_DIMS": str(dim // heads)}),
         "muoneq_r_polar": ("MuonEq-R + Polar Express off (quintic)", {"MUON_NS": "quintic", "MUON_ROW_NORM": "0"}),
@@ -153,7 +165,7 @@ def main() -> None:
     args.logdir.mkdir(parents=True, exist_ok=True)
     config = {k: os.environ[k] for k in sorted(os.environ) if k in {h[0] for h in HPARAMS} - {*FIXED, "ITERATIONS"}}
     sweep = Sweep(args.out, {"steps": args.steps, "seeds": args.seeds, "config": config})
-    sweep.data["ablations"] = {n: {"change": c, "overrides": o, "switches_on": n in SWITCHED_ON,
+    sweep.data["ablations"] = {n: {"change": c, "overrides": o, "switches_on": n in switched_on(dict(os.environ)),
                                    "eval_only": EVAL_ONLY.get(n)} for n, (c, o) in table.items()}  # fmt: skip
     sweep.save()
     # LOCAL_WORLD_SIZE is how train_gpt.py divides the cores between processes, as under torchrun

@@ -31,6 +31,8 @@ ANCHOR_BPB, ANCHOR_STEPS = 2.2268, 342  # the official naive-baseline script at 
 CONFIGS = {
     "naive": {"PRESET": "naive", "EVAL_DIAGNOSTICS": "1"},
     "cpu": {"PRESET": "cpu", "EVAL_DIAGNOSTICS": "1"},
+    # the anchor's 342 steps whatever this machine's speed today (the LR schedule then runs on steps, not time)
+    "naive_342_steps": {"PRESET": "naive", "EVAL_DIAGNOSTICS": "1", "ITERATIONS": "342", "MAX_WALLCLOCK_SECONDS": "0"},
 }
 
 
@@ -49,7 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1337, 42])
-    ap.add_argument("--only", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    ap.add_argument("--only", nargs="+", choices=list(CONFIGS), default=["naive", "cpu"])
     ap.add_argument("--logdir", type=Path, default=ROOT / "bench" / "logs" / "proxy_cpu")
     args = ap.parse_args()
     args.logdir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +63,8 @@ def main() -> None:
             print(f"proxy_cpu:{name} seed:{seed} {json.dumps(results[name][str(seed)]['stages'])}", flush=True)
     runs = {**{k: v for k, v in old.get("runs", {}).items() if k not in results}, **results}
     out = {"date": date.today().isoformat(), "machine": f"{os.cpu_count()} CPU cores, {platform.processor() or 'cpu'}",
-           "command": "python3 bench/proxy_cpu.py " + " ".join(sys.argv[1:]), "anchor_bpb": ANCHOR_BPB,
+           "commands": [*old.get("commands", []), "python3 bench/proxy_cpu.py " + " ".join(sys.argv[1:])],
+           "anchor_bpb": ANCHOR_BPB,
            "anchor_steps": ANCHOR_STEPS, "runs": runs}  # fmt: skip
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(out, indent=1))

@@ -150,6 +150,9 @@ def proxy(d: dict) -> list[str]:
                         f"{r['eval_s']:.1f} |")  # fmt: skip
         mean[name] = sum(r["stages"]["roundtrip"]["val_bpb"] for r in seeds.values()) / len(seeds)
     rows.append("")
+    if "naive_342_steps" in mean and "anchor_bpb" in d:
+        rows.append(f"- `PRESET=naive` at the anchor's {d['anchor_steps']} steps (`ITERATIONS`, no time cap): "
+                    f"{mean['naive_342_steps']:.4f} BPB against {d['anchor_bpb']}.")  # fmt: skip
     if "naive" in mean and "anchor_bpb" in d:
         rows.append(f"- `PRESET=naive`, mean round trip {mean['naive']:.4f} BPB against the official baseline "
                     f"script's {d['anchor_bpb']} at the same recipe ({d['anchor_steps']} steps): "
@@ -367,11 +370,16 @@ def main() -> None:
     lines += section("Classical compressors", "python3 bench/classical.py --out bench/results/classical.json", cpu,
                      load("classical.json"), classical)  # fmt: skip
     abl_cmd = f"{CPU_ENV} python3 bench/ablations.py --out bench/results/ablations_cpu.json --steps 200 --jobs 2"
-    lines += section("Ablations: one technique off at a time", abl_cmd, cpu, load("ablations_cpu.json"), ablation)
+    lines += section("Ablations: one technique off at a time (the 6-layer CPU preset of 2026-11-24, fixed EMA 0.98)",
+                     abl_cmd, cpu, load("ablations_cpu.json"), ablation)  # fmt: skip
     stack_cmd = (f"{CPU_ENV} python3 bench/ablations.py --out bench/results/ablations_stack_cpu.json --steps 200 "
                  "--jobs 2 --only asym_logit progressive_context ngram_tilt ttt short_chunks")  # fmt: skip
-    lines += section("Ablations of the final stack (the defaults since 2026-11-26)", stack_cmd, cpu,
-                     load("ablations_stack_cpu.json"), ablation)  # fmt: skip
+    lines += section("Ablations of the final stack (the defaults since 2026-11-26; the 6-layer CPU preset)", stack_cmd,
+                     cpu, load("ablations_stack_cpu.json"), ablation)  # fmt: skip
+    rel_cmd = (f"{CPU_ENV} python3 bench/ablations.py --out bench/results/ablations_relative_cpu.json --steps 200 "
+               "--jobs 2 --only ema smear_gate xsa recurrence parallel_residuals")  # fmt: skip
+    lines += section("Ablations with run-relative schedules (the 4-layer CPU preset, issue 21)", rel_cmd, cpu,
+                     load("ablations_relative_cpu.json"), ablation)  # fmt: skip
     quant_cmd = f"{CPU_ENV} python3 bench/quantization.py --out bench/results/quantization_cpu.json"
     lines += section("Quantization", quant_cmd, cpu, load("quantization_cpu.json"), quantization)
     lines += section("Packing: compressed bytes against the entropy of the stored symbols", quant_cmd, cpu,

@@ -81,14 +81,14 @@ def test_results_md_marks_what_was_not_measured(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
     report.main()
     empty = (tmp_path / "RESULTS.md").read_text()
-    assert empty.count("**Not measured yet.**") == 14
+    assert empty.count("**Not measured yet.**") == 15
     (tmp_path / "results").mkdir()
     classical = {"val_docs": 2, "val_bytes": 100, "train_bytes": 1000, "date": "2026-01-02",
                  "compressors": {"xz": {"setting": "s", "alone_bpb": 2.5, "marginal_bpb": 2.0}}}  # fmt: skip
     (tmp_path / "results" / "classical.json").write_text(json.dumps(classical))
     report.main()
     text = (tmp_path / "RESULTS.md").read_text()
-    assert text.count("**Not measured yet.**") == 13 and "| xz | s | 2.5000 | 2.0000 |" in text
+    assert text.count("**Not measured yet.**") == 14 and "| xz | s | 2.5000 | 2.0000 |" in text
     assert text.count("Date: ") == 1 and "Date: 2026-01-02" in text
 
 
@@ -96,12 +96,13 @@ def test_each_ablation_changes_only_its_technique():
     env = readme_cpu_env()
     flag = tg.Hyperparameters({**env, **ablations.FIXED})  # the baseline as the sweep runs it
     table = ablations.ablations(env)
-    switched = {"xsa": ("xsa_last_n", 0), "smear_gate": ("smear_gate", 0), "recurrence": ("num_loops", 0),
-                "parallel_residuals": ("parallel_start_layer", flag.num_layers), "ema": ("ema_horizon_frac", 0.0),
+    switched = {"xsa": ("xsa_last_n", 0), "smear_gate": ("smear_gate", 0), "recurrence": ("num_loops", 2),
+                "parallel_residuals": ("parallel_start_layer", flag.num_layers - 1), "ema": ("ema_horizon_frac", 0.0),
                 "sparse_attn_gate": ("sparse_attn_gate", 0), "partial_rope": ("rope_dims", 32), "gptq": ("gptq", 0),
                 "lqer": ("lqer_top_k", 0), "awq_lite": ("awq_group", 16), "ttt": ("ttt_enabled", 1),
                 "asym_logit": ("logit_asym", 0), "ngram_tilt": ("ngram_tilt", 0)}  # fmt: skip
     assert set(table) == {"baseline", "muoneq_r_polar", "progressive_context", "short_chunks", *switched}
+    assert {"recurrence", "parallel_residuals"} <= ablations.switched_on(env)  # the CPU preset leaves both out
     for name, (_, overrides) in table.items():
         hp = tg.Hyperparameters({**env, **ablations.FIXED, **overrides})
         changed = {n.lower() for n, *_ in tg.HPARAMS if getattr(hp, n.lower()) != getattr(flag, n.lower())}
