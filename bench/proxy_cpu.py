@@ -36,6 +36,12 @@ CONFIGS = {
 }
 
 
+def cpu_model() -> str:
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("model name")]
+    return names[0] if names else platform.processor() or "unknown CPU"
+
+
 def run(name: str, seed: int, logdir: Path) -> dict:
     run_id = f"{name}_seed{seed}"
     clear_run(logdir, run_id)  # a rerun of this configuration and seed replaces the earlier one
@@ -62,7 +68,7 @@ def main() -> None:
             results[name][str(seed)] = run(name, seed, args.logdir)
             print(f"proxy_cpu:{name} seed:{seed} {json.dumps(results[name][str(seed)]['stages'])}", flush=True)
     runs = {**{k: v for k, v in old.get("runs", {}).items() if k not in results}, **results}
-    out = {"date": date.today().isoformat(), "machine": f"{os.cpu_count()} CPU cores, {platform.processor() or 'cpu'}",
+    out = {"date": date.today().isoformat(), "machine": f"{os.cpu_count()} CPU cores, {cpu_model()}",
            "commands": [*old.get("commands", []), "python3 bench/proxy_cpu.py " + " ".join(sys.argv[1:])],
            "anchor_bpb": ANCHOR_BPB,
            "anchor_steps": ANCHOR_STEPS, "runs": runs}  # fmt: skip

@@ -364,9 +364,10 @@ def main() -> None:
              "Written by `python3 bench/report.py` from `bench/results/*.json`; every table names the command that "
              "made it. The CPU figures use the offline sample (sp1024) and the 108-document official validation "
              "head: they compare this project's configurations, not leaderboard entries.", ""]  # fmt: skip
-    proxy_cmd = "python3 bench/proxy_cpu.py --out bench/results/proxy_cpu.json --seeds 1337 42"
-    lines += section("CPU yardstick: the naive preset against the anchor, the CPU preset against it", proxy_cmd, cpu,
-                     load("proxy_cpu.json"), proxy)  # fmt: skip
+    yard = load("proxy_cpu.json")
+    proxy_cmd = " && ".join(yard["commands"]) if yard else "python3 bench/proxy_cpu.py --out <json>"
+    lines += section("CPU yardstick: the naive preset against the anchor, the CPU preset against it", proxy_cmd,
+                     yard.get("machine", cpu) if yard else cpu, yard, proxy)  # fmt: skip
     lines += section("Classical compressors", "python3 bench/classical.py --out bench/results/classical.json", cpu,
                      load("classical.json"), classical)  # fmt: skip
     abl_cmd = f"{CPU_ENV} python3 bench/ablations.py --out bench/results/ablations_cpu.json --steps 200 --jobs 2"

@@ -366,6 +366,19 @@ def test_lr_multiplier():
     assert tg.lr_multiplier(0.99, 0.0, 0.1) == 1.0  # no warmdown
 
 
+def test_muon_takes_the_block_matrices_and_adamw_every_per_channel_control():
+    """Muon orthogonalises only the blocks' weight matrices; resid_mix (2 x d), the gates and the lane mixers are
+    2-D too but per-channel controls, which go to AdamW with the other small tensors, as in the naive baseline."""
+    model = tg.GPT(tiny_hp())
+    muon, adam = tg.build_optimizers(model, tiny_hp(), 0, 1, torch.device("cpu"))
+    name = {id(p): n for n, p in model.named_parameters()}
+    on_muon = {name[id(p)] for p in muon.param_groups[0]["params"]}
+    assert on_muon == {n for n, p in model.named_parameters() if n.endswith((".c_q.weight", ".c_k.weight",
+                       ".c_v.weight", ".proj.weight", ".fc.weight"))}  # fmt: skip
+    on_adam = {name[id(p)] for g in adam.param_groups for p in g["params"]}
+    assert "blocks.0.resid_mix" in on_adam and on_muon | on_adam == set(name.values())
+
+
 def test_muon_momentum_warmup():
     hp = tg.Hyperparameters({"MUON_MOMENTUM_WARMUP_FRAC": "0.4"})
     assert tg.muon_momentum_at(0, hp) == pytest.approx(0.92)

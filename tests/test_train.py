@@ -272,21 +272,13 @@ def test_bad_inputs_end_in_one_error_line_without_a_traceback(small_dataset, tmp
     (empty_val / "fineweb_val_000000.bin").write_bytes(header.tobytes())
     (tmp_path / "a_file").write_text("")
     (tmp_path / "taken.txt").write_text("an earlier run's log\n")
-    no_record = tmp_path / "no_record.ptz"
-    no_record.write_bytes(tg.serialize(tg.deserialize(tiny_artifact(tmp_path / "w.ptz").read_bytes()), "zlib")[0])
     artifact = lambda name, **hp: str(tiny_artifact(tmp_path / f"{name}.ptz", **hp))
     sp8192 = {"TOKENIZER_PATH": str(shared_file("fineweb_8192_bpe.model")), "VOCAB_SIZE": "8192"}
     cases = {
         "missing_artifact": ({"EVAL_ONLY": str(tmp_path / "missing.ptz")}, "EVAL_ONLY=", "no such file"),
         "other_shape": ({"EVAL_ONLY": artifact("w96", MODEL_DIM=96)}, "MODEL_DIM=64 (artifact: 96)"),
-        "other_activation": ({"EVAL_ONLY": artifact("relu2", MLP_ACT="relu2"), "MLP_ACT": "leaky_relu2"},
-                             "MLP_ACT=leaky_relu2 (artifact: relu2)"),
-        "other_xsa_and_softcap": ({"EVAL_ONLY": artifact("x2", XSA_LAST_N=2, LOGIT_SOFTCAP=20), "LOGIT_SOFTCAP": "30"},
-                                  "XSA_LAST_N=6 (artifact: 2)", "LOGIT_SOFTCAP=30.0 (artifact: 20.0)"),
-        "artifact_without_hparams": ({"EVAL_ONLY": str(no_record)}, "records hyperparameters []", "MODEL_DIM"),
         "tokenizer_not_of_the_shards": (sp8192, "did not make the shards", "fineweb_1024_bpe.model"),
         "taken": ({}, "RUN_ID=taken: taken.txt already in LOG_DIR="),
-        "eval_longer_than_val": ({"EVAL_SEQ_LEN": "65536"}, "EVAL_SEQ_LEN: length 65536 is longer than all"),
         "not_a_tokenizer": ({"TOKENIZER_PATH": str(not_model)}, "TOKENIZER_PATH=", "not a SentencePiece model"),
         "empty_val_shard": ({"DATA_PATH": str(empty_val)}, "fineweb_val_000000.bin", "found no tokens at all"),
         "log_dir_under_a_file": ({"LOG_DIR": str(tmp_path / "a_file" / "logs")}, "LOG_DIR=", "cannot write"),
@@ -299,6 +291,28 @@ def test_bad_inputs_end_in_one_error_line_without_a_traceback(small_dataset, tmp
         log = tmp_path / f"{name}.txt"
         if log.is_file() and name not in ("missing_artifact", "taken"):  # refused before the log: nothing written
             assert log.read_text().strip().splitlines()[-1] == lines[-1], name
+
+
+def test_eval_only_refuses_a_setting_that_differs_from_the_artifacts_and_lengths_past_the_validation_set(
+    tmp_path, small_dataset
+):
+    """In process, the checks run() makes (the CLI path is the other_shape case above): another activation, XSA
+    depth or softcap than the artifact's, an artifact that records none, a window longer than all validation."""
+    no_record = tmp_path / "no_record.ptz"
+    no_record.write_bytes(tg.serialize(tg.deserialize(tiny_artifact(tmp_path / "w.ptz").read_bytes()), "zlib")[0])
+    cases = [({"MLP_ACT": "relu2"}, {"MLP_ACT": "leaky_relu2"}, ["MLP_ACT=leaky_relu2 (artifact: relu2)"]),
+             ({"XSA_LAST_N": 2, "LOGIT_SOFTCAP": 20}, {"LOGIT_SOFTCAP": "30"},
+              ["XSA_LAST_N=6 (artifact: 2)", "LOGIT_SOFTCAP=30.0 (artifact: 20.0)"]),
+             (None, {}, ["records hyperparameters []", "MODEL_DIM"])]  # fmt: skip
+    for trained, env, parts in cases:
+        path = no_record if trained is None else tiny_artifact(tmp_path / "a.ptz", **trained)
+        hp = tiny_hp(EVAL_ONLY=path, **env)
+        with pytest.raises((tg.HyperparameterError, tg.ArtifactError)) as info:
+            tg.adopt_artifact(hp, path.read_bytes())
+        assert all(part in str(info.value) for part in parts), str(info.value)
+    hp = tiny_hp(DATA_PATH=small_dataset, EVAL_SEQ_LEN=65536)
+    with pytest.raises(tg.HyperparameterError, match=r"EVAL_SEQ_LEN: length 65536 is longer than all 1\d+ valid"):
+        tg.check_lengths_fit(hp, 10_000)
 
 
 def test_eval_only_takes_the_model_shape_from_the_artifact(tmp_path):
@@ -323,7 +337,7 @@ def test_eval_only_takes_the_model_shape_from_the_artifact(tmp_path):
 def test_an_evaluation_that_misses_a_target_is_an_error_not_a_score(small_dataset, monkeypatch):
     """C4 at run time: the evaluation's line states scored and expected targets and bytes; one window fewer (a
     target unscored) raises EvalError naming both counts instead of returning the partial BPB."""
-    hp = tiny_hp(DATA_PATH=small_dataset, TOKENIZER_PATH=small_dataset / "tokenizer.model")
+    hp = tiny_hp(DATA_PATH=small_dataset, TOKENIZER_PATH=small_dataset / "tokenizer.model", EVAL_STRIDE=0)
     val = tg.load_validation(hp, tg.load_tokenizer(hp.tokenizer_path, hp.vocab_size))
     model, lines, cpu = tg.GPT(hp).eval(), [], torch.device("cpu")
     tg.evaluate_pass(model, val, hp, "sdpa", 0, 1, cpu, lines.append, "roundtrip")
