@@ -1667,7 +1667,8 @@ def fit_to_budget(packed: dict, hessians: dict | None, hp: Hyperparameters, code
     """(blob, stream sizes), within ARTIFACT_MAX_BYTES where possible: while over, the GPTQ matrices whose bytes
     cost the least Hessian-weighted error move to coarser grids; each stream's ratio of compressed bytes to
     entropy, measured on the last blob, predicts the saving, so one more serialization usually does."""
-    blob, sizes = serialize(packed, hp.export_compressor, artifact_run(hp))
+    run = artifact_run(hp)  # hashes the tokenizer: once, not once per serialization
+    blob, sizes = serialize(packed, hp.export_compressor, run)
     if code + len(blob) <= hp.artifact_max_bytes:
         return blob, sizes
     base, curves, base_err, pos = {n: e for n, e in packed.items() if e[0] == "gptq"}, {}, 0.0, {}
@@ -1686,7 +1687,7 @@ def fit_to_budget(packed: dict, hessians: dict | None, hp: Hyperparameters, code
             log(f"fit_step round:{r} tensor:{name} step_x:{FIT_LADDER[k]:.3f} est_saved_bytes:{b:.0f} "
                 f"est_err:{cost / base_err:+.3e}")  # fmt: skip
         new, sizes = serialize({**packed, **{n: coarsen(base[n], FIT_LADDER[k]) for n, k in pos.items()}},
-                               hp.export_compressor, artifact_run(hp))  # fmt: skip
+                               hp.export_compressor, run)  # fmt: skip
         err = sum(curves[n][1][k][1] for n, k in pos.items()) / base_err
         log(f"fit_round:{r} model_bytes:{len(new)} saved_bytes:{len(blob) - len(new)} est_saved_bytes:"
             f"{sum(m[2] for m in moves):.0f} est_err_total:{err:+.3e} matrices_coarsened:{len(pos)}")  # fmt: skip

@@ -47,6 +47,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tools.record import this_machine as cpu_and_cores  # noqa: E402
+
 OUTCOMES = ("error", "traceback", "silent", "hang")
 BASE = {"PRESET": "smoke", "MAX_WALLCLOCK_SECONDS": "3", "ITERATIONS": "4"}  # smoke, shrunk: about 10 s a run
 KEEP_ENV = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "VIRTUAL_ENV", "PYTHONPATH", "PG_SHARED_DATA"}
@@ -673,11 +676,7 @@ def run_probe(p: Probe, fx: Fixtures, mem_gb: float) -> dict:
 
 
 def this_machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    if Path("/proc/cpuinfo").is_file():
-        found = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = found[0].strip() if found else cpu
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{cpu_and_cores()}, Python {platform.python_version()}"
 
 
 def repo_version(repo: Path) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from dataclasses import asdict
 from datetime import date
@@ -25,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tools.record import clear_run, parse_log, run_train_gpt  # noqa: E402
+from tools.record import clear_run, parse_log, run_train_gpt, this_machine  # noqa: E402
 
 ANCHOR_BPB, ANCHOR_STEPS = 2.2268, 342  # the official naive-baseline script at this recipe, 300 s, 2 cores
 CONFIGS = {
@@ -36,10 +35,10 @@ CONFIGS = {
 }
 
 
-def cpu_model() -> str:
-    info = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("model name")]
-    return names[0] if names else platform.processor() or "unknown CPU"
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]
 
 
 def run(name: str, seed: int, logdir: Path) -> dict:
@@ -68,7 +67,7 @@ def main() -> None:
             results[name][str(seed)] = run(name, seed, args.logdir)
             print(f"proxy_cpu:{name} seed:{seed} {json.dumps(results[name][str(seed)]['stages'])}", flush=True)
     runs = {**{k: v for k, v in old.get("runs", {}).items() if k not in results}, **results}
-    out = {"date": date.today().isoformat(), "machine": f"{os.cpu_count()} CPU cores, {cpu_model()}",
+    out = {"date": date.today().isoformat(), "machine": f"{this_machine()}, torch {torch_version()}",
            "commands": [*old.get("commands", []), "python3 bench/proxy_cpu.py " + " ".join(sys.argv[1:])],
            "anchor_bpb": ANCHOR_BPB,
            "anchor_steps": ANCHOR_STEPS, "runs": runs}  # fmt: skip
