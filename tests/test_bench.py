@@ -49,6 +49,8 @@ def test_the_naive_preset_is_the_baseline_recipe_with_its_init_attention_and_exp
     assert (naive.matrix_lr, naive.scalar_lr, naive.tied_embed_lr, naive.beta2, naive.min_lr) == (
         0.04, 0.04, 0.05, 0.95, 0.0)  # fmt: skip
     assert (naive.muon_momentum_warmup_start, naive.muon_momentum) == (0.85, 0.95)
+    # the official script's 500-step momentum warmup and 150-step warmdown, at the anchor's 342 steps
+    assert abs(naive.muon_momentum_warmup_frac * 342 - 500) < 2 and abs(naive.warmdown_frac * 342 - 150) < 1
     assert (naive.linear_init, naive.doc_attention, naive.export_scheme, naive.export_compressor) == (
         "default", 0, "int8_baseline", "zlib")  # fmt: skip
     assert naive.eval_stride == 0 and naive.parallel_start_layer == naive.num_layers
