@@ -1,5 +1,5 @@
 """The compile tests: the CUDA path's torch.compile(model, dynamic=False), compiled by inductor on CPU through
-maybe_compile (tg.COMPILE_ON_CPU), against eager, with dynamo's graph counter read around each region. Every test
+maybe_compile (COMPILE=2), against eager, with dynamo's graph counter read around each region. Every test
 here compiles a tiny model (a few seconds each on 2 cores); they carry the `compile` mark."""
 
 import copy
@@ -16,13 +16,12 @@ from tests.test_cuda_paths import fake_flash_varlen
 
 pytestmark = pytest.mark.compile
 CPU = torch.device("cpu")
-SMALL = dict(NUM_LAYERS=3, MODEL_DIM=32, NUM_HEADS=2, NUM_KV_HEADS=1, ROPE_DIMS=4, LOOP_START=1, LOOP_END=1,
-             NUM_LOOPS=1, PARALLEL_START_LAYER=2, XSA_LAST_N=3, GATE_WINDOW=8)  # every technique on  # fmt: skip
+SMALL = dict(NUM_LAYERS=3, MODEL_DIM=32, NUM_HEADS=2, NUM_KV_HEADS=1, ROPE_DIMS=4, LOOP_START=1, LOOP_END=1,  # all on
+             NUM_LOOPS=1, PARALLEL_START_LAYER=2, XSA_LAST_N=3, GATE_WINDOW=8, COMPILE=2)  # fmt: skip
 
 
 @pytest.fixture
-def compile_on_cpu(monkeypatch):
-    monkeypatch.setattr(tg, "COMPILE_ON_CPU", True)
+def compile_on_cpu():
     torch._dynamo.reset()  # a fresh cache: every graph a test counts is one it compiled itself
     counters.clear()
     yield
@@ -49,7 +48,7 @@ def test_compiled_training_step_equals_eager_and_looping_compiles_once(compile_o
     eager = randomize(tg.GPT(hp))
     compiled_model = copy.deepcopy(eager)
     step_model = tg.maybe_compile(compiled_model, hp, CPU)
-    assert step_model is not compiled_model, "maybe_compile must compile on CPU when the test switch is on"
+    assert step_model is not compiled_model, "maybe_compile must compile on CPU with COMPILE=2"
     x, y = packed_batch()
     for looping, expected_graphs in ((False, 1), (True, 2), (False, 2)):  # graphs so far: switching back reuses
         eager.looping = compiled_model.looping = looping
@@ -122,3 +121,17 @@ def test_compiled_flex_eval_gives_the_eager_sdpa_nll(compile_on_cpu, small_datas
     assert graphs() == 1 and again == flex  # the second pass reuses the graph (the GPU run's steady rate)
     assert flex["tokens"] == eager["tokens"] == cut - 1 and flex["bytes"] == eager["bytes"]
     assert flex["val_loss"] == pytest.approx(eager["val_loss"], abs=1e-5)
+
+
+def test_compile_on_cpu_without_a_cxx_compiler_runs_eager_and_says_so(monkeypatch):
+    """COMPILE=2 on a machine where inductor finds no C++ compiler: the eager model (same maths) and one log line
+    saying why, not a crash at the first step; COMPILE=1 leaves a CPU model eager without a word."""
+    import torch._inductor.config as inductor_config
+
+    hp = tiny_hp(**SMALL)
+    model, lines = tg.GPT(hp), []
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
+    assert tg.maybe_compile(model, hp, CPU, lines.append) is model
+    assert len(lines) == 1 and lines[0].startswith("compile:off reason:inductor has no C++ compiler")
+    assert "/nonexistent/g++" in lines[0]
+    assert tg.maybe_compile(model, tiny_hp(**{**SMALL, "COMPILE": 1}), CPU, lines.append) is model and len(lines) == 1
