@@ -148,6 +148,16 @@ def run_row(sweep: Sweep, table: dict, name: str, seed: int, base: dict, logdir:
         sweep.add(name, seed, train_run(name, table[name][1], seed, base))
 
 
+def sweep_header(env: dict, steps: int, seeds: list[int]) -> dict:
+    """What makes two sweeps the same: steps, seeds, the environment's settings and what they resolve to, so a
+    preset whose values changed since (PRESET=cpu, say) starts the sweep afresh instead of mixing results."""
+    names = {h[0] for h in HPARAMS} - {*FIXED, "ITERATIONS"}
+    config = {k: env[k] for k in sorted(env) if k in names}
+    hp = Hyperparameters({k: v for k, v in env.items() if k in {h[0] for h in HPARAMS}})
+    resolved = {n: str(getattr(hp, n.lower())) for n in sorted(names - {"RUN_ID", "LOG_DIR", "SEED"})}
+    return {"steps": steps, "seeds": seeds, "config": config, "hparams": resolved}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -163,8 +173,7 @@ def main() -> None:
         raise SystemExit(f"--only {' '.join(sorted(unknown))}: expected names among {', '.join(table)}")
     names = ["baseline"] + [n for n in table if n != "baseline" and (not args.only or n in args.only)]
     args.logdir.mkdir(parents=True, exist_ok=True)
-    config = {k: os.environ[k] for k in sorted(os.environ) if k in {h[0] for h in HPARAMS} - {*FIXED, "ITERATIONS"}}
-    sweep = Sweep(args.out, {"steps": args.steps, "seeds": args.seeds, "config": config})
+    sweep = Sweep(args.out, sweep_header(dict(os.environ), args.steps, args.seeds))
     sweep.data["ablations"] = {n: {"change": c, "overrides": o, "switches_on": n in switched_on(dict(os.environ)),
                                    "eval_only": EVAL_ONLY.get(n)} for n, (c, o) in table.items()}  # fmt: skip
     sweep.save()

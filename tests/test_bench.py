@@ -159,6 +159,17 @@ def test_a_resumed_sweep_removes_the_stale_files_of_the_runs_it_redoes(tmp_path,
     assert (logdir / "xsa_seed1.txt").read_text() == "this attempt"
 
 
+def test_a_sweep_of_a_preset_whose_values_changed_starts_afresh(tmp_path, monkeypatch):
+    """The same PRESET=cpu in the environment, but the preset's own values changed since the sweep ran: its
+    results are of another configuration, so the sweep starts over instead of skipping those runs."""
+    path = tmp_path / "sweep.json"
+    sweep = ablations.Sweep(path, ablations.sweep_header({"PRESET": "cpu"}, 2, [1]))
+    sweep.add("baseline", 1, {"stages": {}})
+    assert ablations.Sweep(path, ablations.sweep_header({"PRESET": "cpu"}, 2, [1])).done("baseline", 1)
+    monkeypatch.setitem(tg.PRESETS["cpu"], "MLP_MULT", "3")
+    assert not ablations.Sweep(path, ablations.sweep_header({"PRESET": "cpu"}, 2, [1])).done("baseline", 1)
+
+
 def test_ablation_table_signs_and_effects(tmp_path):
     def run(pre, rt, ttt=None):
         stages = {"prequant": {"val_bpb": pre}, "roundtrip": {"val_bpb": rt}}
