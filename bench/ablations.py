@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tools.record import clear_run, final_scores, parse_log, run_train_gpt  # noqa: E402
+from tools.record import clear_run, final_scores, parse_log, run_train_gpt, this_machine, torch_version  # noqa: E402
 from train_gpt import HPARAMS, Hyperparameters  # noqa: E402
 
 FIXED = {
@@ -107,6 +107,7 @@ class Sweep:
 
     def save(self):
         self.data["date"] = date.today().isoformat()  # of the last finished run
+        self.data["machine"] = f"{this_machine()}, torch {torch_version()}"
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=1) + "\n")
         tmp.replace(self.path)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tools.record import clear_run, parse_log, run_train_gpt, this_machine  # noqa: E402
+from tools.record import clear_run, parse_log, run_train_gpt, this_machine, torch_version  # noqa: E402
 
 ANCHOR_BPB, ANCHOR_STEPS = 2.2268, 342  # the official naive-baseline script at this recipe, 300 s, 2 cores
 CONFIGS = {
@@ -33,12 +33,6 @@ CONFIGS = {
     # the anchor's 342 steps whatever this machine's speed today (the LR schedule then runs on steps, not time)
     "naive_342_steps": {"PRESET": "naive", "EVAL_DIAGNOSTICS": "1", "ITERATIONS": "342", "MAX_WALLCLOCK_SECONDS": "0"},
 }
-
-
-def torch_version() -> str:
-    import torch
-
-    return torch.__version__.split("+")[0]
 
 
 def run(name: str, seed: int, logdir: Path) -> dict:

@@ -388,8 +388,9 @@ def main() -> None:
                      cpu, load("ablations_stack_cpu.json"), ablation)  # fmt: skip
     rel_cmd = (f"{CPU_ENV} COMPILE=1 python3 bench/ablations.py --out bench/results/ablations_relative_cpu.json "
                f"--steps 200 --jobs 2 --logdir bench/logs/ablations_relative --only {RELATIVE_ROWS}")  # fmt: skip
+    rel = load("ablations_relative_cpu.json")
     lines += section("Ablations with run-relative schedules (the CPU preset of issue 21, run eager: the same maths)",
-                     rel_cmd, cpu, load("ablations_relative_cpu.json"), ablation)  # fmt: skip
+                     rel_cmd, rel.get("machine", cpu) if rel else cpu, rel, ablation)  # fmt: skip
     quant_cmd = f"{CPU_ENV} python3 bench/quantization.py --out bench/results/quantization_cpu.json"
     lines += section("Quantization", quant_cmd, cpu, load("quantization_cpu.json"), quantization)
     lines += section("Packing: compressed bytes against the entropy of the stored symbols", quant_cmd, cpu,

@@ -369,6 +369,13 @@ def this_machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores"
 
 
+def torch_version() -> str:
+    """The installed torch's version without its build tag (2.13.0, not 2.13.0+cpu)."""
+    import torch
+
+    return torch.__version__.split("+")[0]
+
+
 def build_record(logs: list[Path], out_root: Path, args) -> Path:
     runs = [parse_log(p) for p in logs]
     if not runs:
