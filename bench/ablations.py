@@ -44,9 +44,14 @@ FIXED = {
 SWITCHED_ON = {"awq_lite", "ttt", "progressive_context", "short_chunks"}  # off in the baseline: rows switch them on
 
 
+def resolved(env: dict) -> Hyperparameters:
+    """The configuration the environment's settings (presets included) resolve to, other variables ignored."""
+    return Hyperparameters({k: v for k, v in env.items() if k in {h[0] for h in HPARAMS}})
+
+
 def switched_on(env: dict) -> set[str]:
     """SWITCHED_ON, and the recurrence and parallel lanes where the configuration leaves them out (PRESET=cpu)."""
-    hp = Hyperparameters({k: v for k, v in env.items() if k in {h[0] for h in HPARAMS}})
+    hp = resolved(env)
     return SWITCHED_ON | ({"recurrence"} if not hp.num_loops else set()) | (
         {"parallel_residuals"} if hp.parallel_start_layer >= hp.num_layers else set())  # fmt: skip
 
@@ -63,7 +68,7 @@ def ablations(env: dict) -> dict[str, tuple[str, dict]]:
     progressive context takes a quarter, a half, then all of the length over the flagship's fractions (its thirds,
     1024 and 2048 of 3072, would not divide the CPU batch), its LR ramp scaled from 32 of about 4,900 steps; the
     short-document chunks are #2014's."""
-    hp = Hyperparameters({k: v for k, v in env.items() if k in {h[0] for h in HPARAMS}})  # presets resolved
+    hp = resolved(env)
     heads, dim, layers, n = hp.num_heads, hp.model_dim, str(hp.num_layers), hp.train_seq_len
     lanes = hp.parallel_start_layer < hp.num_layers
     return {
@@ -154,9 +159,9 @@ def sweep_header(env: dict, steps: int, seeds: list[int]) -> dict:
     preset whose values changed since (PRESET=cpu, say) starts the sweep afresh instead of mixing results."""
     names = {h[0] for h in HPARAMS} - {*FIXED, "ITERATIONS"}
     config = {k: env[k] for k in sorted(env) if k in names}
-    hp = Hyperparameters({k: v for k, v in env.items() if k in {h[0] for h in HPARAMS}})
-    resolved = {n: str(getattr(hp, n.lower())) for n in sorted(names - {"RUN_ID", "LOG_DIR", "SEED"})}
-    return {"steps": steps, "seeds": seeds, "config": config, "hparams": resolved}
+    hp = resolved(env)
+    values = {n: str(getattr(hp, n.lower())) for n in sorted(names - {"RUN_ID", "LOG_DIR", "SEED"})}
+    return {"steps": steps, "seeds": seeds, "config": config, "hparams": values}
 
 
 def main() -> None:
@@ -175,7 +180,8 @@ def main() -> None:
     names = ["baseline"] + [n for n in table if n != "baseline" and (not args.only or n in args.only)]
     args.logdir.mkdir(parents=True, exist_ok=True)
     sweep = Sweep(args.out, sweep_header(dict(os.environ), args.steps, args.seeds))
-    sweep.data["ablations"] = {n: {"change": c, "overrides": o, "switches_on": n in switched_on(dict(os.environ)),
+    on = switched_on(dict(os.environ))
+    sweep.data["ablations"] = {n: {"change": c, "overrides": o, "switches_on": n in on,
                                    "eval_only": EVAL_ONLY.get(n)} for n, (c, o) in table.items()}  # fmt: skip
     sweep.save()
     # LOCAL_WORLD_SIZE is how train_gpt.py divides the cores between processes, as under torchrun
