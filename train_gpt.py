@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +136,7 @@ HPARAMS = (
     ("MIN_LR", float, 0.1, (0.0, 1.0), "LR floor of the decay, as a fraction of the peak"),
     ("EMA_HORIZON_FRAC", float, round(1 / (0.0035 * FLAGSHIP_STEPS), 5), (0.0, 1.0), "EMA time constant, run share"),
     ("COMPILE", int, 1, (0, 2), "torch.compile the model: 1 on CUDA, 2 on CPU too (inductor), 0 never"),
+    ("EVAL_COMPILE", str, "regions", ("regions", "model"), "eval/TTT compiles each block and the head, or the model"),
     # evaluation, export, logging
     ("VAL_LOSS_EVERY", int, 0, (0, 10**9), "validate every N steps during training (0: only at the end)"),
     ("TRAIN_LOG_EVERY", int, 100, (1, 10**9), "log the training loss every N steps"),
@@ -690,9 +692,13 @@ def virtual_layer_order(num_layers: int, loop_start: int, loop_end: int, num_loo
     return list(range(loop_start)) + segment * (1 + num_loops) + list(range(loop_end + 1, num_layers))
 
 
-def adapted(linear: nn.Module, x: Tensor, adapter, key: str) -> Tensor:
+def lora_delta(x: Tensor, A: Tensor, B: Tensor) -> Tensor:
+    return (x @ A.to(x.dtype)) @ B.to(x.dtype)
+
+
+def adapted(linear: nn.Module, x: Tensor, adapter: dict | None, key: str) -> Tensor:
     """linear(x), plus the test-time adapter's low-rank delta when there is one."""
-    return linear(x) if adapter is None else linear(x) + adapter(key, x)
+    return linear(x) if adapter is None else linear(x) + lora_delta(x, *adapter[key])
 
 
 class LoRA(nn.Module):
@@ -720,14 +726,17 @@ class LoRA(nn.Module):
             if g is not None:
                 A.copy_(torch.randn(A.shape, generator=g, device=A.device) / math.sqrt(A.size(-2)))
 
-    def at(self, v: int):
-        def delta(key: str, x: Tensor) -> Tensor:
-            A, B = self.A[key][v], self.B[key][v]
-            if self.rows is not None:
-                A, B = A[self.rows], B[self.rows]
-            return (x @ A.to(x.dtype)) @ B.to(x.dtype) * self.scale
+    def pair(self, key: str, v: int) -> tuple[Tensor, Tensor]:
+        """(A, B x scale) of virtual layer v for the batch's rows."""
+        A, B = self.A[key][v], self.B[key][v]
+        if self.rows is not None:
+            A, B = A[self.rows], B[self.rows]
+        return A, B * self.scale
 
-        return delta
+    def at(self, v: int) -> dict[str, tuple[Tensor, Tensor]]:
+        """Virtual layer v's adapters as tensors, not a closure over v: a block compiled on its own then serves
+        every layer, where a closure would be a guard on v and a compile per layer."""
+        return {k: self.pair(k, v) for k in self.A if k != "head"}
 
 
 class Linear(nn.Linear):
@@ -777,7 +786,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor, adapter=None) -> Tensor:
         y = self.proj(F.leaky_relu(self.fc(x), self.slope).square())
-        return y if adapter is None else y + adapter("mlp", x)
+        return y if adapter is None else y + lora_delta(x, *adapter["mlp"])
 
 
 class Block(nn.Module):
@@ -790,7 +799,8 @@ class Block(nn.Module):
         self.attn, self.mlp = Attention(hp, layer), MLP(hp)
         self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(d)), nn.Parameter(torch.ones(d))
         self.resid_mix = nn.Parameter(torch.stack([torch.ones(d), torch.zeros(d)]))
-        self.ln_scale = 1 / math.sqrt(layer + 1) if hp.ln_scale else 1.0
+        # a tensor, not a float: a float is a constant to torch.compile, one compile per layer for regions
+        self.register_buffer("ln_scale", torch.tensor(1 / math.sqrt(layer + 1) if hp.ln_scale else 1.0), False)
         self.parallel = layer >= hp.parallel_start_layer
         self.lane_post = nn.Parameter(torch.ones(2, 2)) if self.parallel else None
 
@@ -865,9 +875,12 @@ class GPT(nn.Module):
         return rms_norm(x if lane1 is None else 0.5 * (x + lane1))
 
     def logits(self, h: Tensor, lora: LoRA | None = None, hints: Tensor | None = None) -> Tensor:
+        return self.adapted_logits(h, None if lora is None else lora.pair("head", 0), hints)
+
+    def adapted_logits(self, h: Tensor, adapter: tuple[Tensor, Tensor] | None, hints: Tensor | None) -> Tensor:
         """Soft-capped logits, float32; with hints, tilted (see tilt)."""
         z = F.linear(h, self.tok_emb.weight.to(h.dtype))
-        z = (z if lora is None else z + lora.at(0)("head", h)).float()
+        z = (z if adapter is None else z + lora_delta(h, *adapter)).float()
         c = self.hp.logit_softcap
         if self.logit_caps is not None:
             caps = c * torch.exp(self.logit_caps.float())
@@ -877,7 +890,11 @@ class GPT(nn.Module):
 
     def forward(self, idx: Tensor, targets: Tensor, layout: DocLayout, lora: LoRA | None = None, hints=None) -> Tensor:
         """Per-token negative log-likelihood in nats, float32 [B, T]: a full softmax over the vocabulary."""
-        z = self.logits(self.hidden(idx, layout, lora), lora, hints)
+        return self.head_nll(self.hidden(idx, layout, lora), targets, None if lora is None else lora.pair("head", 0),
+                             hints)  # fmt: skip
+
+    def head_nll(self, h: Tensor, targets: Tensor, adapter: tuple[Tensor, Tensor] | None, hints) -> Tensor:
+        z = self.adapted_logits(h, adapter, hints)
         return F.cross_entropy(z.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
 
 
@@ -1141,7 +1158,7 @@ def eval_rows(hp: Hyperparameters, width: int, world: int) -> int:
 
 
 def is_compiled(model) -> bool:
-    return hasattr(model, "_orig_mod")
+    return hasattr(model, "_orig_mod") or getattr(model, "compiled_regions", False)
 
 
 def run_rows(model, rows, val: ValData, width: int, backend: str, device, lora=None, n_rows: int = 0):
@@ -1396,13 +1413,15 @@ class TTTCost:
         return -(-len(sgd_row_list(spans, self.hp.ttt_context)) // per_step) * self.costs.get("sgd", 0.0) * self.scale()
 
 
-def ttt_warmup(runner, model: GPT, lora: LoRA, hp: Hyperparameters, backend: str, device, world: int) -> dict:
+def ttt_warmup(runner, model: GPT, lora: LoRA, hp: Hyperparameters, backend: str, device, world: int,
+               log=lambda msg: None) -> dict:  # fmt: skip
     """Every shape TTT runs, on random tokens (never validation ones), twice: the first call compiles, the second
     is timed for the deadline. Each width's forward+backward through the adapters, the plain forward, and a
     global SGD step's forward+backward. Nothing steps and every gradient is dropped."""
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
     def timed(rows: int, width: int, adapters) -> float:
+        seconds = []
         for _ in range(2):
             x, y = torch.randint(2, hp.vocab_size, (2, rows, width), device=device)  # distinct, as in scoring
             t0 = time.perf_counter()
@@ -1410,7 +1429,10 @@ def ttt_warmup(runner, model: GPT, lora: LoRA, hp: Hyperparameters, backend: str
                 nll = runner(x, y, make_layout(x, backend, None, hp.doc_attention), adapters, no_hints(hp, y))
             nll.mean().backward()
             sync()
-        return time.perf_counter() - t0
+            seconds.append(time.perf_counter() - t0)
+        log(f"ttt_warmup rows:{rows} width:{width} lora:{int(adapters is not None)} first_s:{seconds[0]:.2f} "
+            f"step_ms:{1000 * seconds[1]:.1f}")  # fmt: skip
+        return seconds[1]
 
     model.requires_grad_(False)
     costs: dict = {}
@@ -1705,11 +1727,15 @@ def fit_to_budget(packed: dict, hessians: dict | None, hp: Hyperparameters, code
 # -----------------------------------------------------------------------------
 # Artifact: our own container, one compressed stream per tensor class, checksums; never torch.load
 # -----------------------------------------------------------------------------
+# A class's stream is cut into parts of about this size, compressed in parallel (brotli lets go of the GIL): at
+# flagship size one brotli stream of 9.9 MB took most of 63 s on an H200's host, on the eval clock. Brotli's
+# window is 4 MiB, so a 2 MiB part gives up little context.
+STREAM_PART_BYTES = 2**21
 ARTIFACT_MAGIC = b"PGA3"  # PGA2 artifacts (before the header recorded hyperparameters) are refused
 COMPRESSORS = {  # name -> (compress, decompress); the artifact stores the index of the name
     "brotli": (lambda b: brotli.compress(b, quality=11), brotli.decompress),
     "zlib": (lambda b: zlib.compress(b, 9), zlib.decompress),
-    "zstd": (zstandard.ZstdCompressor(level=22).compress, zstandard.ZstdDecompressor().decompress),
+    "zstd": (lambda b: zstandard.ZstdCompressor(level=22).compress(b), zstandard.ZstdDecompressor().decompress),
     "lzma": (lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
 }
 
@@ -1731,22 +1757,28 @@ def serialize(packed: dict, method: str, run: dict | None = None) -> tuple[bytes
     if method == "best":
         return min((serialize(packed, m, run) for m in COMPRESSORS), key=lambda r: len(r[0]))
     streams: dict[str, io.BytesIO] = {}
-    entries = []
+    entries, part = [], {}  # part: the class's current stream, "mlp", then "mlp.1", "mlp.2", ...
     for name, (kind, arrays, meta) in packed.items():
         refs = []
         for key, a in arrays.items():
-            stream = meta.get("cls", "rest") if key == "q" else "rest"
+            cls = meta.get("cls", "rest") if key == "q" else "rest"
+            stream = part.setdefault(cls, cls)
+            if stream in streams and streams[stream].tell() >= STREAM_PART_BYTES:
+                stream = part[cls] = f"{cls}.{len([k for k in streams if k.split('.')[0] == cls])}"
             a = np.ascontiguousarray(a)
             buf = streams.setdefault(stream, io.BytesIO())
             refs.append([key, stream, buf.tell(), a.dtype.str, list(a.shape)])
             buf.write(a.tobytes())
         entries.append([name, kind, meta, refs])
     compress = COMPRESSORS[method][0]
-    blobs = {k: compress(v.getvalue()) for k, v in streams.items()}
+    with ThreadPoolExecutor(max(1, min(len(streams), os.cpu_count() or 1))) as pool:
+        blobs = dict(zip(streams, pool.map(compress, [v.getvalue() for v in streams.values()])))
     table = [[k, len(b), zlib.crc32(b), len(streams[k].getvalue())] for k, b in blobs.items()]
     head = compress(json.dumps({"tensors": entries, "streams": table, "run": run or {}}).encode())
     prefix = ARTIFACT_MAGIC + bytes([list(COMPRESSORS).index(method)]) + struct.pack("<II", len(head), zlib.crc32(head))
-    sizes = {"header": len(prefix) + len(head), **{k: len(b) for k, b in blobs.items()}}
+    sizes = {"header": len(prefix) + len(head)}
+    for k, b in blobs.items():  # by class, the parts together
+        sizes[k.split(".")[0]] = sizes.get(k.split(".")[0], 0) + len(b)
     return prefix + head + b"".join(blobs.values()), sizes
 
 
@@ -1906,11 +1938,14 @@ def compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accu
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
     loader = TrainLoader(hp, rank, world, accum)
-    lengths = [length for length, _ in hp.seq_len_schedule_parsed]
+    lengths, t0 = [length for length, _ in hp.seq_len_schedule_parsed], time.perf_counter()
     for i in range(hp.warmup_steps):
         model.looping = hp.num_loops > 0 and i >= hp.warmup_steps // 2
-        train_step(model, step_model, optimizers, loader, lengths[i % len(lengths)], backend, hp, world, device)
-        log(f"warmup_step:{i + 1}/{hp.warmup_steps}")
+        seq_len = lengths[i % len(lengths)]
+        train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device)
+        # a shape's first step includes its compile: the elapsed time shows what each compile cost
+        log(f"warmup_step:{i + 1}/{hp.warmup_steps} seq_len:{seq_len} looping:{int(model.looping)} "
+            f"elapsed_s:{time.perf_counter() - t0:.1f}")  # fmt: skip
     loader.close()
     model.looping = False
     model.load_state_dict(weights)
@@ -2081,10 +2116,13 @@ def cpu_compiler_missing() -> str:
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def maybe_compile(model: GPT, hp: Hyperparameters, device, log=print):
+def maybe_compile(model: GPT, hp: Hyperparameters, device, log=print, regions: bool = False):
     """One compiled graph per shape and mode (training looped or not, eval, each TTT width, global SGD): more
     than Dynamo's default of 8 per function, past which it would silently run the rest uncompiled. On CPU
-    (COMPILE=2) without a C++ compiler the model runs eager, with the same maths, and says so."""
+    (COMPILE=2) without a C++ compiler the model runs eager, with the same maths, and says so.
+    regions: each block and the head compiled on their own, in place (the evaluation's model). One block's graph
+    serves every layer of its kind, where the whole model unrolls 17 virtual layers: on an H200 a TTT shape
+    compiled as one model took 100 s, four shapes most of the 600 s eval budget."""
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
@@ -2092,7 +2130,15 @@ def maybe_compile(model: GPT, hp: Hyperparameters, device, log=print):
     missing = cpu_compiler_missing() if on and device.type == "cpu" else ""
     if missing:
         log(f"compile:off reason:inductor has no C++ compiler on this machine ({missing}); running eager")
-    return torch.compile(model, dynamic=False) if on and not missing else model
+    if not on or missing:
+        return model
+    if not regions:
+        return torch.compile(model, dynamic=False)
+    for block in model.blocks:
+        block.compile(dynamic=False)
+    model.head_nll = torch.compile(model.head_nll, dynamic=False)  # the instance's attribute shadows the method
+    model.compiled_regions = True
+    return model
 
 
 RUN_ERRORS = (HyperparameterError, DataError, ArtifactError, TrainingError, EvalError)  # one line each, no traceback
@@ -2156,15 +2202,10 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
         f"micro_batch_tokens:{hp.train_batch_tokens // (world * accum)} virtual_layers_looped:"
         f"{virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops)}")  # fmt: skip
     if hp.eval_only:  # score the saved artifact
-        with clock("ngram_hints"):
-            val = with_hints(val, hp, device)
-        finals = score_artifact(blob, hp, val, backend, rank, world, device, log, clock)
-        return finish(log, hp, clock, finals, world)
+        return finish(log, hp, clock, score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
     compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log)
     stats = train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log)
     clock = EvalClock(log)  # everything after training stops counts as evaluation
-    with clock("ngram_hints"):
-        val = with_hints(val, hp, device)
     log(f"train_done steps:{stats['steps']} train_time_ms:{stats['train_ms']:.0f} tokens:{stats['tokens']} "
         f"tokens_per_s:{stats['tokens'] / max(stats['train_ms'], 1e-9) * 1000:.0f}")  # fmt: skip
     if device.type == "cuda":
@@ -2172,6 +2213,8 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
     model.looping = hp.num_loops > 0
     finals = []
     if hp.eval_diagnostics:
+        with clock("ngram_hints"):
+            val = with_hints(val, hp, device)
         with clock("prequant_eval"):
             finals.append(evaluate_pass(step_model, val, hp, backend, rank, world, device, log, "prequant"))
     with clock("checkpoint"):  # the trained model outlives whatever the export does (tools/rescue.py)
@@ -2233,8 +2276,12 @@ def export_artifact(state, hessians, hp: Hyperparameters, code: int, rank: int, 
 
 def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, clock) -> list[str]:
     """The official evaluation: a fresh model built from the artifact bytes alone, scored by score-first
-    test-time training with TTT_ENABLED, else by the plain pass (also with TTT under EVAL_DIAGNOSTICS). Every
-    shape is compiled (and timed, for the deadline) on random tokens first. Returns its final lines."""
+    test-time training with TTT_ENABLED, else by the plain pass (also with TTT under EVAL_DIAGNOSTICS), with the
+    n-gram tilt's hints when NGRAM_TILT is on. Every shape is compiled (and timed, for the deadline) on random
+    tokens first. Returns its final lines. Every scorer of an artifact comes here (a run, EVAL_ONLY, the rescue)."""
+    if val.hints is None:  # a run's diagnostics made them already, for the float model's pass
+        with clock("ngram_hints"):
+            val = with_hints(val, hp, device)
     with clock("load"):
         fresh = GPT(hp).to(device)
         try:
@@ -2245,10 +2292,10 @@ def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, cloc
                 f"the artifact does not fit this configuration (same env as its run?): {detail}"
             ) from None
         fresh.looping = hp.num_loops > 0
-        scorer = maybe_compile(fresh, hp, device, log)
+        scorer = maybe_compile(fresh, hp, device, log, regions=hp.eval_compile == "regions")
     plain_pass, lora, costs = not hp.ttt_enabled or hp.eval_diagnostics, None, None
-    with clock("compile_warmup") if hp.ttt_enabled or scorer is not fresh else contextlib.nullcontext():
-        if plain_pass and scorer is not fresh:  # random tokens, never validation ones
+    with clock("compile_warmup") if hp.ttt_enabled or is_compiled(scorer) else contextlib.nullcontext():
+        if plain_pass and is_compiled(scorer):  # random tokens, never validation ones
             with torch.no_grad(), autocast(device):
                 x, y = torch.randint(
                     2, hp.vocab_size, (2, eval_rows(hp, hp.eval_seq_len, world), hp.eval_seq_len), device=device
@@ -2256,7 +2303,7 @@ def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, cloc
                 scorer(x, y, make_layout(x, backend, None, hp.doc_attention), None, no_hints(hp, y))
         if hp.ttt_enabled:
             lora = LoRA(hp, hp.ttt_batch_docs, len(fresh.virtual_layers()), hp.seed, device)
-            costs = ttt_warmup(scorer, fresh, lora, hp, backend, device, world)
+            costs = ttt_warmup(scorer, fresh, lora, hp, backend, device, world, log)
     finals = []
     if plain_pass:
         with clock("roundtrip_eval"):

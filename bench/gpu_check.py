@@ -271,15 +271,18 @@ def ttt_stage(run: Run, check: Check, val, seconds: float) -> dict:
     runs it through the compiled model, stopped after `seconds`; then one global SGD step."""
     hp, device = run.hp, check.device
     model = fresh_model(run, device)
-    runner = tg.maybe_compile(model, hp, device)
+    runner = tg.maybe_compile(model, hp, device, regions=hp.eval_compile == "regions")
+    val = tg.with_hints(val, hp, device)  # the tilt's hints, as scoring has them: the graphs the warmup made
     docs = tg.doc_spans(val.tokens)
     order = sorted(range(len(docs)), key=lambda i: -docs[i][1])[: hp.ttt_batch_docs]
     spans = [docs[d] for d in order]
     lora = tg.LoRA(hp, hp.ttt_batch_docs, len(model.virtual_layers()), hp.seed, device)
     before, t0 = dynamo_counts(), time.perf_counter()
-    costs = tg.ttt_warmup(runner, model, lora, hp, run.backend, device, 1)
-    warmup = {"seconds": time.perf_counter() - t0, "compiles": delta(before), "costs_s": {str(k): v for k, v in
-                                                                                          costs.items()}}  # fmt: skip
+    shapes = []  # one line per shape: its first call (the compile) and its timed step
+    costs = tg.ttt_warmup(runner, model, lora, hp, run.backend, device, 1, lambda m: (print(m, flush=True),
+                                                                                      shapes.append(m)))  # fmt: skip
+    warmup = {"seconds": time.perf_counter() - t0, "compiles": delta(before), "shapes": shapes,
+              "eval_compile": hp.eval_compile, "costs_s": {str(k): v for k, v in costs.items()}}  # fmt: skip
     chunks, before, deadline = [], dynamo_counts(), time.perf_counter() + seconds
     last = [time.perf_counter()]
 

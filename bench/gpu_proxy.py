@@ -85,11 +85,12 @@ def main() -> None:
     ap.add_argument("--wallclock", type=float, default=180.0, help="MAX_WALLCLOCK_SECONDS of the run")
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "datasets" / "sample_caseops_sp8192")
     ap.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
+    ap.add_argument("--logdir", type=Path, help="keep the run's log and artifact here (default: a temporary folder)")
     args = ap.parse_args()
     env = {"DATA_PATH": str(args.data), "TOKENIZER_PATH": str(args.data / "tokenizer.model"), **os.environ,
            "MAX_WALLCLOCK_SECONDS": str(args.wallclock), "RUN_ID": "gpu_proxy"}  # fmt: skip
-    with tempfile.TemporaryDirectory() as logdir:
-        env["LOG_DIR"] = logdir
+    with tempfile.TemporaryDirectory() as tmp:
+        env["LOG_DIR"] = str(args.logdir or tmp)  # a kept folder keeps the log of a run that fails or is stopped
         result = summarize(run_train_gpt(env, capture=False), tg.Hyperparameters(env), args.peak_tflops)
     if result["device"] == "cuda":
         result["gpu"] = tg.torch.cuda.get_device_name(0)

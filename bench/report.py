@@ -7,6 +7,7 @@ that made it); a benchmark without results is listed as not measured yet, never 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -252,6 +253,41 @@ def gpu_check(d: dict) -> list[str]:
     return out
 
 
+def gpu_e2e(d: dict) -> list[str]:
+    """The flagship end to end on one GPU (bench/gpu_e2e.sh, its log) and the TTT shapes compiled by regions (the
+    GPU check's printed lines): what each compile and each part after training cost."""
+    e2e, regions = d["e2e"], d["regions"]
+    find = lambda pat, text: re.findall(pat, text, re.M)  # noqa: E731
+    warm = find(r"^warmup_step:\d+/\d+ seq_len:(\d+) looping:(\d) elapsed_s:([\d.]+)", e2e)
+    done = find(r"^train_done steps:(\d+) train_time_ms:(\d+) tokens:\d+ tokens_per_s:(\d+)", e2e)[0]
+    quant = find(r"^quantize_time_ms:(\d+) model_bytes:(\d+)", e2e)[0]
+    code = int(find(r"code_bytes:(\d+)", e2e)[0])
+    fit = find(r"^fit_round:(\d+) model_bytes:(\d+) saved_bytes:(\d+)", e2e)
+    out = ["One NVIDIA H200, torch 2.11.0+cu130, flagship defaults but one training length (2048) and at most 2 "
+           "GPTQ calibration batches (1 fitted its reserve), 30 s of training (`bench/gpu_e2e.sh`, log "
+           "`bench/results/gpu_e2e_h200.log`); the run was stopped by its time limit in the first TTT compile, and "
+           "kept its checkpoint and artifact. Both runs: the tree of 69a2a06 with this section's changes under way "
+           "(the export's streams were still whole).", "",
+           "| part | seconds | note |", "|---|---|---|"]  # fmt: skip
+    prev = 0.0
+    for length, looping, at in warm:
+        out.append(f"| compile, training step (length {length}, looping {'on' if looping == '1' else 'off'}) | "
+                   f"{float(at) - prev:.1f} | before the training clock |")  # fmt: skip
+        prev = float(at)
+    out.append(f"| training | {int(done[1]) / 1000:.1f} | {done[0]} steps, {int(done[2]):,} tokens/s |")
+    out.append(
+        f"| quantize, fit to budget, brotli (on the eval clock) | {int(quant[0]) / 1000:.1f} | "
+        f"{len(fit)} fit round(s); model {int(quant[1]):,} + code {code:,} = {int(quant[1]) + code:,} bytes |"
+    )
+    for pat, how, text in ((r"^ttt_warmup rows:(\d+) width:(\d+) lora:\d first_s:([\d.]+) step_ms:([\d.]+)",
+                            "whole model", e2e), (r"^ttt_warmup rows:(\d+) width:(\d+) lora:\d first_s:([\d.]+) "
+                            r"step_ms:([\d.]+)", "by regions", regions)):  # fmt: skip
+        for rows, width, first, ms in find(pat, text):
+            out.append(f"| compile, TTT shape {rows}×{width}, {how} (on the eval clock) | {float(first):.1f} | "
+                       f"then {float(ms):.1f} ms a step |")  # fmt: skip
+    return out
+
+
 def packing(d: dict) -> list[str]:
     """Coders on the quantized integers of a real checkpoint and on flagship-shaped streams, and the fit timing."""
     out = ["Quantized integers of the GPTQ matrices only (the container's `rest` stream and header are the same "
@@ -416,6 +452,12 @@ def main() -> None:
     gc_cmd = gc["command"] if gc else "python3 bench/gpu_check.py --out <dir> (on the device: README, first GPU run)"
     gc_machine = gc["stages"]["env"]["gpu"] + " (device tool)" if gc else "one H100 or H200 (device tool)"
     lines += section("GPU check: the flagship on one GPU, stage by stage", gc_cmd, gc_machine, gc, gpu_check)
+    e2e, reg = RESULTS / "gpu_e2e_h200.log", RESULTS / "gpu_check_h200_regions.log"
+    lease = {"e2e": e2e.read_text(), "regions": reg.read_text(), "date": "2026-11-26"} if e2e.is_file() else None
+    lines += section("GPU end to end, and the cost of each compile (second lease)",
+                     "bash bench/gpu_e2e.sh; EXPORT_COMPRESSOR=zlib EVAL_MAX_SECONDS=60 python3 bench/gpu_check.py "
+                     "--out $OUT --budget 185 --calibration-batches 1 --only ttt,eval --ttt-seconds 25",
+                     "one NVIDIA H200 (device tool)", lease, gpu_e2e)  # fmt: skip
     g = load("gpu_proxy.json")
     gpu_cmd = g["command"] if g else "python3 bench/gpu_proxy.py --out bench/results/gpu_proxy.json (on the device)"
     lines += section("1×H100 proxy", gpu_cmd, g.get("gpu", "one GPU") if g else "one H100 (device tool)", g, gpu)

@@ -135,6 +135,21 @@ def test_container_round_trip_is_exact_and_refuses_damage(trained):
     assert len(best) == min(len(tg.serialize(packed, m)[0]) for m in tg.COMPRESSORS)
 
 
+def test_large_streams_are_cut_into_parts_that_round_trip_and_count_by_class(trained, monkeypatch):
+    """At flagship size a class's stream is cut into parts compressed in parallel: the same tensors come back,
+    the sizes still add up by class, and the bytes do not depend on the thread pool."""
+    hp, model, hessians = trained
+    packed = tg.quantize_model(model.state_dict(), hessians, hp, log=lambda _: None)
+    whole, whole_sizes = tg.serialize(packed, "brotli")
+    monkeypatch.setattr(tg, "STREAM_PART_BYTES", 4096)
+    blob, sizes = tg.serialize(packed, "brotli")
+    names = [name for name, *_ in tg.read_header(blob)[0]["streams"]]
+    assert {"mlp.1", "attn.1"} <= set(names) and set(sizes) == set(whole_sizes)
+    assert sum(sizes.values()) == len(blob) and tg.serialize(packed, "brotli")[0] == blob
+    restored, expected = tg.dequantize_model(tg.deserialize(blob)), tg.dequantize_model(packed)
+    assert all(torch.equal(restored[k], expected[k]) for k in expected)
+
+
 def test_fit_to_budget_spends_the_bytes_where_they_cost_least_output_error(trained):
     """10% under the natural size: the fit lands under it, and its output error (tr(D H D^T) over the matrices)
     is below that of the same matrices all moved to one coarser grid, the finest that fits as well."""
@@ -249,7 +264,7 @@ def test_a_run_20_percent_over_budget_shrinks_to_fit_and_its_checkpoint_re_expor
     assert natural.returncode == 0, natural.stderr[-3000:]
     size = finals((tmp_path / "natural.txt").read_text())
     budget = size["code_bytes"] + int(0.8 * size["model_bytes"])
-    env = {"ITERATIONS": "3", "RUN_ID": "fit", "ARTIFACT_MAX_BYTES": str(budget)}
+    env = {"ITERATIONS": "3", "RUN_ID": "fit", "ARTIFACT_MAX_BYTES": str(budget), "NGRAM_ORDER": "4"}  # tilt hints
     fit = run(ROOT / "train_gpt.py", env, small_dataset, tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
     log = (tmp_path / "fit.txt").read_text()
@@ -271,6 +286,8 @@ def test_a_run_20_percent_over_budget_shrinks_to_fit_and_its_checkpoint_re_expor
     assert re.search(r"^rescue_checkpoint:\S+fit.float.pt record_run:no$", rlog, re.M)  # the log says: not a record
     assert not re.search(r"^train_done ", rlog, re.M) and re.search(r"^final_roundtrip_exact val_loss:", rlog, re.M)
     assert (tmp_path / "rescue.ptz").read_bytes() == (tmp_path / "fit.ptz").read_bytes()
+    final = lambda text: re.search(r"^final_roundtrip_exact .*$", text, re.M).group(0)
+    assert final(rlog) == final(log)  # the same artifact, the same score: the n-gram tilt's hints included
 
 
 def test_a_bad_rescue_checkpoint_is_one_clear_error(small_dataset, tmp_path):

@@ -332,11 +332,14 @@ def test_compiled_ttt_gives_the_eager_losses_and_compiles_only_in_the_warmup(set
     small = tg.ValData(short, np.ones_like(short), "ones")  # two short documents keep the compile test short
     small = tg.with_hints(small, tiny_hp(**{**TTT, **over}, NGRAM_ORDER=4), CPU)  # the tilt, as scoring has it
     assert (small.hints >= 0).any()
-    losses, means = {}, {}
-    for name in ("eager", "compiled"):
-        thp = tiny_hp(DATA_PATH=hp.data_path, **{**TTT, **over})
+    losses, means, eager_model = {}, {}, model
+    for name in ("eager", "compiled", "regions"):
+        thp = tiny_hp(DATA_PATH=hp.data_path, COMPILE=2, **{**TTT, **over})
         lora = tg.LoRA(thp, thp.ttt_batch_docs, len(model.virtual_layers()), thp.seed, CPU)
-        runner = torch.compile(model, dynamic=False) if name == "compiled" else model
+        if name == "regions":  # compiled in place: a copy, so the shared fixture stays eager
+            model = runner = tg.maybe_compile(copy.deepcopy(eager_model), thp, CPU, regions=True)
+        else:
+            runner = torch.compile(model, dynamic=False) if name == "compiled" else model
         before = counters["stats"]["unique_graphs"]
         tg.ttt_warmup(runner, model, lora, thp, "sdpa", CPU, 1)
         warm = counters["stats"]["unique_graphs"]
@@ -352,8 +355,12 @@ def test_compiled_ttt_gives_the_eager_losses_and_compiles_only_in_the_warmup(set
         losses[name] = out
         if name == "compiled":
             assert warm - before == 1 and counters["stats"]["unique_graphs"] == warm  # the one width, no more
-    assert np.allclose(losses["compiled"][1:], losses["eager"][1:], rtol=1e-4, atol=1e-4)
-    assert means["compiled"] == pytest.approx(means["eager"], rel=1e-2)
+        if name == "regions":  # 10 virtual layers, 4 block graphs: the first layer (its input needs no gradient),
+            # the later plain ones, the first parallel one (its lane 1 is its input) and the later ones; and the head
+            assert warm - before == 5 and counters["stats"]["unique_graphs"] == warm
+    for name in ("compiled", "regions"):
+        assert np.allclose(losses[name][1:], losses["eager"][1:], rtol=1e-4, atol=1e-4)
+        assert means[name] == pytest.approx(means["eager"], rel=1e-2)
 
 
 def test_ttt_memory_at_the_flagship_shape_fits_an_80_gb_gpu():
