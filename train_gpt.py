@@ -1930,18 +1930,30 @@ def train_step(model, step_model, optimizers, loader, seq_len, backend, hp, worl
     return total.item(), grad_norm.item()
 
 
+def warmup_shapes(hp: Hyperparameters) -> list[tuple[int, bool]]:
+    """(sequence length, looping) pairs the timed run meets: a length runs over its share [start, end) of the
+    run, looping from ENABLE_LOOPING_AT on. The flagship's meets 4 of the 6 pairs; a compile is about 70 s."""
+    shapes, start = [], 0.0
+    for length, end in hp.seq_len_schedule_parsed:
+        if not hp.num_loops or start < hp.enable_looping_at:
+            shapes.append((length, False))
+        if hp.num_loops and end > hp.enable_looping_at:
+            shapes.append((length, True))
+        start = end
+    return shapes
+
+
 def compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log):
-    """Runs WARMUP_STEPS steps over every shape and mode training will meet (sequence lengths, looping),
-    so compilation happens before the clock; then restores the initial weights and optimizer state."""
+    """Runs WARMUP_STEPS steps over the shapes and modes training will meet (warmup_shapes), so compilation
+    happens before the clock; then restores the initial weights and optimizer state."""
     if hp.warmup_steps == 0:
         return
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
     loader = TrainLoader(hp, rank, world, accum)
-    lengths, t0 = [length for length, _ in hp.seq_len_schedule_parsed], time.perf_counter()
+    shapes, t0 = warmup_shapes(hp), time.perf_counter()
     for i in range(hp.warmup_steps):
-        model.looping = hp.num_loops > 0 and i >= hp.warmup_steps // 2
-        seq_len = lengths[i % len(lengths)]
+        seq_len, model.looping = shapes[i % len(shapes)]
         train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device)
         # a shape's first step includes its compile: the elapsed time shows what each compile cost
         log(f"warmup_step:{i + 1}/{hp.warmup_steps} seq_len:{seq_len} looping:{int(model.looping)} "

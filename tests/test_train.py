@@ -200,6 +200,16 @@ def test_cli_run_logs_source_hparams_and_final_lines(small_dataset, tmp_path):
     assert tail[3].startswith("step_avg_ms:") and not list(tmp_path.glob("*.tmp"))
 
 
+def test_warmup_compiles_only_the_shapes_the_run_meets():
+    """Each (length, looping) pair is a compile of about 70 s on a GPU: the flagship's run meets 4 of its 6."""
+    flagship = tg.Hyperparameters({})
+    assert tg.warmup_shapes(flagship) == [(1024, False), (2048, False), (2048, True), (3072, True)]
+    assert tg.warmup_shapes(tg.Hyperparameters({"NUM_LOOPS": "0"})) == [(1024, False), (2048, False), (3072, False)]
+    early = tg.Hyperparameters({"ENABLE_LOOPING_AT": "0.05"})
+    assert tg.warmup_shapes(early) == [(1024, False), (1024, True), (2048, True), (3072, True)]
+    assert tg.warmup_shapes(tg.Hyperparameters({"ENABLE_LOOPING_AT": "0"}))[0] == (1024, True)
+
+
 def test_compile_warmup_is_undone(small_dataset, tmp_path):
     """Warmup steps train (looped and not), then weights, optimizer state and data order are restored."""
     runs = {}
