@@ -10,6 +10,8 @@ size less the 1.04% the measured flagship was over (bench/RESULTS.md, GPU check)
 
     PRESET=cpu OMP_NUM_THREADS=1 python3 bench/packing.py --checkpoint logs/<run>.float.pt \
         --out bench/results/packing.json
+    PRESET=cpu python3 bench/packing.py --checkpoint logs/<run>.float.pt --out bench/results/packing.json \
+        --serialize-only     # adds the wall seconds of one serialization, whole streams against parts
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import lzma
+import os
 import re
 import sys
 import time
@@ -236,6 +239,23 @@ def fit_timing(packed: dict, log) -> dict:
             "matrices_coarsened": int(re.findall(r"matrices_coarsened:(\d+)", "\n".join(lines))[-1])}  # fmt: skip
 
 
+def serialize_wall(packed: dict) -> dict:
+    """Wall seconds of one brotli serialization of the flagship-shaped model, with each class in one stream (as
+    until 2026-11-26) and cut into STREAM_PART_BYTES parts compressed in parallel (as now), on this machine's
+    cores: a run's export serializes once, or twice with a fit round, on the eval clock."""
+    out, part = {"cores": os.cpu_count(), "date": date.today().isoformat()}, tg.STREAM_PART_BYTES
+    for name, size in (("whole_streams", 2**62), ("parts", part)):
+        tg.STREAM_PART_BYTES = size
+        try:
+            t0 = time.perf_counter()
+            blob, _ = tg.serialize(packed, "brotli")
+            out[f"{name}_s"], out[f"{name}_bytes"] = time.perf_counter() - t0, len(blob)
+            out[f"{name}_count"] = len(tg.read_header(blob)[0]["streams"])
+        finally:
+            tg.STREAM_PART_BYTES = part
+    return out
+
+
 PROJECTION = {  # configuration -> env overrides of the defaults: what the bytes could buy instead
     "defaults": {},
     "EMBED_BITS=6": {"EMBED_BITS": "6"},
@@ -287,10 +307,18 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, required=True, help="a <RUN_ID>.float.pt saved by train_gpt.py")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--no-flagship", action="store_true", help="the checkpoint's streams only")
+    ap.add_argument("--serialize-only", action="store_true", help="time the serialization alone, into --out's JSON")
     args = ap.parse_args()
     hp = tg.Hyperparameters()
     ckpt = torch.load(args.checkpoint, weights_only=True)
     packed = tg.quantize_model(ckpt["state"], ckpt["hessians"], hp, log=print)
+    if args.serialize_only:  # the rest of the JSON as it was
+        result = json.loads(args.out.read_text())
+        result["serialize_wall"] = serialize_wall(flagship_packed(packed))
+        print(f"serialize_wall:{result['serialize_wall']}")
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        return tmp.replace(args.out)
     result = {"date": date.today().isoformat(), "torch_threads": torch.get_num_threads(),
               "checkpoint": {"params": sum(t.numel() for t in ckpt["state"].values()),
                              "streams": measure(class_streams(packed), print)}}  # fmt: skip

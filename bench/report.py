@@ -317,6 +317,13 @@ def packing(d: dict) -> list[str]:
             f"re-rounding) {f['fit_s_without_serialize']:.2f} s, serializations {f['serialize_s']:.1f} s in all; "
             f"{f['matrices_coarsened']} matrices coarsened, estimated error +{f['est_err_total']:.2%} of GPTQ's own "
             "rounding error (Hessian diagonals of ones here: the flagship-shaped model has no Hessians)."]  # fmt: skip
+    w = d.get("serialize_wall")
+    if w:
+        out += ["", f"One brotli serialization of the flagship-shaped model, wall seconds on {w['cores']} cores "
+                f"({w['date']}, `--serialize-only`): {w['whole_streams_s']:.1f} s as {w['whole_streams_count']} "
+                f"streams (one per class, as until then), {w['parts_s']:.1f} s as {w['parts_count']} parts of at "
+                f"most about 2 MiB compressed in parallel, {w['parts_bytes'] - w['whole_streams_bytes']:+,} bytes. "
+                "The H200's host has 16 cores for the 18 parts."]  # fmt: skip
     return out
 
 
