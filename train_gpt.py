@@ -1414,11 +1414,16 @@ class TTTCost:
 
 
 def ttt_warmup(runner, model: GPT, lora: LoRA, hp: Hyperparameters, backend: str, device, world: int,
-               log=lambda msg: None) -> dict:  # fmt: skip
+               log=lambda msg: None, optional_until: float = math.inf) -> dict:  # fmt: skip
     """Every shape TTT runs, on random tokens (never validation ones), twice: the first call compiles, the second
-    is timed for the deadline. Each width's forward+backward through the adapters, the plain forward, and a
-    global SGD step's forward+backward. Nothing steps and every gradient is dropped."""
+    is timed for the deadline. Each width's forward+backward through the adapters, widest first (it also serves
+    the plain forward), then a global SGD step's forward+backward. Nothing steps and every gradient is dropped.
+    The widest shape is needed; the others only save time, so they are compiled while the clock says another
+    compile as long as the longest so far still ends by `optional_until` (perf_counter seconds, the same on every
+    rank). Past it, TTT runs with the shapes it has: hp's TTT_WIDTH_BUCKETS and TTT_PHASES are lowered, and
+    logged; a compile of 100 s a shape (the whole model on an H200) would otherwise eat the eval budget."""
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    first: list[float] = []
 
     def timed(rows: int, width: int, adapters) -> float:
         seconds = []
@@ -1432,14 +1437,32 @@ def ttt_warmup(runner, model: GPT, lora: LoRA, hp: Hyperparameters, backend: str
             seconds.append(time.perf_counter() - t0)
         log(f"ttt_warmup rows:{rows} width:{width} lora:{int(adapters is not None)} first_s:{seconds[0]:.2f} "
             f"step_ms:{1000 * seconds[1]:.1f}")  # fmt: skip
+        first.append(seconds[0])
         return seconds[1]
+
+    def out_of_time() -> bool:  # one answer on every rank: the slowest rank's clock decides
+        late = torch.tensor(float(time.perf_counter() + max(first) > optional_until), device=device)
+        if world > 1:
+            dist.all_reduce(late, op=dist.ReduceOp.MAX)
+        return bool(late.item())
+
+    def cut(widths: list[int], skipped: list):
+        log(f"ttt_warmup_cut: widths:{','.join(map(str, widths))} skipped:{','.join(map(str, skipped))} "
+            f"left_to_optional_until_s:{optional_until - time.perf_counter():.1f}")  # fmt: skip
+        hp.ttt_width_buckets, hp.ttt_phases = len(widths), 0  # the widest: TTT_CONTEXT / 2^j, j < len(widths)
 
     model.requires_grad_(False)
     costs: dict = {}
-    for width in ttt_widths(hp):
+    widths = sorted(ttt_widths(hp), reverse=True)
+    for k, width in enumerate(widths):
+        if k and out_of_time():
+            cut(widths[:k], widths[k:] + (["sgd"] if hp.ttt_phases else []))
+            break
         lora.rows = torch.arange(ttt_shape(hp, width)[0], device=device) % hp.ttt_batch_docs
         costs[width] = timed(len(lora.rows), width, lora)
     costs["plain"] = costs[ttt_shape(hp, hp.ttt_context)[1]]
+    if hp.ttt_phases and out_of_time():
+        cut(widths, ["sgd"])
     if hp.ttt_phases:
         model.requires_grad_(True)
         costs["sgd"] = timed(sgd_rows(hp, world), hp.ttt_context, None)
@@ -2315,7 +2338,9 @@ def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, cloc
                 scorer(x, y, make_layout(x, backend, None, hp.doc_attention), None, no_hints(hp, y))
         if hp.ttt_enabled:
             lora = LoRA(hp, hp.ttt_batch_docs, len(fresh.virtual_layers()), hp.seed, device)
-            costs = ttt_warmup(scorer, fresh, lora, hp, backend, device, world, log)
+            # the optional shapes only while they end in the first half of the budget: the rest is TTT's
+            until = clock.t0 + hp.eval_max_seconds / 2
+            costs = ttt_warmup(scorer, fresh, lora, hp, backend, device, world, log, optional_until=until)
     finals = []
     if plain_pass:
         with clock("roundtrip_eval"):

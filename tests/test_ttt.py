@@ -298,6 +298,24 @@ def test_a_deadline_too_short_for_ttt_ends_in_time_and_scores_the_rest_plainly(s
     assert plain.sum() > 1000 and np.allclose(losses[plain], frozen[plain], rtol=1e-5, atol=1e-5)
 
 
+def test_a_warmup_out_of_time_compiles_only_the_widest_shape_and_ttt_runs_with_it(setup):
+    """Past `optional_until` the warmup keeps the widest width (it serves every chunk, padded) and drops the
+    narrower ones and global SGD, and says so; TTT then scores as a run configured that way from the start."""
+    hp, val, model = setup
+    cut_hp = tiny_hp(DATA_PATH=hp.data_path, **{**TTT, "TTT_WIDTH_BUCKETS": 3})
+    lora, lines = tg.LoRA(cut_hp, cut_hp.ttt_batch_docs, len(model.virtual_layers()), cut_hp.seed, CPU), []
+    costs = tg.ttt_warmup(model, model, lora, cut_hp, "sdpa", CPU, 1, lines.append, optional_until=0.0)
+    assert set(costs) == {256, "plain"} and (cut_hp.ttt_width_buckets, cut_hp.ttt_phases) == (1, 0)
+    assert [line for line in lines if line.startswith("ttt_warmup_cut:")] == [
+        "ttt_warmup_cut: widths:256 skipped:128,64,sgd " + lines[-1].split(" ")[-1]
+    ]
+    cut = tg.ttt_evaluate(model, val, cut_hp, "sdpa", CPU, lora=lora, costs=costs)
+    planned = tg.ttt_evaluate(model, val, tiny_hp(DATA_PATH=hp.data_path, **{**TTT, "TTT_WIDTH_BUCKETS": 1,
+                                                                          "TTT_PHASES": 0}), "sdpa", CPU)  # fmt: skip
+    assert cut["tokens"] == planned["tokens"] == len(val.tokens) - 1
+    assert cut["val_loss"] == pytest.approx(planned["val_loss"], rel=1e-6)
+
+
 @pytest.mark.parametrize("short", ["", "50:4,200:8"])
 def test_plain_segments_give_every_target_the_context_ttt_gives_it(short):
     hp = tiny_hp(TTT_CHUNK=32, TTT_CONTEXT=100, TTT_SHORT_CHUNKS=short)
