@@ -50,10 +50,12 @@ def resolved(env: dict) -> Hyperparameters:
 
 
 def switched_on(env: dict) -> set[str]:
-    """SWITCHED_ON, and the recurrence and parallel lanes where the configuration leaves them out (PRESET=cpu)."""
+    """SWITCHED_ON, and the recurrence, parallel lanes and partial RoPE where the configuration leaves them out
+    (PRESET=cpu)."""
     hp = resolved(env)
     return SWITCHED_ON | ({"recurrence"} if not hp.num_loops else set()) | (
-        {"parallel_residuals"} if hp.parallel_start_layer >= hp.num_layers else set())  # fmt: skip
+        {"parallel_residuals"} if hp.parallel_start_layer >= hp.num_layers else set()) | (
+        {"partial_rope"} if hp.rope_dims >= hp.model_dim // hp.num_heads else set())  # fmt: skip
 
 
 # Rows that only change the evaluation score the baseline's artifact again (EVAL_ONLY), compared with a stage of
@@ -70,6 +72,7 @@ def ablations(env: dict) -> dict[str, tuple[str, dict]]:
     short-document chunks are #2014's."""
     hp = resolved(env)
     heads, dim, layers, n = hp.num_heads, hp.model_dim, str(hp.num_layers), hp.train_seq_len
+    hd = dim // heads
     lanes = hp.parallel_start_layer < hp.num_layers
     return {
         "baseline": ("nothing (the configuration as given)", {}),
@@ -80,7 +83,8 @@ def ablations(env: dict) -> dict[str, tuple[str, dict]]:
         "recurrence": ("depth recurrence off", {"NUM_LOOPS": "0"}) if hp.num_loops else (
             "depth recurrence on (2 more passes over LOOP_START..LOOP_END)", {"NUM_LOOPS": "2"}),
         "sparse_attn_gate": ("sparse attention gate off", {"SPARSE_ATTN_GATE": "0"}),
-        "partial_rope": ("full RoPE instead of partial", {"ROPE_DIMS": str(dim // heads)}),
+        "partial_rope": ("full RoPE instead of partial", {"ROPE_DIMS": str(dim // heads)}) if hp.rope_dims < hd else (
+            "partial RoPE on (a quarter of the head dims)", {"ROPE_DIMS": str(hd // 4)}),
         "muoneq_r_polar": ("MuonEq-R + Polar Express off (quintic)", {"MUON_NS": "quintic", "MUON_ROW_NORM": "0"}),
         "ema": ("EMA off", {"EMA_HORIZON_FRAC": "0"}),
         "gptq": ("GPTQ off (round to nearest)", {"GPTQ": "0"}),

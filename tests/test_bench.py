@@ -100,11 +100,12 @@ def test_each_ablation_changes_only_its_technique():
     table = ablations.ablations(env)
     switched = {"xsa": ("xsa_last_n", 0), "smear_gate": ("smear_gate", 0), "recurrence": ("num_loops", 2),
                 "parallel_residuals": ("parallel_start_layer", flag.num_layers - 1), "ema": ("ema_horizon_frac", 0.0),
-                "sparse_attn_gate": ("sparse_attn_gate", 0), "partial_rope": ("rope_dims", 32), "gptq": ("gptq", 0),
+                "sparse_attn_gate": ("sparse_attn_gate", 0), "partial_rope": ("rope_dims", 8), "gptq": ("gptq", 0),
                 "lqer": ("lqer_top_k", 0), "awq_lite": ("awq_group", 16), "ttt": ("ttt_enabled", 1),
                 "asym_logit": ("logit_asym", 0), "ngram_tilt": ("ngram_tilt", 0)}  # fmt: skip
     assert set(table) == {"baseline", "muoneq_r_polar", "progressive_context", "short_chunks", *switched}
-    assert {"recurrence", "parallel_residuals"} <= ablations.switched_on(env)  # the CPU preset leaves both out
+    assert {"recurrence", "parallel_residuals", "partial_rope"} <= ablations.switched_on(env)  # the CPU preset leaves
+    # all three out: their rows switch them on
     for name, (_, overrides) in table.items():
         hp = tg.Hyperparameters({**env, **ablations.FIXED, **overrides})
         changed = {n.lower() for n, *_ in tg.HPARAMS if getattr(hp, n.lower()) != getattr(flag, n.lower())}
