@@ -196,15 +196,10 @@ HPARAMS = (
 
 
 CPU_SAMPLE = "./data/datasets/sample_sp1024"  # python3 data/prepare.py builds it from ../shared/data
-# The flagship's techniques at 4 x 128 on the offline sample: 300 s of training on 2 cores, ~300 s of eval, compiled
-# by inductor (COMPILE=2; it compiles in the warmup, before the clock: 1.4x the eager steps). What does not pay in
-# 300 CPU seconds is left out: depth recurrence and parallel lanes (a 6-layer model with both trained 220 steps in
-# 150 s to 2.652 BPB, 4 plain layers 304 steps to 2.558) and the MLP's 4x; the flagship's long warmdown to a 0.1
-# floor becomes the naive baseline's. 150 s trials, round-trip BPB (PRESET=naive: 2.457): MLP 2x and the naive's
-# warmdown 2.443 eager; compiled 2.377 (2,048 tokens a step), 2.374 (4,096), with the EMA 2.355; 16,384 tokens
-# a step: 2.639. Then full RoPE (the ablation's +0.017 over 8 of 32 dims) and int8 export (no budget binds 0.6M
-# parameters; int6 cost 0.009): 2.341 against 2.397 in a 150 s trial. bench/proxy_cpu.py measures it against
-# PRESET=naive.
+# The flagship's techniques at 4 x 128 on the offline sample, 300 s of training on 2 cores, compiled by inductor
+# (COMPILE=2, in the warmup: 1.4x the eager steps). Left out, as not paying in 300 CPU seconds: recurrence, lanes,
+# the MLP's 4x, partial RoPE, int6 (no budget binds 0.6M parameters), the flagship's warmdown. The 150 s trials
+# behind each choice: README.md, "Results"; bench/proxy_cpu.py measures it against PRESET=naive.
 CPU = {
     "DATA_PATH": CPU_SAMPLE, "TOKENIZER_PATH": f"{CPU_SAMPLE}/tokenizer.model", "VOCAB_SIZE": "1024",
     "NUM_LAYERS": "4", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "ROPE_DIMS": "32", "MLP_MULT": "2",
@@ -876,11 +871,8 @@ class GPT(nn.Module):
                 skips.append(x)
         return rms_norm(x if lane1 is None else 0.5 * (x + lane1))
 
-    def logits(self, h: Tensor, lora: LoRA | None = None, hints: Tensor | None = None) -> Tensor:
-        return self.adapted_logits(h, None if lora is None else lora.pair("head", 0), hints)
-
-    def adapted_logits(self, h: Tensor, adapter: tuple[Tensor, Tensor] | None, hints: Tensor | None) -> Tensor:
-        """Soft-capped logits, float32; with hints, tilted (see tilt)."""
+    def logits(self, h: Tensor, adapter: tuple[Tensor, Tensor] | None = None, hints: Tensor | None = None) -> Tensor:
+        """Soft-capped logits, float32; with the head's adapter (LoRA.pair("head", 0)); with hints, tilted."""
         z = F.linear(h, self.tok_emb.weight.to(h.dtype))
         z = (z if adapter is None else z + lora_delta(h, *adapter)).float()
         c = self.hp.logit_softcap
@@ -896,7 +888,7 @@ class GPT(nn.Module):
                              hints)  # fmt: skip
 
     def head_nll(self, h: Tensor, targets: Tensor, adapter: tuple[Tensor, Tensor] | None, hints) -> Tensor:
-        z = self.adapted_logits(h, adapter, hints)
+        z = self.logits(h, adapter, hints)
         return F.cross_entropy(z.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
 
 
@@ -1789,7 +1781,7 @@ def serialize(packed: dict, method: str, run: dict | None = None) -> tuple[bytes
             cls = meta.get("cls", "rest") if key == "q" else "rest"
             stream = part.setdefault(cls, cls)
             if stream in streams and streams[stream].tell() >= STREAM_PART_BYTES:
-                stream = part[cls] = f"{cls}.{len([k for k in streams if k.split('.')[0] == cls])}"
+                stream = part[cls] = f"{cls}.{sum(k.split('.')[0] == cls for k in streams)}"
             a = np.ascontiguousarray(a)
             buf = streams.setdefault(stream, io.BytesIO())
             refs.append([key, stream, buf.tell(), a.dtype.str, list(a.shape)])
@@ -1803,7 +1795,8 @@ def serialize(packed: dict, method: str, run: dict | None = None) -> tuple[bytes
     prefix = ARTIFACT_MAGIC + bytes([list(COMPRESSORS).index(method)]) + struct.pack("<II", len(head), zlib.crc32(head))
     sizes = {"header": len(prefix) + len(head)}
     for k, b in blobs.items():  # by class, the parts together
-        sizes[k.split(".")[0]] = sizes.get(k.split(".")[0], 0) + len(b)
+        cls = k.split(".")[0]
+        sizes[cls] = sizes.get(cls, 0) + len(b)
     return prefix + head + b"".join(blobs.values()), sizes
 
 

@@ -279,10 +279,9 @@ def gpu_e2e(d: dict) -> list[str]:
         f"| quantize, fit to budget, brotli (on the eval clock) | {int(quant[0]) / 1000:.1f} | "
         f"{len(fit)} fit round(s); model {int(quant[1]):,} + code {code:,} = {int(quant[1]) + code:,} bytes |"
     )
-    for pat, how, text in ((r"^ttt_warmup rows:(\d+) width:(\d+) lora:\d first_s:([\d.]+) step_ms:([\d.]+)",
-                            "whole model", e2e), (r"^ttt_warmup rows:(\d+) width:(\d+) lora:\d first_s:([\d.]+) "
-                            r"step_ms:([\d.]+)", "by regions", regions)):  # fmt: skip
-        for rows, width, first, ms in find(pat, text):
+    shape = r"^ttt_warmup rows:(\d+) width:(\d+) lora:\d first_s:([\d.]+) step_ms:([\d.]+)"
+    for how, text in (("whole model", e2e), ("by regions", regions)):
+        for rows, width, first, ms in find(shape, text):
             out.append(f"| compile, TTT shape {rows}×{width}, {how} (on the eval clock) | {float(first):.1f} | "
                        f"then {float(ms):.1f} ms a step |")  # fmt: skip
     return out
