@@ -71,13 +71,13 @@ def test_compiled_training_recompiles_only_in_warmup(compile_on_cpu, monkeypatch
     """The real compile_warmup and train() over the sample shards' document-packed batches, the flagship's geometry
     scaled down (2 micro-steps of 8 x 128 rows), with the flagship's three-length progressive schedule and the
     looping switch inside the timed run: warmup compiles one graph per (length, looping) pair the run meets, the
-    timed run none;
-    after each change of length the learning rate ramps up again over SEQ_LEN_WARMUP_STEPS. As on CUDA: bf16 autocast,
-    and the FlashAttention varlen branch (the fake kernel), so cu_seqlens is an input of every compiled graph."""
+    timed run none; after each change of length the learning rate ramps up again over SEQ_LEN_WARMUP_STEPS. As on
+    CUDA: bf16 autocast (CPU_BF16=1), and the FlashAttention varlen branch (the fake kernel), so cu_seqlens is an
+    input of every compiled graph."""
     monkeypatch.setattr(tg, "_flash_varlen", fake_flash_varlen)
-    monkeypatch.setattr(tg, "autocast", lambda device: torch.autocast(device.type, dtype=torch.bfloat16))
     backend = "fa2"
-    hp = tiny_hp(**SMALL, DATA_PATH=small_dataset, TRAIN_SEQ_LEN=128, SEQ_LEN_SCHEDULE="32@0.2,64@0.6,128@1.0",
+    hp = tiny_hp(**SMALL, DATA_PATH=small_dataset, CPU_BF16=1, TRAIN_SEQ_LEN=128,
+                 SEQ_LEN_SCHEDULE="32@0.2,64@0.6,128@1.0",
                  TRAIN_BATCH_TOKENS=2048, GRAD_ACCUM_STEPS=2, WARMUP_STEPS=6, ITERATIONS=10, ENABLE_LOOPING_AT=0.6,
                  SEQ_LEN_WARMUP_STEPS=4, GPTQ=0)  # fmt: skip
     torch.manual_seed(0)

@@ -661,6 +661,28 @@ def test_document_mask_isolates_later_documents(backend):
     assert torch.equal(a[1], b[1])  # other rows
 
 
+def test_cpu_bf16_runs_the_matmuls_in_bf16_through_the_scoring_path():
+    """CPU_BF16=1: run_rows (every scorer's forward) runs the model's Linear layers in bf16 on CPU, through the
+    autocast the CUDA path uses; the NLL stays float32 and near float32's. CPU_BF16=0: float32 throughout."""
+    gen = torch.Generator().manual_seed(3)
+    tokens = torch.randint(2, 64, (161,), generator=gen)
+    tokens[[0, 50, 120]] = tg.BOS_ID
+    val = tg.ValData(tokens.numpy().astype("int64"), torch.ones(161, dtype=torch.long).numpy(), "test")
+    rows = tg.pack_rows(tg.eval_segments(val.tokens, 32, 0), 32)
+    weights = randomize(tg.GPT(small_hp())).state_dict()
+    out = {}
+    for bf16 in (0, 1):
+        model = tg.GPT(small_hp(CPU_BF16=bf16))
+        model.load_state_dict(weights)
+        dtypes = []
+        model.blocks[0].attn.c_q.register_forward_hook(lambda m, i, o, seen=dtypes: seen.append(o.dtype))
+        with torch.no_grad():
+            nll, _, _ = tg.run_rows(model, rows, val, 32, "sdpa", torch.device("cpu"))
+        assert set(dtypes) == {torch.bfloat16 if bf16 else torch.float32} and nll.dtype == torch.float32
+        out[bf16] = nll
+    assert 0 < (out[0] - out[1]).abs().max() < 0.1
+
+
 @pytest.mark.parametrize("n", range(1, 17))
 def test_num_layers_alone_is_valid_at_every_depth(n):
     """NUM_LAYERS=N alone: the looped segment, the first parallel layer and XSA's span follow the depth (the
