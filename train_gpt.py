@@ -2067,7 +2067,7 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
     if hp.gptq:  # the last read of training data: inside the cap, on the weights that will be exported
         cap_s = hp.max_wallclock_seconds - train_ms / 1000 if hp.max_wallclock_seconds else math.inf
         hessians, batches = collect_hessians(model, loader, hp, seq_len_at(hp.seq_len_schedule_parsed, 1.0),
-                                             t0 + cap_s, backend, device, world)  # fmt: skip
+                                             t0 + cap_s, backend, device, world, last_ms / 1000)  # fmt: skip
         end_s = train_ms / 1000 + time.perf_counter() - t0
         log(f"gptq_calibration_batches:{batches} gptq_calibration_end_s:{end_s:.3f}")
     loader.close()
@@ -2076,11 +2076,14 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
 
 
 @torch.no_grad()
-def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, backend, device, world):
+def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, backend, device, world, batch_s=0.0):
     """Sum of x x^T over the inputs of every quantized matrix (the LM head's input for the tied embedding),
     from training batches only, every pass of a looped layer included; summed over ranks. Stops at
-    GPTQ_CALIBRATION_BATCHES or before the deadline (perf_counter seconds), whichever comes first. c_q, c_k
-    and c_v read the same input: one sum, the same tensor under the three names (callers must not mutate it)."""
+    GPTQ_CALIBRATION_BATCHES or before the deadline (perf_counter seconds): a batch starts only if 1.5x the
+    slowest so far (at first batch_s, the last training step's time, more than a forward-only batch takes) ends
+    by it, since this is the last read of training data and a batch slower than the last must not cross the cap.
+    c_q, c_k and c_v read the same input: one sum, the same tensor under the three names (callers must not
+    mutate it)."""
     sums: dict[str, Tensor] = {}
 
     def add(name: str, x: Tensor):
@@ -2092,9 +2095,9 @@ def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, bac
     shared = (".c_k", ".c_v")  # c_q's hook sums their input
     linears = [(n + ".weight", m) for n, m in model.named_modules() if isinstance(m, Linear) and not n.endswith(shared)]
     hooks = [m.register_forward_hook(lambda m, inp, out, n=n: add(n, inp[0])) for n, m in linears]
-    batches, step_s = 0, 0.0
+    batches, slowest = 0, batch_s
     while batches < hp.gptq_calibration_batches:
-        late = torch.tensor(float(time.perf_counter() + step_s > deadline), device=device)
+        late = torch.tensor(float(time.perf_counter() + 1.5 * slowest > deadline), device=device)
         if world > 1:
             dist.all_reduce(late, op=dist.ReduceOp.MAX)
         if late.item():
@@ -2103,7 +2106,7 @@ def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, bac
         for x, _ in loader.next_batch(seq_len, device):
             with autocast(device, hp):
                 add("tok_emb.weight", model.hidden(x, make_layout(x, backend, None, hp.doc_attention)))
-        batches, step_s = batches + 1, time.perf_counter() - t0
+        batches, slowest = batches + 1, max(slowest, time.perf_counter() - t0)
     for h in hooks:
         h.remove()
     if world > 1:

@@ -211,6 +211,18 @@ def test_calibration_stops_at_the_deadline(trained, small_dataset):
     assert batches == 0
 
 
+def test_calibration_leaves_a_margin_before_the_deadline(trained, small_dataset):
+    """A batch starts only if 1.5x the slowest one so far ends by the deadline; before the first, the estimate
+    given (the last training step's time) stands in, so even the first read cannot cross the cap."""
+    hp, model, _ = trained
+    loader = tg.TrainLoader(tiny_hp(DATA_PATH=small_dataset), 0, 1, 1)
+    deadline = time.perf_counter() + 2.0
+    _, refused = tg.collect_hessians(model, loader, hp, hp.train_seq_len, deadline, "sdpa", CPU, 1, batch_s=1.5)
+    _, read = tg.collect_hessians(model, loader, hp, hp.train_seq_len, deadline, "sdpa", CPU, 1, batch_s=0.01)
+    loader.close()
+    assert refused == 0 and read >= 1 and time.perf_counter() <= deadline + 0.5
+
+
 def run(script: Path, env: dict, dataset: Path, cwd: Path, *args: str):
     env = {**os.environ, **TINY, "DATA_PATH": str(dataset), "TOKENIZER_PATH": str(dataset / "tokenizer.model"),
            "LOG_DIR": str(cwd), "RUN_ID": "run", "EVAL_STRIDE": "0", **env}  # fmt: skip
