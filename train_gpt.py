@@ -196,29 +196,33 @@ HPARAMS = (
 )
 
 
-CPU_SAMPLE = "./data/datasets/sample_sp1024"  # python3 data/prepare.py builds it from ../shared/data
+# The offline sample's datasets (python3 data/prepare.py builds both from ../shared/data): CaseOps sp8192 as the
+# flagship's, and sp1024 for the naive baseline and the smoke preset
+CPU_SAMPLE, SP1024_SAMPLE = "./data/datasets/sample_caseops_sp8192", "./data/datasets/sample_sp1024"
+SP1024 = {"DATA_PATH": SP1024_SAMPLE, "TOKENIZER_PATH": f"{SP1024_SAMPLE}/tokenizer.model", "VOCAB_SIZE": "1024"}
 # The flagship's techniques at 4 x 128 on the offline sample, 300 s of training on 2 cores, compiled by inductor
-# (COMPILE=2, in the warmup: 1.4x the eager steps). Left out, as not paying in 300 CPU seconds: recurrence, lanes,
-# the MLP's 4x, partial RoPE, int6 (no budget binds 0.6M parameters), the flagship's warmdown. The 150 s trials
-# behind each choice: README.md, "Results"; bench/proxy_cpu.py measures it against PRESET=naive.
+# (COMPILE=2, in the warmup: 1.4x the eager steps) with bf16 matmuls (CPU_BF16: AMX). Left out, as not paying in 300
+# CPU seconds: recurrence, lanes, the MLP's 4x, partial RoPE, int6 (no budget binds 1.6M parameters), the
+# flagship's warmdown, and the logit cap (LOGIT_SOFTCAP=0: its tanh over 8,192 logits took 40% of a CPU step).
+# The 150 s trials behind each choice: README.md, "Results"; bench/proxy_cpu.py measures it against PRESET=naive.
 CPU = {
-    "DATA_PATH": CPU_SAMPLE, "TOKENIZER_PATH": f"{CPU_SAMPLE}/tokenizer.model", "VOCAB_SIZE": "1024",
+    "DATA_PATH": CPU_SAMPLE, "TOKENIZER_PATH": f"{CPU_SAMPLE}/tokenizer.model", "VOCAB_SIZE": "8192",
     "NUM_LAYERS": "4", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "ROPE_DIMS": "32", "MLP_MULT": "2",
     "NUM_LOOPS": "0", "LOOP_START": "1", "LOOP_END": "2", "PARALLEL_START_LAYER": "4", "XSA_LAST_N": "4",
-    "TRAIN_SEQ_LEN": "256", "TRAIN_BATCH_TOKENS": "4096", "GRAD_ACCUM_STEPS": "1", "COMPILE": "2",
-    "WARMUP_STEPS": "2", "MAX_WALLCLOCK_SECONDS": "300", "WARMDOWN_FRAC": "0.44", "MIN_LR": "0",
+    "TRAIN_SEQ_LEN": "256", "TRAIN_BATCH_TOKENS": "4096", "GRAD_ACCUM_STEPS": "1", "COMPILE": "2", "CPU_BF16": "1",
+    "WARMUP_STEPS": "2", "MAX_WALLCLOCK_SECONDS": "300", "WARMDOWN_FRAC": "0.44", "MIN_LR": "0", "LOGIT_SOFTCAP": "0",
     "GPTQ_RESERVE_SECONDS": "10", "TRAIN_LOG_EVERY": "25", "ATTN_BITS": "8", "MLP_BITS": "8", "EMBED_BITS": "8",
     "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "64", "VAL_BATCH_SIZE": "32768", "TTT_CONTEXT": "256",
     "TTT_BATCH_DOCS": "16", "TTT_PHASE_DOCS": "80", "TTT_SGD_BATCH_TOKENS": "4096",
 }  # fmt: skip
 NAIVE = {  # the naive baseline as switches, at the CPU recipe of issue 21 (4 x 128, 16,384 tokens a step, 300 s)
-    "NUM_LAYERS": "4", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "ROPE_DIMS": "32",
+    **SP1024, "NUM_LAYERS": "4", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "ROPE_DIMS": "32",
     "PARALLEL_START_LAYER": "4", "TRAIN_BATCH_TOKENS": "16384", "GRAD_ACCUM_STEPS": "8", "EVAL_STRIDE": "0",
     "LINEAR_INIT": "default", "DOC_ATTENTION": "0", "EXPORT_SCHEME": "int8_baseline", "MIN_LR": "0",
-    "COMPILE": "1", "WARMUP_STEPS": "0",  # eager on CPU, as the anchor ran (342 steps in 300 s is eager's speed)
+    "COMPILE": "1", "WARMUP_STEPS": "0", "CPU_BF16": "0",  # eager float32, as the anchor ran (342 steps in 300 s)
     # its 500-step momentum warmup and 150-step warmdown (the repository's train_gpt.py; the 03-17 record ran 1,200,
     # which here never leaves 29% of the peak LR: 2.311 BPB at 342 steps, 2.230 with 150), as shares of 342 steps
-    "MUON_MOMENTUM_WARMUP_FRAC": "1.46", "WARMDOWN_FRAC": "0.44",
+    "MUON_MOMENTUM_WARMUP_FRAC": "1.46", "WARMDOWN_FRAC": "0.44", "LOGIT_SOFTCAP": "30",
     "SKIP_GATES": "0", "QK_GAIN_INIT": "1.5", "MLP_ACT": "relu2", "MLP_MULT": "2", "LN_SCALE": "0",
     "XSA_LAST_N": "0", "SMEAR_GATE": "0", "SPARSE_ATTN_GATE": "0", "NUM_LOOPS": "0", "LOGIT_ASYM": "0",
     "MUON_NS": "quintic", "MUON_ROW_NORM": "0", "MUON_WD": "0", "EMBED_WD": "0", "SCALAR_WD": "0",
@@ -231,7 +235,8 @@ PRESETS = {
     "flagship": {},  # the defaults: 8xH100
     "1gpu": {"GRAD_ACCUM_STEPS": "8", "MAX_WALLCLOCK_SECONDS": "4800", "EVAL_MAX_SECONDS": "4560"},  # 8 GPUs' work
     "cpu": CPU,
-    "smoke": {**CPU, "MODEL_DIM": "64", "NUM_LOOPS": "2", "PARALLEL_START_LAYER": "3", "ROPE_DIMS": "8",
+    "smoke": {**CPU, **SP1024, "CPU_BF16": "0", "LOGIT_SOFTCAP": "30",  # the fast sample, float32, the flagship's cap
+              "MODEL_DIM": "64", "NUM_LOOPS": "2", "PARALLEL_START_LAYER": "3", "ROPE_DIMS": "8",
               "MAX_WALLCLOCK_SECONDS": "10", "GPTQ_RESERVE_SECONDS": "1", "COMPILE": "1", "WARMUP_STEPS": "0",
               "GPTQ_CALIBRATION_BATCHES": "4", "TRAIN_LOG_EVERY": "10", "EVAL_STRIDE": "0", "TTT_ENABLED": "0"},
     "naive": {**CPU, **NAIVE},

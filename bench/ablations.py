@@ -50,12 +50,13 @@ def resolved(env: dict) -> Hyperparameters:
 
 
 def switched_on(env: dict) -> set[str]:
-    """SWITCHED_ON, and the recurrence, parallel lanes and partial RoPE where the configuration leaves them out
-    (PRESET=cpu)."""
+    """SWITCHED_ON, and the recurrence, parallel lanes, partial RoPE and the logit cap where the configuration
+    leaves them out (PRESET=cpu)."""
     hp = resolved(env)
     return SWITCHED_ON | ({"recurrence"} if not hp.num_loops else set()) | (
         {"parallel_residuals"} if hp.parallel_start_layer >= hp.num_layers else set()) | (
-        {"partial_rope"} if hp.rope_dims >= hp.model_dim // hp.num_heads else set())  # fmt: skip
+        {"partial_rope"} if hp.rope_dims >= hp.model_dim // hp.num_heads else set()) | (
+        {"asym_logit"} if not hp.logit_softcap else set())  # fmt: skip
 
 
 # Rows that only change the evaluation score the baseline's artifact again (EVAL_ONLY), compared with a stage of
@@ -91,7 +92,8 @@ def ablations(env: dict) -> dict[str, tuple[str, dict]]:
         "lqer": ("LQER off", {"LQER_TOP_K": "0"}),
         "awq_lite": (f"AWQ-lite on ({dim // 8} int8 columns)", {"AWQ_GROUP": str(dim // 8)}),
         "ttt": ("TTT on: the baseline artifact scored with phased LoRA TTT", {"TTT_ENABLED": "1"}),
-        "asym_logit": ("AsymLogit off (one fixed symmetric cap)", {"LOGIT_ASYM": "0"}),
+        "asym_logit": ("AsymLogit off (one fixed symmetric cap)", {"LOGIT_ASYM": "0"}) if hp.logit_softcap else (
+            "logit cap on (AsymLogit from a cap of 30)", {"LOGIT_SOFTCAP": "30"}),
         "progressive_context": ("progressive training context on", {
             "SEQ_LEN_SCHEDULE": f"{n // 4}@0.1,{n // 2}@0.7,{n}@1.0", "SEQ_LEN_WARMUP_STEPS": "2"}),
         "ngram_tilt": ("n-gram tilt off: the baseline artifact scored without it", {"NGRAM_TILT": "0"}),

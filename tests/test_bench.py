@@ -54,6 +54,8 @@ def test_the_naive_preset_is_the_baseline_recipe_with_its_init_attention_and_exp
     assert (naive.linear_init, naive.doc_attention, naive.export_scheme, naive.export_compressor) == (
         "default", 0, "int8_baseline", "zlib")  # fmt: skip
     assert naive.eval_stride == 0 and naive.parallel_start_layer == naive.num_layers
+    # the baseline's sp1024 data, float32 matmuls and logit cap of 30, whatever PRESET=cpu chose
+    assert (naive.vocab_size, naive.cpu_bf16, naive.logit_softcap) == (1024, 0, 30.0) and "sp1024" in naive.data_path
     torch.manual_seed(0)
     model = tg.GPT(naive)
     names = [n for n, _ in model.named_parameters()]
@@ -102,10 +104,10 @@ def test_each_ablation_changes_only_its_technique():
                 "parallel_residuals": ("parallel_start_layer", flag.num_layers - 1), "ema": ("ema_horizon_frac", 0.0),
                 "sparse_attn_gate": ("sparse_attn_gate", 0), "partial_rope": ("rope_dims", 8), "gptq": ("gptq", 0),
                 "lqer": ("lqer_top_k", 0), "awq_lite": ("awq_group", 16), "ttt": ("ttt_enabled", 1),
-                "asym_logit": ("logit_asym", 0), "ngram_tilt": ("ngram_tilt", 0)}  # fmt: skip
+                "asym_logit": ("logit_softcap", 30.0), "ngram_tilt": ("ngram_tilt", 0)}  # fmt: skip
     assert set(table) == {"baseline", "muoneq_r_polar", "progressive_context", "short_chunks", *switched}
-    assert {"recurrence", "parallel_residuals", "partial_rope"} <= ablations.switched_on(env)  # the CPU preset leaves
-    # all three out: their rows switch them on
+    assert {"recurrence", "parallel_residuals", "partial_rope", "asym_logit"} <= ablations.switched_on(env)  # the
+    # CPU preset leaves all four out (no logit cap at all): their rows switch them on
     for name, (_, overrides) in table.items():
         hp = tg.Hyperparameters({**env, **ablations.FIXED, **overrides})
         changed = {n.lower() for n, *_ in tg.HPARAMS if getattr(hp, n.lower()) != getattr(flag, n.lower())}

@@ -31,8 +31,9 @@ def test_readme_cpu_configuration_is_valid():
     block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL) if "python3 train_gpt.py" in b)
     env = dict(re.findall(r"([A-Z_]+)=(\S+)", block))
     hp = tg.Hyperparameters(env)
-    assert env == {"PRESET": "cpu"} and hp.data_path == "./data/datasets/sample_sp1024"
-    assert hp.vocab_size == 1024 and hp.smear_gate and hp.sparse_attn_gate and hp.xsa_last_n == hp.num_layers == 4
+    assert env == {"PRESET": "cpu"} and hp.data_path == "./data/datasets/sample_caseops_sp8192"
+    assert hp.vocab_size == 8192 and hp.cpu_bf16 and hp.logit_softcap == 0  # the flagship's data; README's trials
+    assert hp.smear_gate and hp.sparse_attn_gate and hp.xsa_last_n == hp.num_layers == 4
     assert hp.num_loops == 0 and hp.parallel_start_layer == hp.num_layers  # left out at this scale (README)
     assert tg.grad_accum_steps(hp, 1) == 1
 
