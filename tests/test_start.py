@@ -48,6 +48,28 @@ def test_the_first_command_runs_the_main_job_end_to_end_from_a_fresh_clone(tmp_p
     assert f"val_bpb:{printed['score'].split()[-1]}" in log
 
 
+@pytest.mark.parametrize("preset,variant", [("cpu", "caseops"), ("smoke", "sp1024"), ("naive", "sp1024")])
+def test_the_first_command_prepares_the_sample_its_preset_reads(preset, variant, monkeypatch, tmp_path):
+    """PRESET=cpu reads the CaseOps sp8192 sample, smoke and naive the sp1024 one: start.py builds that one when
+    its manifest is missing, and nothing when it is there or when DATA_PATH points elsewhere."""
+    from tools import start
+
+    ran = []
+    monkeypatch.setattr(start, "sh", lambda *cmd, env=None: ran.append(cmd[1:]))
+    monkeypatch.setattr(start, "ROOT", tmp_path)
+    monkeypatch.delenv("DATA_PATH", raising=False)
+    start.prepare_sample(preset)
+    assert ran == [("data/prepare.py", "--variant", variant)]
+    sample = Path(tg.Hyperparameters({"PRESET": preset}).data_path).name
+    (tmp_path / "data" / "datasets" / sample).mkdir(parents=True)
+    (tmp_path / "data" / "datasets" / sample / "manifest.json").write_text("{}")
+    monkeypatch.setenv("DATA_PATH", str(tmp_path / "elsewhere"))
+    start.prepare_sample(preset)
+    monkeypatch.delenv("DATA_PATH")
+    start.prepare_sample(preset)
+    assert len(ran) == 1
+
+
 @pytest.mark.parametrize("preset", tg.PRESETS)
 def test_each_preset_is_a_set_of_defaults_that_any_variable_overrides(preset):
     hp = tg.Hyperparameters({"PRESET": preset})
