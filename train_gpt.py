@@ -203,7 +203,7 @@ SP1024 = {"DATA_PATH": SP1024_SAMPLE, "TOKENIZER_PATH": f"{SP1024_SAMPLE}/tokeni
 # The flagship's techniques at 4 x 128 on the offline sample, 300 s of training on 2 cores, compiled by inductor
 # (COMPILE=2, in the warmup: 1.4x the eager steps) with bf16 matmuls (CPU_BF16: AMX). Left out, as not paying in 300
 # CPU seconds: recurrence, lanes, the MLP's 4x, partial RoPE, int6 (no budget binds 1.6M parameters), the
-# flagship's warmdown, and the logit cap (LOGIT_SOFTCAP=0: its tanh over 8,192 logits took 40% of a CPU step).
+# flagship's warmdown, and the logit cap (LOGIT_SOFTCAP=0: its tanh over 8,192 logits took 237 of a 518 ms step).
 # The 150 s trials behind each choice: README.md, "Results"; bench/proxy_cpu.py measures it against PRESET=naive.
 CPU = {
     "DATA_PATH": CPU_SAMPLE, "TOKENIZER_PATH": f"{CPU_SAMPLE}/tokenizer.model", "VOCAB_SIZE": "8192",

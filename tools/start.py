@@ -39,20 +39,19 @@ def install() -> None:
     sh(*pip, *[ln.split("#")[0].strip() for ln in lines if ln.split("#")[0].strip() and not ln.startswith("torch")])
 
 
-SAMPLES = {"sample_sp1024": "sp1024", "sample_caseops_sp8192": "caseops"}  # data/prepare.py's variants
-
-
 def prepare_sample(preset: str) -> None:
     """The offline sample the job reads (PRESET=cpu: CaseOps sp8192; smoke and naive: sp1024), built if missing."""
     sys.path.insert(0, str(ROOT))
     import train_gpt  # after install(): it needs torch
+    from data.prepare import SAMPLES
 
     try:
         data = Path(train_gpt.Hyperparameters({**os.environ, "PRESET": preset}).data_path)
     except train_gpt.HyperparameterError:
         return  # the run says what is wrong, in one line
-    if data.name in SAMPLES and not (ROOT / "data" / "datasets" / data.name / "manifest.json").is_file():
-        sh(sys.executable, "data/prepare.py", "--variant", SAMPLES[data.name])
+    variant = next((name for name, (_, folder, _) in SAMPLES.items() if folder == data.name), None)
+    if variant and not (ROOT / "data" / "datasets" / data.name / "manifest.json").is_file():
+        sh(sys.executable, "data/prepare.py", "--variant", variant)
 
 
 def run_job(preset: str) -> dict:
