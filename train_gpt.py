@@ -109,13 +109,14 @@ HPARAMS = (
         None,
         "progressive lengths as len@until-fraction; with only TRAIN_SEQ_LEN set: that length throughout",
     ),  # fmt: skip
-    ("SEQ_LEN_WARMUP_STEPS", int, 32, (0, 10**6), "steps of a linear LR ramp from 0 after each length change"),
+    ("SEQ_LEN_WARMUP_STEPS", int, 32, (0, 10**6), "steps of a linear LR ramp after each length change (0: none)"),
     ("TRAIN_BATCH_TOKENS", int, 786432, (2, 2**30), "tokens per optimizer step over all ranks"),
     ("GRAD_ACCUM_STEPS", int, 0, (0, 1024), "micro-steps per optimizer step per rank (0: 8 / world size)"),
     ("ITERATIONS", int, 20000, (0, 10**9), "maximum optimizer steps"),
     ("WARMUP_STEPS", int, 20, (0, 10**6), "compile warmup steps, run before the clock and then undone"),
     ("MAX_WALLCLOCK_SECONDS", float, 600.0, (0.0, 1e7), "training time cap (0: none, ITERATIONS decides)"),
     ("GPTQ_RESERVE_SECONDS", float, 8.0, (0.0, 1e4), "kept out of the training cap for GPTQ calibration"),
+    ("REPLICA_CHECK_EVERY", int, 250, (0, 10**9), "compare the ranks' weights every N steps (0: at the end only)"),
     ("MATRIX_LR", float, 0.028, (0.0, 10.0), "Muon learning rate of the block matrices"),
     ("MUON_WD", float, 0.095, (0.0, 10.0), "Muon decoupled weight decay (p *= 1 - lr*wd)"),
     ("MUON_MOMENTUM", float, 0.97, (0.0, 1.0), "Muon Nesterov momentum after warmup"),
@@ -1888,6 +1889,12 @@ class Logger:
                 raise HyperparameterError(f"RUN_ID={hp.run_id}: {', '.join(taken)} already in LOG_DIR="
                                           f"{hp.log_dir} (another run's); expected a new RUN_ID")  # fmt: skip
 
+    def error(self, msg: str):
+        """An error line from any rank, into the log rank 0 made (the console's is printed where it is raised)."""
+        if self.path.exists():
+            with open(self.path, "a") as f:
+                f.write(msg + "\n")
+
     def __call__(self, msg: str, console: bool = True):
         if self.rank != 0:
             return
@@ -2020,13 +2027,43 @@ def stop_on_bad_loss(hp: Hyperparameters, model: GPT, ema, step: int, loss: floa
     raise TrainingError(f"step {step}: {bad}; stopped, {kept}")
 
 
+def agreed_ms(since: float, device, world: int) -> float:
+    """Milliseconds since `since` (perf_counter) on the slowest rank's clock: one small all-reduce, the step's
+    only sync besides the gradients. Every schedule, the EMA and the stop read this one time, so the replicas
+    take the same learning rate, momentum, decay, switches and last step whatever each host's own clock says."""
+    ms = torch.tensor(1000 * (time.perf_counter() - since), dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(ms, op=dist.ReduceOp.MAX)
+    return ms.item()
+
+
+def check_replicas(model: nn.Module, step: int, world: int, device, log):
+    """The ranks' weights bit for bit: an exact integer checksum per tensor, compared in one all-reduce; a drift
+    is one error naming the step and the first tensor that differs (the replicas must be one model)."""
+    if world == 1:
+        return
+    named = [(n, p.detach().float()) for n, p in model.named_parameters()]
+    sums = torch.stack([p.view(torch.int32).sum(dtype=torch.int64) for _, p in named]).to(device)
+    both = torch.cat([sums, -sums])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    differ = (both[: len(sums)] != -both[len(sums) :]).tolist()
+    log(f"replicas_check step:{step} ranks:{world} same:{int(not any(differ))}")
+    if any(differ):
+        raise TrainingError(f"step {step}: the ranks' weights differ, first in {named[differ.index(True)][0]}; "
+                            "the replicas drifted apart (every rank must apply the same updates)")  # fmt: skip
+
+
 def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log) -> dict:
-    """The timed loop. The clock excludes validation; training stops before the cap (minus the calibration
-    reserve) would be crossed by one more step."""
-    budget_ms = 1000 * (hp.max_wallclock_seconds - hp.gptq_reserve_seconds) if hp.max_wallclock_seconds else math.inf
+    """The timed loop on one clock (agreed_ms): from the first step, validation excluded. Training stops before
+    the cap minus the calibration reserve would be crossed by one more step; calibration ends by the cap."""
+    cap_ms = 1000 * hp.max_wallclock_seconds if hp.max_wallclock_seconds else math.inf
+    budget_ms = cap_ms - 1000 * hp.gptq_reserve_seconds
     loader = TrainLoader(hp, rank, world, accum)
     ema = EMA(model) if hp.ema_horizon_frac > 0 else None
     step, train_ms, last_ms, seq_len, changed_at = 0, 0.0, 0.0, None, 0
+    if world > 1:  # the clock starts when the slowest rank is ready, not while the others wait for it
+        dist.barrier()
+    t_start = time.perf_counter()  # moved forward by the time validation takes
     while step < hp.iterations:
         frac = max(train_ms / budget_ms, step / hp.iterations)
         if hp.num_loops and not model.looping and frac >= hp.enable_looping_at:
@@ -2037,43 +2074,43 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
             log(f"seq_len_change: seq_len:{seq_len_at(hp.seq_len_schedule_parsed, frac)} step:{step} "
                 f"train_time_ms:{train_ms:.0f}")  # fmt: skip
         seq_len = seq_len_at(hp.seq_len_schedule_parsed, frac)
-        ramp = min(1.0, (step - changed_at + 1) / hp.seq_len_warmup_steps) if changed_at else 1.0
+        ramping = changed_at and hp.seq_len_warmup_steps
+        ramp = min(1.0, (step - changed_at + 1) / hp.seq_len_warmup_steps) if ramping else 1.0
         mul = lr_multiplier(frac, hp.warmdown_frac, hp.min_lr) * ramp
         for opt in optimizers:
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * mul
         optimizers[0].param_groups[0]["momentum"] = muon_momentum_at(frac, hp)
-        t0 = time.perf_counter()
         loss, grad_norm = train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device)
         if not math.isfinite(loss) or not weights_finite(model):  # stop: the EMA holds the weights before it
             stop_on_bad_loss(hp, model, ema, step + 1, loss, rank)
-        if ema is not None:  # this step's share of the run, its time so far included
-            share = max((train_ms + 1000 * (time.perf_counter() - t0)) / budget_ms, (step + 1) / hp.iterations) - frac
-            ema.update(model, ema_decay(hp, share))
-        step, last_ms = step + 1, 1000 * (time.perf_counter() - t0)
-        train_ms += last_ms
+        now_ms = agreed_ms(t_start, device, world)
+        step, last_ms, train_ms = step + 1, now_ms - train_ms, now_ms
+        if ema is not None:  # this step's share of the run
+            ema.update(model, ema_decay(hp, max(train_ms / budget_ms, step / hp.iterations) - frac))
         if step % hp.train_log_every == 0 or step <= 5:
             log(f"step:{step}/{hp.iterations} train_loss:{loss:.6f} grad_norm:{grad_norm:.4f} lr_mul:{mul:.4f} "
                 f"seq_len:{seq_len} train_time_ms:{train_ms:.0f} step_avg_ms:{train_ms / step:.2f} "
                 f"tokens:{step * hp.train_batch_tokens} {projected_end(hp, step, train_ms, budget_ms)}")  # fmt: skip
+        if hp.replica_check_every and step % hp.replica_check_every == 0:
+            check_replicas(model, step, world, device, log)
         if hp.val_loss_every and step % hp.val_loss_every == 0:
+            t0 = time.perf_counter()
             r = evaluate(step_model, val, hp, 0, backend, device, rank, world)
             log(f"step:{step}/{hp.iterations} val_loss:{r['val_loss']:.6f} val_bpb:{r['val_bpb']:.6f} "
                 f"train_time_ms:{train_ms:.0f}")  # fmt: skip
-        stop = torch.tensor(float(train_ms + last_ms > budget_ms), device=device)
-        if world > 1:
-            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-        if stop.item():
+            t_start += time.perf_counter() - t0
+        if train_ms + last_ms > budget_ms:  # the same numbers on every rank: the same decision
             log(f"stopping_early:wallclock_cap train_time_ms:{train_ms:.0f} step:{step}/{hp.iterations}")
             break
     if ema is not None:
         ema.copy_to(model)
-    hessians, t0 = None, time.perf_counter()
+    check_replicas(model, step, world, device, log)  # the weights every rank will export and score
+    hessians = None
     if hp.gptq:  # the last read of training data: inside the cap, on the weights that will be exported
-        cap_s = hp.max_wallclock_seconds - train_ms / 1000 if hp.max_wallclock_seconds else math.inf
-        hessians, batches = collect_hessians(model, loader, hp, seq_len_at(hp.seq_len_schedule_parsed, 1.0),
-                                             t0 + cap_s, backend, device, world, last_ms / 1000)  # fmt: skip
-        end_s = train_ms / 1000 + time.perf_counter() - t0
+        end_len, deadline, last_s = seq_len_at(hp.seq_len_schedule_parsed, 1.0), t_start + cap_ms / 1000, last_ms / 1000
+        hessians, batches = collect_hessians(model, loader, hp, end_len, deadline, backend, device, world, last_s)
+        end_s = agreed_ms(t_start, device, world) / 1000
         log(f"gptq_calibration_batches:{batches} gptq_calibration_end_s:{end_s:.3f}")
     loader.close()
     tokens = step * hp.train_batch_tokens
@@ -2186,6 +2223,18 @@ def maybe_compile(model: GPT, hp: Hyperparameters, device, log=print, regions: b
 RUN_ERRORS = (HyperparameterError, DataError, ArtifactError, TrainingError, EvalError)  # one line each, no traceback
 
 
+class PeerFailed(RuntimeError):
+    """This rank stopped because another rank of the run failed first: its error is the one in the log."""
+
+
+def count_failure(world: int, add: int = 1) -> int:
+    """Failures so far among the run's ranks, this one's added (torchrun's store outlives a failed rank)."""
+    try:
+        return dist.distributed_c10d._get_default_store().add("train_gpt_failures", add) if world > 1 else add
+    except Exception:  # no store (not torchrun, or gone): as if alone
+        return add
+
+
 def main():
     hp = Hyperparameters()
     if hp.eval_only and not Path(hp.eval_only).is_file():
@@ -2194,12 +2243,34 @@ def main():
     log = Logger(hp, rank)
     try:
         run(hp, rank, world, device, log)
-    except RUN_ERRORS as e:
-        log(f"error: {e}", console=False)  # the run's log says how it ended, not only the console
+    except BaseException as e:  # one line in the log, from the first rank to fail; the others stop quietly
+        if world > 1 and not isinstance(e, RUN_ERRORS) and count_failure(world, 0):
+            raise PeerFailed(f"rank {rank} stopped: another rank failed first (its error is in {log.path})") from None
+        first, where = count_failure(world) == 1, f"rank {rank}: " if world > 1 else ""
+        if first and isinstance(e, RUN_ERRORS):
+            log.error(f"error: {where}{e}")
+        elif first and isinstance(e, KeyboardInterrupt):
+            log.error(f"error: {where}interrupted; kept: "
+                      f"{', '.join(sorted(p.name for p in Path(hp.log_dir).glob(hp.run_id + '.*')))}")  # fmt: skip
         raise
-    except KeyboardInterrupt:
-        log(f"error: interrupted; kept: {', '.join(sorted(p.name for p in Path(hp.log_dir).glob(hp.run_id + '.*')))}")
-        raise
+
+
+def entry():
+    """The command line: one error line and exit 2 for what the run refuses, 130 when interrupted."""
+    signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))  # a scheduler's stop ends the run like Ctrl-C
+    code = 0
+    try:
+        main()
+    except (*RUN_ERRORS, PeerFailed) as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM: what was saved stays, the log says so
+        code = 130
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # skip interpreter teardown, where gloo ranks sometimes abort
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def adopt_artifact(hp: Hyperparameters, blob: bytes):
@@ -2263,7 +2334,8 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
         if rank == 0:
             save_checkpoint(Path(hp.log_dir) / f"{hp.run_id}.float.pt", model.state_dict(), stats["hessians"])
     code = len(source)
-    blob, artifact = export_artifact(model.state_dict(), stats["hessians"], hp, code, rank, log, clock)
+    export = lambda: export_artifact(model.state_dict(), stats["hessians"], hp, code, log, clock)
+    blob, artifact = from_rank0(export, rank, world)  # made and written once; every rank scores these bytes
     finals += score_artifact(blob, hp, val, backend, rank, world, device, log, clock)
     finals.append(f"artifact_bytes:{code + len(blob)} code_bytes:{code} model_bytes:{len(blob)} "
                   f"bits_per_param:{8 * len(blob) / n_params:.3f} artifact:{artifact}")  # fmt: skip
@@ -2301,15 +2373,33 @@ def save_checkpoint(path: Path, state: dict, hessians: dict | None):
     write_atomic(path, buf.getvalue())
 
 
-def export_artifact(state, hessians, hp: Hyperparameters, code: int, rank: int, log, clock) -> tuple[bytes, Path]:
-    """Quantize, fit, write <RUN_ID>.ptz (rank 0); still over: <RUN_ID>.over_budget.ptz and an ArtifactError."""
+def from_rank0(make, rank: int, world: int):
+    """make() run on rank 0 alone and its result sent to every rank, or its error raised on every rank: one
+    artifact, one decision to fit it, and no rank left waiting in a collective for a rank that failed."""
+    if world == 1:
+        return make()
+    box, failed = [None], None
+    if rank == 0:
+        try:
+            box = [("ok", make())]
+        except Exception as e:  # raised on every rank, as a one-line error where it is not one of ours
+            failed, box = e, [("error", e if isinstance(e, RUN_ERRORS) else TrainingError(f"rank 0: {e!r}"))]
+    dist.broadcast_object_list(box, src=0)
+    if failed is not None:
+        raise failed
+    if box[0][0] == "error":
+        raise box[0][1]
+    return box[0][1]
+
+
+def export_artifact(state, hessians, hp: Hyperparameters, code: int, log, clock) -> tuple[bytes, Path]:
+    """Quantize, fit, write <RUN_ID>.ptz; still over: <RUN_ID>.over_budget.ptz and an ArtifactError."""
     with clock("quantize"):
         blob, sizes = fit_to_budget(quantize_model(state, hessians, hp, log), hessians, hp, code, log)
     parts, over = " ".join(f"{k}:{v}" for k, v in sizes.items()), code + len(blob) > hp.artifact_max_bytes
     log(f"quantize_time_ms:{1000 * clock.parts['quantize']:.0f} model_bytes:{len(blob)} streams {parts}")
     artifact = Path(hp.log_dir) / f"{hp.run_id}{'.over_budget' if over else ''}.ptz"
-    if rank == 0:
-        write_atomic(artifact, blob)
+    write_atomic(artifact, blob)
     if over:
         raise ArtifactError(f"artifact {code + len(blob)} bytes > {hp.artifact_max_bytes}: code {code} + model "
                             f"{len(blob)} ({parts}); kept as {artifact}")  # fmt: skip
@@ -2365,6 +2455,7 @@ def finish(log, hp, clock: EvalClock, finals: list[str], world: int):
     total = time.perf_counter() - clock.t0
     for line in finals:
         log(line)
+    log(f"eval_world_size:{world}")  # with TTT_WARM_A=1 the score depends on it: a replay must use the same
     log(f"eval_time_s:{total:.2f} " + " ".join(f"{k}:{v:.2f}" for k, v in clock.parts.items()))
     if total > hp.eval_max_seconds:
         log(f"eval_time_violation: {total:.1f} s after training > EVAL_MAX_SECONDS={hp.eval_max_seconds:g}")
@@ -2374,11 +2465,4 @@ def finish(log, hp, clock: EvalClock, finals: list[str], world: int):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))  # a scheduler's stop ends the run like Ctrl-C
-    try:
-        main()
-    except RUN_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (below): what was saved stays, the log says so
-        sys.exit(130)
+    entry()

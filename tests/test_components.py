@@ -1,5 +1,6 @@
 """Unit tests of each model/optimizer component's defining property, on CPU with tiny configurations."""
 
+import itertools
 import math
 import types
 
@@ -388,17 +389,11 @@ def test_muon_momentum_warmup():
     assert tg.muon_momentum_at(0.01, tg.Hyperparameters({"MUON_MOMENTUM_WARMUP_FRAC": "0"})) == pytest.approx(0.97)
 
 
-def schedule_seen_by_train(steps: int, monkeypatch) -> tuple[tg.Hyperparameters, dict]:
+def schedule_seen_by_train(steps: int, monkeypatch, **env) -> tuple[tg.Hyperparameters, dict]:
     """Muon momentum, LR and EMA decay per step of train()'s own loop, every step 1 s under a cap of `steps` s."""
     hp = tg.Hyperparameters({"MAX_WALLCLOCK_SECONDS": str(steps + 8), "ITERATIONS": str(10 * steps),
-                             "NUM_LOOPS": "0", "GPTQ": "0"})  # fmt: skip
+                             "NUM_LOOPS": "0", "GPTQ": "0", **env})  # fmt: skip
     seen = {"momentum": [], "decay": [], "lr": []}
-
-    def seconds():  # train() reads the clock three times a step: start, before the EMA, end
-        k = 0
-        while True:
-            yield from (k, k + 1, k + 1)
-            k += 1
 
     def step(model, step_model, optimizers, *a):
         seen["momentum"].append(optimizers[0].param_groups[0]["momentum"])
@@ -415,7 +410,7 @@ def schedule_seen_by_train(steps: int, monkeypatch) -> tuple[tg.Hyperparameters,
         def copy_to(self, model):
             pass
 
-    clock = seconds()
+    clock = itertools.count()  # train() reads the clock as it starts, then once a step (agreed_ms)
     monkeypatch.setattr(tg.time, "perf_counter", lambda: float(next(clock)))
     monkeypatch.setattr(tg, "TrainLoader", lambda *a: types.SimpleNamespace(close=lambda: None))
     monkeypatch.setattr(tg, "train_step", step)
@@ -424,6 +419,12 @@ def schedule_seen_by_train(steps: int, monkeypatch) -> tuple[tg.Hyperparameters,
     model.looping, opt.param_groups[0]["base_lr"] = False, 1.0
     tg.train(hp, model, model, [opt], None, "sdpa", 0, 1, 1, torch.device("cpu"), lambda _: None)
     return hp, seen
+
+
+def test_no_lr_ramp_after_a_length_change_when_seq_len_warmup_steps_is_0(monkeypatch):
+    """SEQ_LEN_WARMUP_STEPS=0 is allowed: no ramp (it divided by zero at the first change of length)."""
+    hp, seen = schedule_seen_by_train(20, monkeypatch, SEQ_LEN_SCHEDULE="1024@0.5,2048@1.0", SEQ_LEN_WARMUP_STEPS="0")
+    assert seen["lr"] == pytest.approx([tg.lr_multiplier(s / 20, hp.warmdown_frac, hp.min_lr) for s in range(20)])
 
 
 def test_schedules_are_the_flagships_at_its_length_and_keep_their_shape_at_any_other(monkeypatch):

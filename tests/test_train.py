@@ -178,14 +178,15 @@ def test_cli_run_logs_source_hparams_and_final_lines(small_dataset, tmp_path):
     assert int(stop.group(1)) / 1000 < calibration_end < 4.0  # the last training-data read is inside the cap
     looping_ms = int(re.search(r"looping:on step:\d+ train_time_ms:(\d+)", log).group(1))
     assert 0.35 * 3000 <= looping_ms < 0.35 * 3000 + 500
-    tail = log.strip().splitlines()[-5:]
+    tail = log.strip().splitlines()[-6:]
     assert tail[0].startswith("final_prequant_exact") and tail[1].startswith("final_roundtrip_exact")
     assert re.fullmatch(r"final_roundtrip_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}", tail[1])
     assert re.fullmatch(
         r"eval_time_s:[\d.]+ ngram_hints:[\d.]+ prequant_eval:[\d.]+ checkpoint:[\d.]+ quantize:[\d.]+ load:[\d.]+ "
         r"roundtrip_eval:[\d.]+",
-        tail[4],
+        tail[5],
     )
+    assert tail[4] == "eval_world_size:1"
     # progress a reader can follow: the cap left and the projected last step; each evaluation part as it starts
     steps = re.findall(r"^step:(\d+)/\d+ train_loss:.* remaining_s:(\d+) projected_steps:(\d+)$", log, re.M)
     assert steps and all(0 <= int(left) <= 3 for _, left, _ in steps)

@@ -74,6 +74,7 @@ class RunLog:
     device: str
     world_size: int
     torch_version: str
+    eval_world_size: int = 1  # the ranks the score was computed on (the TTT score depends on it, TTT_WARM_A=1)
     curve: list[tuple[int, float, float, int]] = field(default_factory=list)  # step, loss, train s, tokens
     val_curve: list[tuple[int, float, float, float]] = field(default_factory=list)  # step, loss, bpb, train s
 
@@ -135,6 +136,8 @@ def parse_log(path: Path) -> RunLog:
         eval_violation="\neval_time_violation:" in text,
         val_tokens=int(val.group(1)), val_docs=int(val.group(2)), val_bytes=int(val.group(3)),
         device=env.group(2), world_size=int(env.group(3)), torch_version=env.group(1),
+        eval_world_size=int(scored.group(1)) if (scored := re.search(r"^eval_world_size:(\d+)$", text, re.M))
+        else int(env.group(3)),
         curve=[(int(s), float(loss), int(ms) / 1000, int(tok)) for s, loss, ms, tok in re.findall(
             rf"^step:(\d+)/\d+ train_loss:{NUM} .*?train_time_ms:(\d+) .*?tokens:(\d+)(?: .*)?$", text, re.M)],
         val_curve=[(int(s), float(loss), float(bpb), int(ms) / 1000) for s, loss, bpb, ms in re.findall(
@@ -219,6 +222,8 @@ def run_checks(runs: list[RunLog], code: bytes, expect_val: tuple[int, int] | No
         ("code size equals the train_gpt.py in the folder",
          all(r.code_bytes == len(code) and r.source == code for r in runs), f"{len(code):,} bytes"),
         ("distinct seeds", len({r.seed for r in runs}) == len(runs), ", ".join(str(r.seed) for r in runs)),
+        ("scored at one world size", len({r.eval_world_size for r in runs}) == 1,
+         ", ".join(sorted({str(r.eval_world_size) for r in runs}))),
     ]  # fmt: skip
     return checks
 
@@ -352,6 +357,11 @@ def write_readme(path: Path, meta: dict, runs: list[RunLog], checks, sig: dict |
     command = " ".join(f"{k}={v}" for k, v, _ in reproduce) + f" SEED=<seed> {meta['launch']} {script}"
     lines += ["", "## Reproduce", "", "From the repository root (the variables that differ from the defaults):", "",
               "```bash", command, "```"]  # fmt: skip
+    lines += [
+        "",
+        f"Scored on {runs[0].eval_world_size} rank(s): with `TTT_WARM_A=1` each rank carries its adapters' "
+        "A along its own batches, so a replay (`EVAL_ONLY=<artifact>`) gives this score at that world size.",
+    ]
     lines += ["", "## Files", "",
               "- `train_gpt.py`: the script that ran (the counted code; identical in every log's first bytes).",
               "- `requirements.txt`, `submission.json`, `logs/train_seed*.txt` (one per seed).",
