@@ -23,11 +23,11 @@ import threading
 import time
 import uuid
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import brotli
+import constriction
 import numpy as np
 import sentencepiece as spm
 import torch
@@ -177,7 +177,13 @@ HPARAMS = (
     ("NGRAM_THRESHOLD", float, 0.8, (0.0, 1.0), "share of the context's earlier continuations the hint must hold"),
     ("NGRAM_BOOST", float, 2.625, (0.0, 100.0), "logit boost of the hinted token, before the full softmax"),
     ("EXPORT_SCHEME", str, "gptq", ("gptq", "int8_baseline"), "GPTQ (+LQER, AWQ), or the naive baseline's int8"),
-    ("EXPORT_COMPRESSOR", str, "brotli", ("brotli", "zlib", "zstd", "lzma", "best"), "artifact compressor"),
+    (
+        "EXPORT_COMPRESSOR",
+        str,
+        "rans",
+        ("rans", "brotli", "zlib", "zstd", "lzma", "best"),
+        "rans: integer levels by rANS, the rest by brotli; else every stream by that compressor",
+    ),
     # quantization
     ("GPTQ", int, 1, (0, 1), "GPTQ with calibration Hessians (0: round to nearest)"),
     ("GPTQ_CALIBRATION_BATCHES", int, 32, (1, 10**6), "training batches read for the Hessians (inside the cap)"),
@@ -1754,17 +1760,45 @@ def fit_to_budget(packed: dict, hessians: dict | None, hp: Hyperparameters, code
 # -----------------------------------------------------------------------------
 # Artifact: our own container, one compressed stream per tensor class, checksums; never torch.load
 # -----------------------------------------------------------------------------
-# A class's stream is cut into parts of about this size, compressed in parallel (brotli lets go of the GIL): at
-# flagship size one brotli stream of 9.9 MB took most of 63 s on an H200's host, on the eval clock. Brotli's
-# window is 4 MiB, so a 2 MiB part gives up little context.
-STREAM_PART_BYTES = 2**21
-ARTIFACT_MAGIC = b"PGA3"  # PGA2 artifacts (before the header recorded hyperparameters) are refused
-COMPRESSORS = {  # name -> (compress, decompress); the artifact stores the index of the name
+# A class's integer levels are coded by static rANS (constriction), one table of value counts per tensor: at flagship
+# size within 0.02% of each tensor's entropy in about a second, where brotli took a minute for 0.9% more bytes
+# (bench/packing.py). Brotli keeps the header and the small float streams.
+ARTIFACT_MAGIC = b"PGA4"  # PGA3 artifacts (brotli parts, before rANS) are refused
+COMPRESSORS = {  # name -> (compress, decompress) of bytes; the artifact stores the index of the name
     "brotli": (lambda b: brotli.compress(b, quality=11), brotli.decompress),
     "zlib": (lambda b: zlib.compress(b, 9), zlib.decompress),
     "zstd": (lambda b: zstandard.ZstdCompressor(level=22).compress(b), zstandard.ZstdDecompressor().decompress),
     "lzma": (lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
 }
+
+
+def rans_model(counts: list[int]):
+    c = np.asarray(counts, np.float64)
+    return constriction.stream.model.Categorical(c / c.sum(), perfect=False)
+
+
+def rans_encode(levels: list[np.ndarray]) -> tuple[bytes, list]:
+    """(32-bit words, [lowest level, counts, words] per tensor): each tensor's int8 levels under its own counts."""
+    words, tables = [], []
+    for q in levels:
+        q = q.ravel().astype(np.int32)
+        lo = int(q.min())
+        counts, coder = np.bincount(q - lo), constriction.stream.stack.AnsCoder()
+        if counts.size > 1:  # one value (a zero-initialised matrix) takes no words at all
+            coder.encode_reverse(q - lo, rans_model(counts))
+        words.append(coder.get_compressed())
+        tables.append([lo, counts.tolist(), int(words[-1].size)])
+    return np.concatenate(words).astype("<u4").tobytes(), tables
+
+
+def rans_decode(data: bytes, tables: list) -> bytes:
+    words, at, out = np.frombuffer(data, "<u4"), 0, []
+    for lo, counts, n in tables:
+        coder = constriction.stream.stack.AnsCoder(words[at : at + n].astype(np.uint32))
+        q = coder.decode(rans_model(counts), int(sum(counts))) if len(counts) > 1 else np.zeros(counts[0], np.int32)
+        out.append((q + lo).astype(np.int8).tobytes())
+        at += n
+    return b"".join(out)
 
 
 class ArtifactError(ValueError):
@@ -1778,36 +1812,32 @@ def artifact_run(hp: Hyperparameters) -> dict:
 
 
 def serialize(packed: dict, method: str, run: dict | None = None) -> tuple[bytes, dict[str, int]]:
-    """(blob, compressed bytes per stream): one stream per tensor class, so each compressor context sees one
-    kind of symbol. Matrices stay row-major: column-major measured ~1 KB larger (bench note, issue 4). `run`
+    """(blob, compressed bytes per stream): one stream per tensor class, so each coder sees one kind of symbol.
+    method "rans": the GPTQ classes' levels by rANS, the header and the rest by brotli; else every stream by that
+    byte compressor. Matrices stay row-major: column-major measured ~1 KB larger (bench note, issue 4). `run`
     (artifact_run) goes into the header, plain JSON like the rest of it."""
     if method == "best":
-        return min((serialize(packed, m, run) for m in COMPRESSORS), key=lambda r: len(r[0]))
-    streams: dict[str, io.BytesIO] = {}
-    entries, part = [], {}  # part: the class's current stream, "mlp", then "mlp.1", "mlp.2", ...
+        return min((serialize(packed, m, run) for m in (*COMPRESSORS, "rans")), key=lambda r: len(r[0]))
+    streams: dict[str, list[np.ndarray]] = {}
+    entries, at = [], {}
     for name, (kind, arrays, meta) in packed.items():
         refs = []
         for key, a in arrays.items():
-            cls = meta.get("cls", "rest") if key == "q" else "rest"
-            stream = part.setdefault(cls, cls)
-            if stream in streams and streams[stream].tell() >= STREAM_PART_BYTES:
-                stream = part[cls] = f"{cls}.{sum(k.split('.')[0] == cls for k in streams)}"
-            a = np.ascontiguousarray(a)
-            buf = streams.setdefault(stream, io.BytesIO())
-            refs.append([key, stream, buf.tell(), a.dtype.str, list(a.shape)])
-            buf.write(a.tobytes())
+            stream, a = meta.get("cls", "rest") if key == "q" else "rest", np.ascontiguousarray(a)
+            refs.append([key, stream, at.get(stream, 0), a.dtype.str, list(a.shape)])
+            streams.setdefault(stream, []).append(a)
+            at[stream] = at.get(stream, 0) + a.nbytes
         entries.append([name, kind, meta, refs])
-    compress = COMPRESSORS[method][0]
-    with ThreadPoolExecutor(max(1, min(len(streams), os.cpu_count() or 1))) as pool:
-        blobs = dict(zip(streams, pool.map(compress, [v.getvalue() for v in streams.values()])))
-    table = [[k, len(b), zlib.crc32(b), len(streams[k].getvalue())] for k, b in blobs.items()]
+    compress = COMPRESSORS["brotli" if method == "rans" else method][0]
+    table, blobs = [], []
+    for k, arrays in streams.items():
+        coded = rans_encode(arrays) if method == "rans" and k != "rest" else (compress(b"".join(arrays)), None)
+        table.append([k, len(coded[0]), zlib.crc32(coded[0]), at[k], coded[1]])
+        blobs.append(coded[0])
     head = compress(json.dumps({"tensors": entries, "streams": table, "run": run or {}}).encode())
-    prefix = ARTIFACT_MAGIC + bytes([list(COMPRESSORS).index(method)]) + struct.pack("<II", len(head), zlib.crc32(head))
-    sizes = {"header": len(prefix) + len(head)}
-    for k, b in blobs.items():  # by class, the parts together
-        cls = k.split(".")[0]
-        sizes[cls] = sizes.get(cls, 0) + len(b)
-    return prefix + head + b"".join(blobs.values()), sizes
+    index = list(COMPRESSORS).index("brotli" if method == "rans" else method)
+    prefix = ARTIFACT_MAGIC + bytes([index]) + struct.pack("<II", len(head), zlib.crc32(head))
+    return prefix + head + b"".join(blobs), {"header": len(prefix) + len(head), **{k: n for k, n, *_ in table}}
 
 
 def read_header(blob: bytes) -> tuple[dict, int]:
@@ -1829,15 +1859,15 @@ def deserialize(blob: bytes) -> dict:
     """Checks magic, compressor, lengths and checksums before trusting a byte."""
     header, pos = read_header(blob)
     decompress = list(COMPRESSORS.values())[blob[4]][1]
-    if pos + sum(clen for _, clen, _, _ in header["streams"]) != len(blob):
+    if pos + sum(clen for _, clen, *_ in header["streams"]) != len(blob):
         raise ArtifactError(f"artifact is {len(blob)} bytes, its header declares a different length (truncated?)")
     raw = {}
-    for name, clen, scrc, rawlen in header["streams"]:
+    for name, clen, scrc, rawlen, tables in header["streams"]:
         data = blob[pos : pos + clen]
         if zlib.crc32(data) != scrc:
             raise ArtifactError(f"artifact stream {name!r} is corrupt (checksum mismatch)")
         try:
-            raw[name], pos = decompress(data), pos + clen
+            raw[name], pos = decompress(data) if tables is None else rans_decode(data, tables), pos + clen
         except Exception as e:  # the checksum matched bytes the compressor cannot read: not our artifact
             raise ArtifactError(f"artifact stream {name!r} does not decompress: {e}") from None
         if len(raw[name]) != rawlen:
@@ -2053,10 +2083,11 @@ def check_replicas(model: nn.Module, step: int, world: int, device, log):
                             "the replicas drifted apart (every rank must apply the same updates)")  # fmt: skip
 
 
-def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log) -> dict:
+def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log, export_s=0.0) -> dict:
     """The timed loop on one clock (agreed_ms): from the first step, validation excluded. Training stops before
-    the cap minus the calibration reserve would be crossed by one more step; calibration ends by the cap."""
-    cap_ms = 1000 * hp.max_wallclock_seconds if hp.max_wallclock_seconds else math.inf
+    one more step would cross the cap less the calibration reserve and export_s (making the artifact), and
+    calibration ends export_s before the cap."""
+    cap_ms = 1000 * (hp.max_wallclock_seconds - export_s) if hp.max_wallclock_seconds else math.inf
     budget_ms = cap_ms - 1000 * hp.gptq_reserve_seconds
     loader = TrainLoader(hp, rank, world, accum)
     ema = EMA(model) if hp.ema_horizon_frac > 0 else None
@@ -2112,9 +2143,11 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
         hessians, batches = collect_hessians(model, loader, hp, end_len, deadline, backend, device, world, last_s)
         end_s = agreed_ms(t_start, device, world) / 1000
         log(f"gptq_calibration_batches:{batches} gptq_calibration_end_s:{end_s:.3f}")
+    calibrated_s = (time.perf_counter() - t_start) if hp.gptq else train_ms / 1000
     loader.close()
     tokens = step * hp.train_batch_tokens
-    return dict(steps=step, train_ms=train_ms, tokens=tokens, step_avg_ms=train_ms / max(step, 1), hessians=hessians)
+    return dict(steps=step, train_ms=train_ms, tokens=tokens, step_avg_ms=train_ms / max(step, 1), hessians=hessians,
+                t_start=t_start, calibrated_s=calibrated_s)  # fmt: skip
 
 
 @torch.no_grad()
@@ -2292,6 +2325,9 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
     log(source.decode(), console=False)
     log(f"python:{sys.version.split()[0]} torch:{torch.__version__} device:{device.type} world_size:{world}")
     log("\n".join(f"hparam {name}={getattr(hp, name.lower())}" for name, *_ in HPARAMS), console=False)
+    if hp.cpu_bf16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        hp.cpu_bf16 = 0  # emulated bf16 ran a PRESET=cpu step 35x slower (12 s against 350 ms, AVX2 only)
+        log(f"cpu_bf16:off reason:this CPU has no native bf16 ({torch.backends.cpu.get_cpu_capability()}); float32")
     torch.manual_seed(hp.seed)
     backend = pick_backend(hp.attn_backend, device)
     accum = grad_accum_steps(hp, world)
@@ -2317,12 +2353,25 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
     if hp.eval_only:  # score the saved artifact
         return finish(log, hp, clock, score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
     compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log)
-    stats = train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log)
-    clock = EvalClock(log)  # everything after training stops counts as evaluation
+    export_s = export_seconds(model, hp, rank, world, log)
+    stats = train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log, export_s)
     log(f"train_done steps:{stats['steps']} train_time_ms:{stats['train_ms']:.0f} tokens:{stats['tokens']} "
         f"tokens_per_s:{stats['tokens'] / max(stats['train_ms'], 1e-9) * 1000:.0f}")  # fmt: skip
     if device.type == "cuda":
         log(f"peak_memory_mib:{torch.cuda.max_memory_allocated() // 2**20}")
+    code, state = len(source), model.state_dict()
+
+    def make_artifact():  # on the training clock: the trained model outlives whatever the export does (rescue.py)
+        save_checkpoint(Path(hp.log_dir) / f"{hp.run_id}.float.pt", state, stats["hessians"])
+        return export_artifact(state, stats["hessians"], hp, code, log)
+
+    blob, artifact = from_rank0(make_artifact, rank, world)  # made and written once; every rank scores these bytes
+    made_s = time.perf_counter() - stats["t_start"]
+    log(f"artifact_production_s:{made_s:.2f} predicted_s:{stats['calibrated_s'] + export_s:.2f} "
+        f"cap_s:{hp.max_wallclock_seconds:g}")  # fmt: skip
+    if hp.max_wallclock_seconds and made_s > hp.max_wallclock_seconds:
+        log(f"train_time_violation: artifact on disk {made_s:.1f} s after the first step > MAX_WALLCLOCK_SECONDS")
+    clock = EvalClock(log)  # from the artifact on disk to the score
     model.looping = hp.num_loops > 0
     finals = []
     if hp.eval_diagnostics:
@@ -2330,12 +2379,6 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
             val = with_hints(val, hp, device)
         with clock("prequant_eval"):
             finals.append(evaluate_pass(step_model, val, hp, backend, rank, world, device, log, "prequant"))
-    with clock("checkpoint"):  # the trained model outlives whatever the export does (tools/rescue.py)
-        if rank == 0:
-            save_checkpoint(Path(hp.log_dir) / f"{hp.run_id}.float.pt", model.state_dict(), stats["hessians"])
-    code = len(source)
-    export = lambda: export_artifact(model.state_dict(), stats["hessians"], hp, code, log, clock)
-    blob, artifact = from_rank0(export, rank, world)  # made and written once; every rank scores these bytes
     finals += score_artifact(blob, hp, val, backend, rank, world, device, log, clock)
     finals.append(f"artifact_bytes:{code + len(blob)} code_bytes:{code} model_bytes:{len(blob)} "
                   f"bits_per_param:{8 * len(blob) / n_params:.3f} artifact:{artifact}")  # fmt: skip
@@ -2392,18 +2435,43 @@ def from_rank0(make, rank: int, world: int):
     return box[0][1]
 
 
-def export_artifact(state, hessians, hp: Hyperparameters, code: int, log, clock) -> tuple[bytes, Path]:
+def export_artifact(state, hessians, hp: Hyperparameters, code: int, log) -> tuple[bytes, Path]:
     """Quantize, fit, write <RUN_ID>.ptz; still over: <RUN_ID>.over_budget.ptz and an ArtifactError."""
-    with clock("quantize"):
-        blob, sizes = fit_to_budget(quantize_model(state, hessians, hp, log), hessians, hp, code, log)
+    t0 = time.perf_counter()
+    blob, sizes = fit_to_budget(quantize_model(state, hessians, hp, log), hessians, hp, code, log)
     parts, over = " ".join(f"{k}:{v}" for k, v in sizes.items()), code + len(blob) > hp.artifact_max_bytes
-    log(f"quantize_time_ms:{1000 * clock.parts['quantize']:.0f} model_bytes:{len(blob)} streams {parts}")
+    log(f"quantize_time_ms:{1000 * (time.perf_counter() - t0):.0f} model_bytes:{len(blob)} streams {parts}")
     artifact = Path(hp.log_dir) / f"{hp.run_id}{'.over_budget' if over else ''}.ptz"
     write_atomic(artifact, blob)
     if over:
         raise ArtifactError(f"artifact {code + len(blob)} bytes > {hp.artifact_max_bytes}: code {code} + model "
                             f"{len(blob)} ({parts}); kept as {artifact}")  # fmt: skip
     return blob, artifact
+
+
+def export_seconds(model: nn.Module, hp: Hyperparameters, rank: int, world: int, log) -> float:
+    """Seconds the artifact takes once calibration ends, predicted before the clock by a dry run at the model's size
+    on this machine: the checkpoint, GPTQ on identity Hessians (the solve's time does not depend on the values)
+    and a serialization, counted twice for a fit round, all x1.25. The same on every rank (rank 0's); 0 uncapped."""
+    if not hp.max_wallclock_seconds:
+        return 0.0
+
+    def dry_run() -> tuple[float, float, float]:
+        t0, state = time.perf_counter(), model.state_dict()
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, io.BytesIO())
+        t1 = time.perf_counter()
+        eye = {n: torch.eye(t.size(1), device=t.device) for n, t in state.items() if quant_class(n)}
+        packed = quantize_model(state, eye if hp.gptq else None, hp, log=lambda _: None)
+        t2 = time.perf_counter()
+        serialize(packed, hp.export_compressor, artifact_run(hp))
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+    checkpoint, quantize, pack = from_rank0(dry_run, rank, world)
+    predicted = 1.25 * (checkpoint + quantize + 2 * pack)
+    log(f"artifact_reserve_s:{hp.gptq_reserve_seconds + predicted:.2f} calibration_s:{hp.gptq_reserve_seconds:.2f} "
+        f"export_s:{predicted:.2f} dry_run checkpoint_s:{checkpoint:.2f} quantize_s:{quantize:.2f} "
+        f"serialize_s:{pack:.2f}")  # fmt: skip
+    return predicted
 
 
 def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, clock) -> list[str]:

@@ -11,7 +11,7 @@ size less the 1.04% the measured flagship was over (bench/RESULTS.md, GPU check)
     PRESET=cpu OMP_NUM_THREADS=1 python3 bench/packing.py --checkpoint logs/<run>.float.pt \
         --out bench/results/packing.json
     PRESET=cpu python3 bench/packing.py --checkpoint logs/<run>.float.pt --out bench/results/packing.json \
-        --serialize-only     # adds the wall seconds of one serialization, whole streams against parts
+        --serialize-only     # adds one serialization's wall seconds and bytes, brotli against rANS
 """
 
 from __future__ import annotations
@@ -240,19 +240,17 @@ def fit_timing(packed: dict, log) -> dict:
 
 
 def serialize_wall(packed: dict) -> dict:
-    """Wall seconds of one brotli serialization of the flagship-shaped model, with each class in one stream (as
-    until 2026-11-26) and cut into STREAM_PART_BYTES parts compressed in parallel (as now), on this machine's
-    cores: a run's export serializes once, or twice with a fit round, on the eval clock."""
-    out, part = {"cores": os.cpu_count(), "date": date.today().isoformat()}, tg.STREAM_PART_BYTES
-    for name, size in (("whole_streams", 2**62), ("parts", part)):
-        tg.STREAM_PART_BYTES = size
-        try:
-            t0 = time.perf_counter()
-            blob, _ = tg.serialize(packed, "brotli")
-            out[f"{name}_s"], out[f"{name}_bytes"] = time.perf_counter() - t0, len(blob)
-            out[f"{name}_count"] = len(tg.read_header(blob)[0]["streams"])
-        finally:
-            tg.STREAM_PART_BYTES = part
+    """Wall seconds and bytes of the artifact's own serialize() on the flagship-shaped model, every stream by brotli
+    (as until 2026-12, on the eval clock) against the integer classes by rANS (EXPORT_COMPRESSOR=rans, the default),
+    each with the load that reads it back; the rANS round trip must be exact."""
+    cpu = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)[:1] or ["?"]
+    out = {"cores": os.cpu_count(), "cpu": cpu[0], "date": date.today().isoformat()}
+    for method in ("brotli", "rans"):
+        (blob, _), out[f"{method}_s"] = timed(tg.serialize, packed, method)
+        back, out[f"{method}_load_s"] = timed(tg.deserialize, blob)
+        out[f"{method}_bytes"] = len(blob)
+        out[f"{method}_exact"] = all(np.array_equal(back[n][1][k], a) for n, (_, arrays, _) in packed.items()
+                                     for k, a in arrays.items())  # fmt: skip
     return out
 
 
@@ -307,14 +305,15 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, required=True, help="a <RUN_ID>.float.pt saved by train_gpt.py")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--no-flagship", action="store_true", help="the checkpoint's streams only")
-    ap.add_argument("--serialize-only", action="store_true", help="time the serialization alone, into --out's JSON")
+    ap.add_argument("--serialize-only", action="store_true", help="time serialize() alone, into --out's JSON")
     args = ap.parse_args()
     hp = tg.Hyperparameters()
     ckpt = torch.load(args.checkpoint, weights_only=True)
     packed = tg.quantize_model(ckpt["state"], ckpt["hessians"], hp, log=print)
     if args.serialize_only:  # the rest of the JSON as it was
         result = json.loads(args.out.read_text())
-        result["serialize_wall"] = serialize_wall(flagship_packed(packed))
+        bits = {c: tg.class_bits(hp, c)[0] for c in CLASSES}  # the flagship's are 6, 6, 7 (attn, mlp, embed)
+        result["serialize_wall"] = {**serialize_wall(flagship_packed(packed)), "bits": bits}
         print(f"serialize_wall:{result['serialize_wall']}")
         tmp = args.out.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1))

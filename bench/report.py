@@ -316,14 +316,20 @@ def packing(d: dict) -> list[str]:
             f"re-rounding) {f['fit_s_without_serialize']:.2f} s, serializations {f['serialize_s']:.1f} s in all; "
             f"{f['matrices_coarsened']} matrices coarsened, estimated error +{f['est_err_total']:.2%} of GPTQ's own "
             "rounding error (Hessian diagonals of ones here: the flagship-shaped model has no Hessians)."]  # fmt: skip
-    w = d.get("serialize_wall")
-    if w:
-        out += ["", f"One brotli serialization of the flagship-shaped model, wall seconds on {w['cores']} cores "
-                f"({w['date']}, `--serialize-only`): {w['whole_streams_s']:.1f} s as {w['whole_streams_count']} "
-                f"streams (one per class, as until then), {w['parts_s']:.1f} s as {w['parts_count']} parts of at "
-                f"most about 2 MiB compressed in parallel, {w['parts_bytes'] - w['whole_streams_bytes']:+,} bytes. "
-                "The H200's host has 16 cores for the 18 parts."]  # fmt: skip
-    return out
+    return out + serialize_wall(d.get("serialize_wall"))
+
+
+def serialize_wall(w: dict | None) -> list[str]:
+    if not w or "rans_s" not in w:
+        return []
+    bits = "/".join(str(w.get("bits", {}).get(c, "?")) for c in ("attn", "mlp", "embed"))
+    return ["", f"The artifact's serialize() on the flagship-shaped model ({bits} bits for attention/MLP/embedding), "
+            f"wall seconds on {w['cores']} cores{' of an ' + w['cpu'] if 'cpu' in w else ''} "
+            f"({w['date']}, `--serialize-only`): every stream by brotli {w['brotli_s']:.1f} s for "
+            f"{w['brotli_bytes']:,} bytes (read back in {w['brotli_load_s']:.1f} s); the integer classes by "
+            f"rANS (`EXPORT_COMPRESSOR=rans`) {w['rans_s']:.1f} s for {w['rans_bytes']:,} bytes "
+            f"({w['rans_bytes'] - w['brotli_bytes']:+,}; read back in {w['rans_load_s']:.1f} s, "
+            f"{'exact' if w['rans_exact'] else 'NOT EXACT'})."]  # fmt: skip
 
 
 def projection(d: dict) -> list[str]:

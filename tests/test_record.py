@@ -60,6 +60,8 @@ def test_parse_log_reads_every_stable_line_of_a_real_run(real_logs):
     assert r.curve[-1][3] == r.train_tokens and r.val_docs == 8 and r.val_tokens > 0
     assert r.eval_s >= sum(r.eval_parts.values()) - 0.05 and {"load", "roundtrip_eval", "ttt_eval"} <= set(r.eval_parts)
     assert r.train_with_calibration_s >= r.train_s and r.device == "cpu" and r.world_size == r.eval_world_size == 1
+    made = float(re.search(r"^artifact_production_s:([\d.]+)", text, re.M).group(1))
+    assert r.artifact_production_s == made > r.train_with_calibration_s and not r.train_violation
 
 
 def test_a_log_that_did_not_finish_is_refused_with_the_reason(real_logs, tmp_path):

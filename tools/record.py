@@ -68,12 +68,14 @@ class RunLog:
     eval_s: float
     eval_parts: dict[str, float]
     eval_violation: bool
+    train_violation: bool
     val_docs: int
     val_tokens: int
     val_bytes: int
     device: str
     world_size: int
     torch_version: str
+    artifact_production_s: float = 0.0  # first step to artifact on disk (training, calibration, export)
     eval_world_size: int = 1  # the ranks the score was computed on (the TTT score depends on it, TTT_WARM_A=1)
     curve: list[tuple[int, float, float, int]] = field(default_factory=list)  # step, loss, train s, tokens
     val_curve: list[tuple[int, float, float, float]] = field(default_factory=list)  # step, loss, bpb, train s
@@ -127,15 +129,18 @@ def parse_log(path: Path) -> RunLog:
     env = _need(r"^python:\S+ torch:(\S+) device:(\w+) world_size:(\d+)", text, path, "python:")
     hparams = dict(re.findall(r"^hparam (\w+)=(.*)$", text, re.M))
     train_s = int(done.group(1)) / 1000
+    trained_s = float(calib.group(1)) if calib else train_s
     return RunLog(
         path=Path(path), source=source, seed=int(hparams.get("SEED", -1)), hparams=hparams, stages=stages,
         artifact_bytes=int(art.group(1)), code_bytes=code_bytes, model_bytes=int(art.group(3)),
         steps=int(avg.group(2)), step_avg_ms=float(avg.group(1)), train_tokens=int(avg.group(3)),
-        train_s=train_s, train_with_calibration_s=float(calib.group(1)) if calib else train_s,
+        train_s=train_s, train_with_calibration_s=trained_s,
         eval_s=clock[0], eval_parts=clock[1],
-        eval_violation="\neval_time_violation:" in text,
+        eval_violation="\neval_time_violation:" in text, train_violation="\ntrain_time_violation:" in text,
         val_tokens=int(val.group(1)), val_docs=int(val.group(2)), val_bytes=int(val.group(3)),
         device=env.group(2), world_size=int(env.group(3)), torch_version=env.group(1),
+        artifact_production_s=float(made.group(1)) if (made := re.search(rf"^artifact_production_s:{NUM}", text, re.M))
+        else trained_s + clock[1].get("checkpoint", 0) + clock[1].get("quantize", 0),  # before: on the eval clock
         eval_world_size=int(scored.group(1)) if (scored := re.search(r"^eval_world_size:(\d+)$", text, re.M))
         else int(env.group(3)),
         curve=[(int(s), float(loss), int(ms) / 1000, int(tok)) for s, loss, ms, tok in re.findall(
@@ -213,6 +218,8 @@ def run_checks(runs: list[RunLog], code: bytes, expect_val: tuple[int, int] | No
          f"largest {worst('artifact_bytes'):,} bytes"),
         ("train time incl. GPTQ calibration under 600 s", worst("train_with_calibration_s") <= TRAIN_LIMIT_S,
          f"longest {worst('train_with_calibration_s'):.1f} s"),
+        ("artifact on disk within 600 s of the first step", worst("artifact_production_s") <= TRAIN_LIMIT_S
+         and not any(r.train_violation for r in runs), f"longest {worst('artifact_production_s'):.1f} s"),
         ("eval time incl. load and warmup under 600 s",
          worst("eval_s") <= EVAL_LIMIT_S and not any(r.eval_violation for r in runs),
          f"longest {worst('eval_s'):.1f} s"),

@@ -48,7 +48,7 @@ def rescue_into(path: str, hp, rank: int, world: int, device, log):
     backend, model = tg.pick_backend(hp.attn_backend, device), tg.GPT(hp).to(device)
     clock, (state, hessians) = tg.EvalClock(), load_checkpoint(path, model, device)
     code = len((ROOT / "train_gpt.py").read_bytes())  # the counted code of the run, as its export saw it
-    blob, _ = tg.from_rank0(lambda: tg.export_artifact(state, hessians, hp, code, log, clock), rank, world)
+    blob, _ = tg.from_rank0(lambda: tg.export_artifact(state, hessians, hp, code, log), rank, world)
     tg.finish(log, hp, clock, tg.score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
 
 
