@@ -138,7 +138,6 @@ HPARAMS = (
     ("EMA_HORIZON_FRAC", float, round(1 / (0.0035 * FLAGSHIP_STEPS), 5), (0.0, 1.0), "EMA time constant, run share"),
     ("COMPILE", int, 1, (0, 2), "torch.compile the model: 1 on CUDA, 2 on CPU too (inductor), 0 never"),
     ("CPU_BF16", int, 0, (0, 1), "bf16 autocast on CPU too, as on CUDA (AMX: matmuls about 4x float32's speed)"),
-    ("EVAL_COMPILE", str, "regions", ("regions", "model"), "eval/TTT compiles each block and the head, or the model"),
     # evaluation, export, logging
     ("VAL_LOSS_EVERY", int, 0, (0, 10**9), "validate every N steps during training (0: only at the end)"),
     ("TRAIN_LOG_EVERY", int, 100, (1, 10**9), "log the training loss every N steps"),
@@ -812,7 +811,7 @@ class Block(nn.Module):
         self.attn, self.mlp = Attention(hp, layer), MLP(hp)
         self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(d)), nn.Parameter(torch.ones(d))
         self.resid_mix = nn.Parameter(torch.stack([torch.ones(d), torch.zeros(d)]))
-        # a tensor, not a float: a float is a constant to torch.compile, one compile per layer for regions
+        # a tensor, not a float: a float would be a constant baked into each layer's compiled code
         self.register_buffer("ln_scale", torch.tensor(1 / math.sqrt(layer + 1) if hp.ln_scale else 1.0), False)
         self.parallel = layer >= hp.parallel_start_layer
         self.lane_post = nn.Parameter(torch.ones(2, 2)) if self.parallel else None
@@ -1168,7 +1167,7 @@ def eval_rows(hp: Hyperparameters, width: int, world: int) -> int:
 
 
 def is_compiled(model) -> bool:
-    return hasattr(model, "_orig_mod") or getattr(model, "compiled_regions", False)
+    return hasattr(model, "_orig_mod")
 
 
 def run_rows(model, rows, val: ValData, width: int, backend: str, device, lora=None, n_rows: int = 0):
@@ -1191,16 +1190,22 @@ def bpb_result(sums: Tensor, world: int) -> dict:
     return dict(val_loss=loss_sum / count, val_bpb=bpb, tokens=int(count), bytes=int(byte_sum))
 
 
+# A plain forward over TTT's windows, or a global SGD step, costs at most this share of TTT's seconds per token:
+# both skip the adapters' backward and step, SGD its re-reading of every chunk's context (the deadline's estimate)
+PLAIN_SHARE = 0.5
+
+
 def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, device, rank=0, world=1, record=None,
-                 log=lambda msg: None, runner=None, lora=None, deadline=math.inf, costs=None):  # fmt: skip
+                 log=lambda msg: None, runner=None, lora=None, deadline=math.inf):  # fmt: skip
     """Score-first test-time training over documents, longest first, in batches of TTT_BATCH_DOCS (one LoRA
     set each; ranks take a phase's batches round-robin). At each phase boundary the base model takes global
     SGD on the documents scored so far, then adapters start afresh; the base model is restored at the end.
-    `runner` is the forward to call (the compiled model on CUDA). Before each batch, when the batch and the
-    plain scoring of everything after it would not end by `deadline` (perf_counter seconds; `costs` from
-    ttt_warmup), this rank stops adapting: its remaining documents are scored by the plain model at the end,
-    still each target once and before any step. record(segments, nll, lora, rows), when given, sees every
-    scored chunk before any step on it (tests; lora and rows are None for plainly scored documents)."""
+    `runner` is the forward to call (the compiled model on CUDA). Before each batch, when at this rank's own
+    seconds per target so far the batch and the plain scoring of everything after it (PLAIN_SHARE of that)
+    would not end by `deadline` (perf_counter seconds), this rank stops adapting: its remaining documents are
+    scored by the plain model at the end, still each target once and before any step. record(segments, nll,
+    lora, rows), when given, sees every scored chunk before any step on it (tests; lora and rows are None for
+    plainly scored documents)."""
     runner = model if runner is None else runner
     docs = doc_spans(val.tokens)
     order = ttt_order(docs)
@@ -1211,10 +1216,9 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
     lora = LoRA(hp, hp.ttt_batch_docs, len(model.virtual_layers()), hp.seed, device) if lora is None else lora
     ranges = list(zip([0] + [hi for hi, _ in bounds], [hi for hi, _ in bounds] + [len(batches)]))
     mine = [b for lo, hi in ranges for b in range(lo + rank, hi, world)]  # this rank's batches, in order
-    cost = TTTCost(hp, costs, {b: [docs[d] for d in batches[b]] for b in mine} if costs else {})
-    after = lambda b: [c for c in mine if c > b]  # mine is increasing
     tokens = {b: sum(docs[d][1] for d in batches[b]) for b in mine}
-    t_start, every = time.perf_counter(), max(1, len(mine) // 10)
+    after = lambda b: sum(tokens[c] for c in mine if c > b)  # targets of this rank's batches after b
+    t_start, every, spent, adapted = time.perf_counter(), max(1, len(mine) // 10), 0.0, 0
 
     def progress(b: int):  # about ten lines a run: where TTT is, and when it will end at its pace so far
         done = mine.index(b) + 1
@@ -1228,15 +1232,15 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
         lora.reset(hp.seed + phase)
         for b in range(lo + rank, hi, world):
             spans = [docs[d] for d in batches[b]]
-            now = time.perf_counter()
-            if left_s is None and now + cost.ttt(b) + cost.plain(after(b)) > deadline:
+            now, rate = time.perf_counter(), spent / max(adapted, 1)  # this rank's TTT seconds per target so far
+            if left_s is None and now + rate * (tokens[b] + PLAIN_SHARE * after(b)) > deadline:
                 left_s = deadline - now
             if left_s is not None:
                 deferred.append(b)
                 continue
             lora.reset(None if hp.ttt_warm_a else hp.seed + 7919 * (b + 1))
             sums += ttt_batch(runner, lora, val, spans, hp, backend, device, record)
-            cost.observe(b, time.perf_counter() - now)
+            spent, adapted = spent + time.perf_counter() - now, adapted + tokens[b]
             scored.update(batches[b])
             progress(b)
         if n_docs is not None:  # every rank learns from the documents scored by all of them, cut to the boundary
@@ -1246,8 +1250,9 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
                 dist.all_gather_object(gathered, scored)
                 scored = set().union(*gathered)
             done = [d for d in order if d in scored][:n_docs]
-            spent = cost.sgd([docs[d] for d in done]) + cost.plain(after(hi - 1))
-            fits = torch.tensor(float(t0 + spent <= deadline), device=device)
+            sgd_tokens = sum(docs[d][1] for d in done) / world  # split over the ranks
+            need_s = PLAIN_SHARE * spent / max(adapted, 1) * (sgd_tokens + after(hi - 1))
+            fits = torch.tensor(float(t0 + need_s <= deadline), device=device)
             if world > 1:  # every rank takes the phase or none does
                 dist.all_reduce(fits, op=dist.ReduceOp.MIN)
             steps = global_sgd(model, val, [docs[d] for d in done], hp, backend, device, rank, world, runner) if (
@@ -1385,72 +1390,29 @@ def plain_score(runner, lora: LoRA, val: ValData, spans, hp, backend, device, re
     return sums
 
 
-class TTTCost:
-    """Seconds this rank's TTT batches, their plain scoring and a global SGD phase will take: the warmup's time
-    per forward of each shape, estimated once per batch at the start, scaled by how the batches run against
-    their estimates. Zero without costs (no deadline)."""
-
-    def __init__(self, hp: Hyperparameters, costs: dict | None, batches: dict[int, list]):
-        self.hp, self.costs, self.predicted, self.measured = hp, costs or {}, 0.0, 0.0
-        per = ttt_shape(hp, hp.ttt_context)[0]
-        self.ttt_s = {b: self._ttt(spans) for b, spans in batches.items()}
-        self.plain_s = {b: -(-len(pack_rows(plain_segments(spans, hp), hp.ttt_context)) // per) * self.costs["plain"]
-                        for b, spans in batches.items()}  # fmt: skip
-
-    def scale(self) -> float:
-        return self.measured / self.predicted if self.predicted > 0 and self.measured > 0 else 1.0
-
-    def _ttt(self, spans) -> float:
-        total = 0.0
-        for step in ttt_steps(self.hp, spans):
-            per, width = ttt_shape(self.hp, max(seg[1] for _, seg, _ in step))
-            total += -(-len(step) // per) * self.costs[width]
-        return total
-
-    def ttt(self, b: int) -> float:
-        return self.ttt_s.get(b, 0.0) * self.scale()
-
-    def observe(self, b: int, seconds: float):
-        self.predicted, self.measured = self.predicted + self.ttt_s.get(b, 0.0), self.measured + seconds
-
-    def plain(self, bs) -> float:
-        return sum(self.plain_s.get(b, 0.0) for b in bs) * self.scale()
-
-    def sgd(self, spans) -> float:
-        if not self.costs or not spans:
-            return 0.0
-        per_step = max(1, self.hp.ttt_sgd_batch_tokens // self.hp.ttt_context)
-        return -(-len(sgd_row_list(spans, self.hp.ttt_context)) // per_step) * self.costs.get("sgd", 0.0) * self.scale()
-
-
 def ttt_warmup(runner, model: GPT, lora: LoRA, hp: Hyperparameters, backend: str, device, world: int,
-               log=lambda msg: None, optional_until: float = math.inf) -> dict:  # fmt: skip
-    """Every shape TTT runs, on random tokens (never validation ones), twice: the first call compiles, the second
-    is timed for the deadline. Each width's forward+backward through the adapters, widest first (it also serves
-    the plain forward), then a global SGD step's forward+backward. Nothing steps and every gradient is dropped.
-    The widest shape is needed; the others only save time, so they are compiled while the clock says another
-    compile as long as the longest so far still ends by `optional_until` (perf_counter seconds, the same on every
-    rank). Past it, TTT runs with the shapes it has: hp's TTT_WIDTH_BUCKETS and TTT_PHASES are lowered, and
-    logged; a compile of 100 s a shape (the whole model on an H200) would otherwise eat the eval budget."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+               log=lambda msg: None, optional_until: float = math.inf):  # fmt: skip
+    """Compiles every shape TTT runs, on random tokens (never validation ones): each width's forward+backward
+    through the adapters, widest first (it also serves the plain forward), then a global SGD step's
+    forward+backward. Nothing steps and every gradient is dropped. A run does this before its training clock;
+    an EVAL_ONLY run on its eval clock, where only the widest shape is needed: the others are compiled while,
+    at the longest compile so far, they end by `optional_until` (perf_counter seconds; the slowest rank
+    decides). Past it, TTT runs with the shapes it has: TTT_WIDTH_BUCKETS and TTT_PHASES are lowered, and
+    logged (a compile was 100 s a shape on an H200)."""
     first: list[float] = []
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
-    def timed(rows: int, width: int, adapters) -> float:
-        seconds = []
-        for _ in range(2):
-            x, y = torch.randint(2, hp.vocab_size, (2, rows, width), device=device)  # distinct, as in scoring
-            t0 = time.perf_counter()
-            with autocast(device, hp):
-                nll = runner(x, y, make_layout(x, backend, None, hp.doc_attention), adapters, no_hints(hp, y))
-            nll.mean().backward()
-            sync()
-            seconds.append(time.perf_counter() - t0)
-        log(f"ttt_warmup rows:{rows} width:{width} lora:{int(adapters is not None)} first_s:{seconds[0]:.2f} "
-            f"step_ms:{1000 * seconds[1]:.1f}")  # fmt: skip
-        first.append(seconds[0])
-        return seconds[1]
+    def compile_shape(rows: int, width: int, adapters):
+        x, y = torch.randint(2, hp.vocab_size, (2, rows, width), device=device)  # distinct, as in scoring
+        t0 = time.perf_counter()
+        with autocast(device, hp):
+            nll = runner(x, y, make_layout(x, backend, None, hp.doc_attention), adapters, no_hints(hp, y))
+        nll.mean().backward()
+        sync()
+        first.append(time.perf_counter() - t0)
+        log(f"ttt_warmup rows:{rows} width:{width} lora:{int(adapters is not None)} compile_s:{first[-1]:.2f}")
 
-    def out_of_time() -> bool:  # one answer on every rank: the slowest rank's clock decides
+    def out_of_time() -> bool:
         late = torch.tensor(float(time.perf_counter() + max(first) > optional_until), device=device)
         if world > 1:
             dist.all_reduce(late, op=dist.ReduceOp.MAX)
@@ -1462,24 +1424,21 @@ def ttt_warmup(runner, model: GPT, lora: LoRA, hp: Hyperparameters, backend: str
         hp.ttt_width_buckets, hp.ttt_phases = len(widths), 0  # the widest: TTT_CONTEXT / 2^j, j < len(widths)
 
     model.requires_grad_(False)
-    costs: dict = {}
     widths = sorted(ttt_widths(hp), reverse=True)
     for k, width in enumerate(widths):
         if k and out_of_time():
             cut(widths[:k], widths[k:] + (["sgd"] if hp.ttt_phases else []))
             break
         lora.rows = torch.arange(ttt_shape(hp, width)[0], device=device) % hp.ttt_batch_docs
-        costs[width] = timed(len(lora.rows), width, lora)
-    costs["plain"] = costs[ttt_shape(hp, hp.ttt_context)[1]]
+        compile_shape(len(lora.rows), width, lora)
     if hp.ttt_phases and out_of_time():
         cut(widths, ["sgd"])
     if hp.ttt_phases:
         model.requires_grad_(True)
-        costs["sgd"] = timed(sgd_rows(hp, world), hp.ttt_context, None)
+        compile_shape(sgd_rows(hp, world), hp.ttt_context, None)
         model.zero_grad(set_to_none=True)
         model.requires_grad_(False)
     lora.zero_grad(set_to_none=True)
-    return costs
 
 
 def no_hints(hp: Hyperparameters, y: Tensor) -> Tensor | None:
@@ -2228,13 +2187,11 @@ def cpu_compiler_missing() -> str:
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def maybe_compile(model: GPT, hp: Hyperparameters, device, log=print, regions: bool = False):
+def maybe_compile(model: GPT, hp: Hyperparameters, device, log=print):
     """One compiled graph per shape and mode (training looped or not, eval, each TTT width, global SGD): more
     than Dynamo's default of 8 per function, past which it would silently run the rest uncompiled. On CPU
-    (COMPILE=2) without a C++ compiler the model runs eager, with the same maths, and says so.
-    regions: each block and the head compiled on their own, in place (the evaluation's model). One block's graph
-    serves every layer of its kind, where the whole model unrolls 17 virtual layers: on an H200 a TTT shape
-    compiled as one model took 100 s, four shapes most of the 600 s eval budget."""
+    (COMPILE=2) without a C++ compiler the model runs eager, with the same maths, and says so. The whole model
+    is compiled (on an H200 a TTT step at 512 tokens took 60.8 ms, compiled block by block 122.6 ms)."""
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
@@ -2242,15 +2199,14 @@ def maybe_compile(model: GPT, hp: Hyperparameters, device, log=print, regions: b
     missing = cpu_compiler_missing() if on and device.type == "cpu" else ""
     if missing:
         log(f"compile:off reason:inductor has no C++ compiler on this machine ({missing}); running eager")
-    if not on or missing:
-        return model
-    if not regions:
-        return torch.compile(model, dynamic=False)
-    for block in model.blocks:
-        block.compile(dynamic=False)
-    model.head_nll = torch.compile(model.head_nll, dynamic=False)  # the instance's attribute shadows the method
-    model.compiled_regions = True
-    return model
+    return torch.compile(model, dynamic=False) if on and not missing else model
+
+
+def compiled_graphs() -> int:
+    """Graphs Dynamo has compiled in this process: a compile or recompile on the eval clock shows here."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 RUN_ERRORS = (HyperparameterError, DataError, ArtifactError, TrainingError, EvalError)  # one line each, no traceback
@@ -2353,6 +2309,7 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
     if hp.eval_only:  # score the saved artifact
         return finish(log, hp, clock, score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
     compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log)
+    scorer = prepare_scorer(hp, backend, world, device, log)  # every graph the evaluation runs, before the clock
     export_s = export_seconds(model, hp, rank, world, log)
     stats = train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log, export_s)
     log(f"train_done steps:{stats['steps']} train_time_ms:{stats['train_ms']:.0f} tokens:{stats['tokens']} "
@@ -2379,7 +2336,7 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
             val = with_hints(val, hp, device)
         with clock("prequant_eval"):
             finals.append(evaluate_pass(step_model, val, hp, backend, rank, world, device, log, "prequant"))
-    finals += score_artifact(blob, hp, val, backend, rank, world, device, log, clock)
+    finals += score_artifact(blob, hp, val, backend, rank, world, device, log, clock, scorer)
     finals.append(f"artifact_bytes:{code + len(blob)} code_bytes:{code} model_bytes:{len(blob)} "
                   f"bits_per_param:{8 * len(blob) / n_params:.3f} artifact:{artifact}")  # fmt: skip
     finals.append(f"step_avg_ms:{stats['step_avg_ms']:.2f} steps:{stats['steps']} train_tokens:{stats['tokens']}")
@@ -2391,7 +2348,7 @@ class EvalClock:
     is a line (eval_part:NAME elapsed_s:...), so a reader sees where the evaluation is."""
 
     def __init__(self, log=None):
-        self.t0, self.parts, self.log = time.perf_counter(), {}, log
+        self.t0, self.parts, self.log, self.graphs = time.perf_counter(), {}, log, compiled_graphs()
 
     @contextlib.contextmanager
     def __call__(self, part: str):
@@ -2474,46 +2431,61 @@ def export_seconds(model: nn.Module, hp: Hyperparameters, rank: int, world: int,
     return predicted
 
 
-def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, clock) -> list[str]:
-    """The official evaluation: a fresh model built from the artifact bytes alone, scored by score-first
-    test-time training with TTT_ENABLED, else by the plain pass (also with TTT under EVAL_DIAGNOSTICS), with the
-    n-gram tilt's hints when NGRAM_TILT is on. Every shape is compiled (and timed, for the deadline) on random
-    tokens first. Returns its final lines. Every scorer of an artifact comes here (a run, EVAL_ONLY, the rescue)."""
+@dataclass
+class Scorer:
+    model: GPT  # built before the artifact exists; its weights are the artifact's when it scores
+    runner: nn.Module  # the compiled model (or the model itself)
+    lora: LoRA | None
+
+
+def prepare_scorer(hp: Hyperparameters, backend: str, world: int, device, log, optional_until=math.inf) -> Scorer:
+    """The evaluation's model with every graph it will run compiled on random tokens (never validation ones): the
+    plain pass's shape when one runs, each TTT width and global SGD (ttt_warmup). A run prepares it before its
+    training clock; an EVAL_ONLY run or the rescue on its eval clock."""
+    model = GPT(hp).to(device).requires_grad_(False)  # only global SGD trains it, and says so
+    model.looping = hp.num_loops > 0
+    runner, lora = maybe_compile(model, hp, device, log), None
+    if (not hp.ttt_enabled or hp.eval_diagnostics) and is_compiled(runner):
+        with torch.no_grad(), autocast(device, hp):
+            x, y = torch.randint(
+                2, hp.vocab_size, (2, eval_rows(hp, hp.eval_seq_len, world), hp.eval_seq_len), device=device
+            )  # fmt: skip; two tensors: an aliased pair is another graph
+            runner(x, y, make_layout(x, backend, None, hp.doc_attention), None, no_hints(hp, y))
+    if hp.ttt_enabled:
+        lora = LoRA(hp, hp.ttt_batch_docs, len(model.virtual_layers()), hp.seed, device)
+        ttt_warmup(runner, model, lora, hp, backend, device, world, log, optional_until)
+    return Scorer(model, runner, lora)
+
+
+def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, clock, scorer=None) -> list[str]:
+    """The official evaluation: the scorer's model given the artifact's weights (every parameter and buffer from
+    its bytes), scored by score-first test-time training with TTT_ENABLED, else by the plain pass (also with TTT
+    under EVAL_DIAGNOSTICS), with the n-gram tilt's hints when NGRAM_TILT is on. Returns its final lines. Every
+    scorer of an artifact comes here (a run, EVAL_ONLY, the rescue); without a prepared scorer it compiles on
+    this clock."""
     if val.hints is None:  # a run's diagnostics made them already, for the float model's pass
         with clock("ngram_hints"):
             val = with_hints(val, hp, device)
+    if scorer is None:
+        log("compile_warmup:on_eval_clock reason:a separate process (EVAL_ONLY or the rescue) compiles its own")
+        with clock("compile_warmup"):  # the optional shapes while they end in the first half: the rest is TTT's
+            scorer = prepare_scorer(hp, backend, world, device, log, clock.t0 + hp.eval_max_seconds / 2)
     with clock("load"):
-        fresh = GPT(hp).to(device)
         try:
-            fresh.load_state_dict(dequantize_model(deserialize(blob), device), strict=True)
+            scorer.model.load_state_dict(dequantize_model(deserialize(blob), device), strict=True)
         except RuntimeError as e:  # a shape or a tensor the configuration does not have
             detail = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
             raise ArtifactError(
                 f"the artifact does not fit this configuration (same env as its run?): {detail}"
             ) from None
-        fresh.looping = hp.num_loops > 0
-        scorer = maybe_compile(fresh, hp, device, log, regions=hp.eval_compile == "regions")
-    plain_pass, lora, costs = not hp.ttt_enabled or hp.eval_diagnostics, None, None
-    with clock("compile_warmup") if hp.ttt_enabled or is_compiled(scorer) else contextlib.nullcontext():
-        if plain_pass and is_compiled(scorer):  # random tokens, never validation ones
-            with torch.no_grad(), autocast(device, hp):
-                x, y = torch.randint(
-                    2, hp.vocab_size, (2, eval_rows(hp, hp.eval_seq_len, world), hp.eval_seq_len), device=device
-                )  # fmt: skip; two tensors: an aliased pair is another graph
-                scorer(x, y, make_layout(x, backend, None, hp.doc_attention), None, no_hints(hp, y))
-        if hp.ttt_enabled:
-            lora = LoRA(hp, hp.ttt_batch_docs, len(fresh.virtual_layers()), hp.seed, device)
-            # the optional shapes only while they end in the first half of the budget: the rest is TTT's
-            until = clock.t0 + hp.eval_max_seconds / 2
-            costs = ttt_warmup(scorer, fresh, lora, hp, backend, device, world, log, optional_until=until)
     finals = []
-    if plain_pass:
+    if not hp.ttt_enabled or hp.eval_diagnostics:
         with clock("roundtrip_eval"):
-            finals.append(evaluate_pass(scorer, val, hp, backend, rank, world, device, log, "roundtrip"))
+            finals.append(evaluate_pass(scorer.runner, val, hp, backend, rank, world, device, log, "roundtrip"))
     if hp.ttt_enabled:
         with clock("ttt_eval"):
-            ttt = ttt_evaluate(fresh, val, hp, backend, device, rank, world, log=log, runner=scorer, lora=lora,
-                               deadline=clock.t0 + hp.eval_max_seconds, costs=costs)  # fmt: skip
+            ttt = ttt_evaluate(scorer.model, val, hp, backend, device, rank, world, log=log, runner=scorer.runner,
+                               lora=scorer.lora, deadline=clock.t0 + hp.eval_max_seconds)  # fmt: skip
         log_eval(log, "ttt_eval", ttt, 1000 * clock.parts["ttt_eval"], val)
         finals.append(f"final_ttt_exact val_loss:{ttt['val_loss']:.8f} val_bpb:{ttt['val_bpb']:.8f}")
     return finals
@@ -2524,7 +2496,8 @@ def finish(log, hp, clock: EvalClock, finals: list[str], world: int):
     for line in finals:
         log(line)
     log(f"eval_world_size:{world}")  # with TTT_WARM_A=1 the score depends on it: a replay must use the same
-    log(f"eval_time_s:{total:.2f} " + " ".join(f"{k}:{v:.2f}" for k, v in clock.parts.items()))
+    parts = " ".join(f"{k}:{v:.2f}" for k, v in clock.parts.items())
+    log(f"eval_time_s:{total:.2f} eval_compiles:{compiled_graphs() - clock.graphs} {parts}")
     if total > hp.eval_max_seconds:
         log(f"eval_time_violation: {total:.1f} s after training > EVAL_MAX_SECONDS={hp.eval_max_seconds:g}")
     if world > 1:  # all is logged; skip interpreter teardown, where gloo ranks sometimes abort (torch 2.13, CPU)

@@ -3,6 +3,7 @@ maybe_compile (COMPILE=2), against eager, with dynamo's graph counter read aroun
 here compiles a tiny model (a few seconds each on 2 cores); they carry the `compile` mark."""
 
 import copy
+import functools
 import re
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import train_gpt as tg
-from tests.helpers import randomize, tiny_hp
+from tests.helpers import TINY, randomize, tiny_hp
 from tests.test_cuda_paths import fake_flash_varlen
 
 pytestmark = pytest.mark.compile
@@ -137,3 +138,24 @@ def test_compile_on_cpu_without_a_cxx_compiler_runs_eager_and_says_so(monkeypatc
     assert len(lines) == 1 and lines[0].startswith("compile:off reason:inductor has no C++ compiler")
     assert "/nonexistent/g++" in lines[0]
     assert tg.maybe_compile(model, tiny_hp(**{**SMALL, "COMPILE": 1}), CPU, lines.append) is model and len(lines) == 1
+
+
+def test_a_compiled_run_with_ttt_and_the_tilt_compiles_nothing_after_training(small_dataset, tmp_path, monkeypatch):
+    """The real main() compiled (COMPILE=2), with TTT (two widths and a global SGD phase) and the n-gram tilt on:
+    every graph the evaluation runs is compiled before the training clock, so the eval clock counts 0. Dynamo's
+    capture and guards decide what compiles, not the backend: inductor's C++ builds (about 90 s a graph on 2
+    cores) are swapped for the eager backend, so the count is the one inductor would see."""
+    env = {**TINY, "DATA_PATH": str(small_dataset), "TOKENIZER_PATH": str(small_dataset / "tokenizer.model"),
+           "LOG_DIR": str(tmp_path), "RUN_ID": "run", "COMPILE": "2", "TTT_ENABLED": "1", "TTT_CONTEXT": "256",
+           "TTT_CHUNK": "128", "TTT_WIDTH_BUCKETS": "2", "TTT_PHASES": "1", "TTT_PHASE_DOCS": "3",
+           "TTT_SGD_BATCH_TOKENS": "1024", "NGRAM_ORDER": "4", "ITERATIONS": "3", "EVAL_STRIDE": "0"}  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(tg.torch, "compile", functools.partial(torch.compile, backend="eager"))
+    tg.main()
+    log = (tmp_path / "run.txt").read_text()
+    assert re.search(r"^eval_time_s:[\d.]+ eval_compiles:0 ", log, re.M), log[-1500:]
+    assert re.search(r"^ttt_phase:1/1 docs:3 sgd_steps:\d+ ", log, re.M)  # global SGD ran, compiled beforehand
+    assert len(re.findall(r"^ttt_warmup rows:", log, re.M)) == 3  # two widths and SGD, before the first step:
+    assert log.index("ttt_warmup rows:") < log.index("step:1/3 ")
+    assert re.search(r"^ttt_adapted_docs:8/8$", log, re.M) and re.search(r"^final_ttt_exact val_loss:", log, re.M)

@@ -185,7 +185,7 @@ def test_cli_run_logs_source_hparams_and_final_lines(small_dataset, tmp_path):
     assert tail[0].startswith("final_prequant_exact") and tail[1].startswith("final_roundtrip_exact")
     assert re.fullmatch(r"final_roundtrip_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}", tail[1])
     assert re.fullmatch(
-        r"eval_time_s:[\d.]+ ngram_hints:[\d.]+ prequant_eval:[\d.]+ load:[\d.]+ roundtrip_eval:[\d.]+",
+        r"eval_time_s:[\d.]+ eval_compiles:0 ngram_hints:[\d.]+ prequant_eval:[\d.]+ load:[\d.]+ roundtrip_eval:[\d.]+",
         tail[5],
     )
     assert tail[4] == "eval_world_size:1"

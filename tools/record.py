@@ -98,7 +98,7 @@ def final_scores(text: str) -> dict[str, dict[str, float]]:
 
 def eval_clock(text: str) -> tuple[float, dict[str, float]] | None:
     """(total seconds, seconds by part) from the eval_time_s: line, if there is one."""
-    m = re.search(rf"^eval_time_s:{NUM}((?: \w+:{NUM})*)$", text, re.M)
+    m = re.search(rf"^eval_time_s:{NUM}(?: eval_compiles:\d+)?((?: \w+:{NUM})*)$", text, re.M)
     return (float(m.group(1)), {k: float(v) for k, v in re.findall(r"(\w+):([\d.]+)", m.group(2))}) if m else None
 
 
