@@ -156,8 +156,8 @@ HPARAMS = (
     ("TTT_ENABLED", int, 1, (0, 1), "score the artifact with score-first LoRA test-time training"),
     ("TTT_BATCH_DOCS", int, 64, (1, 4096), "documents per TTT batch (one adapter set each)"),
     ("TTT_CHUNK", int, 48, (1, 65536), "tokens scored, then trained on, per TTT step"),
-    ("TTT_SHORT_CHUNKS", str, "", None, "smaller chunks for short documents, below:chunk,... (#2014: 256:8,2000:24)"),
-    ("TTT_CONTEXT", int, 2048, (1, 65536), "most tokens of the document's own context a chunk sees"),
+    ("TTT_SHORT_CHUNKS", str, "256:8,2000:24", None, "smaller chunks for short documents, below:chunk,... (#2014)"),
+    ("TTT_CONTEXT", int, 2560, (1, 65536), "most tokens of the document's own context a chunk sees (#2135)"),
     ("TTT_MICRO_TOKENS", int, 32768, (1, 2**30), "most tokens per TTT forward: a chunk's rows are split to fit"),
     ("TTT_WIDTH_BUCKETS", int, 3, (1, 16), "compiled TTT row widths: TTT_CONTEXT / 2^k, k < this"),
     ("TTT_LR", float, 8e-5, (0.0, 10.0), "TTT AdamW learning rate"),
@@ -165,6 +165,7 @@ HPARAMS = (
     ("TTT_WD", float, 0.5, (0.0, 100.0), "TTT AdamW weight decay"),
     ("TTT_WARM_A", int, 1, (0, 1), "keep the adapters' A across batches (B always restarts at zero)"),
     ("TTT_LORA_RANK", int, 80, (1, 4096), "rank of the per-document test-time LoRA adapters"),
+    ("TTT_LORA_QV", int, 0, (0, 1), "adapters on Q and V too (#1953, #2014: off; K, O, MLP and head always)"),
     ("TTT_LORA_ALPHA", float, 144.0, (0.0, 1e6), "LoRA output scale = alpha / rank"),
     ("TTT_PHASES", int, 1, (0, 64), "global SGD phases of the base model on documents already scored (0: none)"),
     ("TTT_PHASE_DOCS", int, 2500, (1, 10**7), "scored documents the phases cover (boundaries at k/PHASES of it)"),
@@ -220,6 +221,7 @@ CPU = {
     "GPTQ_RESERVE_SECONDS": "10", "TRAIN_LOG_EVERY": "25", "ATTN_BITS": "8", "MLP_BITS": "8", "EMBED_BITS": "8",
     "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "64", "VAL_BATCH_SIZE": "32768", "TTT_CONTEXT": "256",
     "TTT_BATCH_DOCS": "16", "TTT_PHASE_DOCS": "80", "TTT_SGD_BATCH_TOKENS": "4096",
+    "TTT_SHORT_CHUNKS": "", "TTT_LORA_QV": "1",  # the TTT the yardstick measured, before the flagship's changed
 }  # fmt: skip
 NAIVE = {  # the naive baseline as switches, at the CPU recipe of issue 21 (4 x 128, 16,384 tokens a step, 300 s)
     **SP1024, "NUM_LAYERS": "4", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "ROPE_DIMS": "32",
@@ -710,18 +712,19 @@ def lora_delta(x: Tensor, A: Tensor, B: Tensor) -> Tensor:
 
 def adapted(linear: nn.Module, x: Tensor, adapter: dict | None, key: str) -> Tensor:
     """linear(x), plus the test-time adapter's low-rank delta when there is one."""
-    return linear(x) if adapter is None else linear(x) + lora_delta(x, *adapter[key])
+    return linear(x) if adapter is None or key not in adapter else linear(x) + lora_delta(x, *adapter[key])
 
 
 class LoRA(nn.Module):
     """Test-time adapters, one set per document (row b of the batch uses set b) and per virtual layer: deltas
-    on Q, K, V, the attention output, the MLP output, and the LM head. B starts at zero: a fresh set is the
-    base model exactly. `rows` picks the documents of the batch being run."""
+    on K, the attention output, the MLP output and the LM head, and on Q and V with TTT_LORA_QV. B starts at
+    zero: a fresh set is the base model exactly. `rows` picks the documents of the batch being run."""
 
     def __init__(self, hp: Hyperparameters, n_docs: int, n_virtual: int, seed: int = 0, device=None):
         super().__init__()
         d, r, kv = hp.model_dim, hp.ttt_lora_rank, hp.num_kv_heads * (hp.model_dim // hp.num_heads)
         dims = {"q": (d, d), "k": (d, kv), "v": (d, kv), "o": (d, d), "mlp": (d, d), "head": (d, hp.vocab_size)}
+        dims = {k: io for k, io in dims.items() if hp.ttt_lora_qv or k not in ("q", "v")}
         layers = {k: 1 if k == "head" else n_virtual for k in dims}
         new = lambda shape, fill: nn.Parameter(fill(shape, device=device))  # on the device: A is drawn there
         self.A = nn.ParameterDict({k: new((layers[k], n_docs, i, r), torch.empty) for k, (i, _) in dims.items()})
@@ -732,7 +735,7 @@ class LoRA(nn.Module):
     @torch.no_grad()
     def reset(self, seed: int | None):
         """B to zero; A redrawn from `seed` (the same on every rank, whatever the world size), or kept if None."""
-        g = None if seed is None else torch.Generator(self.A["q"].device).manual_seed(seed)
+        g = None if seed is None else torch.Generator(self.A["k"].device).manual_seed(seed)
         for k, A in self.A.items():
             self.B[k].zero_()
             if g is not None:

@@ -314,6 +314,7 @@ def main() -> None:
         result = json.loads(args.out.read_text())
         bits = {c: tg.class_bits(hp, c)[0] for c in CLASSES}  # the flagship's are 6, 6, 7 (attn, mlp, embed)
         result["serialize_wall"] = {**serialize_wall(flagship_packed(packed)), "bits": bits}
+        result["serialize_checkpoint"] = serialize_wall(packed)  # the trained checkpoint's own tensors
         print(f"serialize_wall:{result['serialize_wall']}")
         tmp = args.out.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1))

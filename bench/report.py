@@ -316,7 +316,16 @@ def packing(d: dict) -> list[str]:
             f"re-rounding) {f['fit_s_without_serialize']:.2f} s, serializations {f['serialize_s']:.1f} s in all; "
             f"{f['matrices_coarsened']} matrices coarsened, estimated error +{f['est_err_total']:.2%} of GPTQ's own "
             "rounding error (Hessian diagonals of ones here: the flagship-shaped model has no Hessians)."]  # fmt: skip
-    return out + serialize_wall(d.get("serialize_wall"))
+    out += serialize_wall(d.get("serialize_wall"))
+    c = d.get("serialize_checkpoint")
+    if c:
+        out += [
+            "",
+            f"The same on the CPU checkpoint's own tensors: brotli {c['brotli_bytes']:,} bytes in "
+            f"{c['brotli_s']:.1f} s, rANS {c['rans_bytes']:,} in {c['rans_s']:.1f} s "
+            f"({c['rans_bytes'] - c['brotli_bytes']:+,}; {'exact' if c['rans_exact'] else 'NOT EXACT'}).",
+        ]
+    return out
 
 
 def serialize_wall(w: dict | None) -> list[str]:
@@ -351,19 +360,24 @@ def projection(d: dict) -> list[str]:
 
 
 def eval_cost(d: dict) -> list[str]:
-    """The flagship's evaluation on 8 GPUs on paper, by part, and TTT's memory per forward."""
-    p, names = d["defaults"]["parts"], {"export_s": "export (GPTQ + packing, measured)", "load_s": "load",
-                                        "compile_warmup_s": "compile warmup (every shape, random tokens)",
-                                        "plain_pass_s": "plain pass", "ttt_s": "TTT (compute at the rate)",
-                                        "sgd_s": "global SGD phases"}  # fmt: skip
+    """The flagship's two clocks on 8 GPUs on paper, by part, and TTT's memory per forward."""
+    p, names = d["defaults"]["parts"], {"load_s": "load", "plain_pass_s": "plain pass",
+                                        "ttt_s": "TTT (compute at the rate)", "sgd_s": "global SGD phases"}  # fmt: skip
     out = [f"Flagship defaults, {d['val_docs']:,} documents ({d['val_tokens']:,} tokens, lengths drawn from the "
            f"validation sample's), 8 GPUs at {d['defaults']['rate_tokens_per_s']:,.0f} training tokens/s per GPU "
            f"({d['rate_source']}); {d['compile_s_per_graph']:.0f} s per compiled graph. TTT forwards per width: "
            + ", ".join(f"{w}: {n:,}" for w, n in p["ttt_forwards"].items()) + " (all ranks).", "",
-           "| part | seconds |", "|---|---|"]  # fmt: skip
+           "| eval clock part | seconds |", "|---|---|"]  # fmt: skip
     out += [f"| {label} | {p[k]:.1f} |" for k, label in names.items() if k in p]
-    out += [f"| **total** (deadline EVAL_MAX_SECONDS={d['eval_max_seconds']:g}) | **{p['total_s']:.0f}** |", "",
-            "TTT memory per forward (meta tensors on CPU: activations kept for the backward pass with flash-style "
+    out += [f"| **total** (deadline EVAL_MAX_SECONDS={d['eval_max_seconds']:g}) | **{p['total_s']:.0f}** |", ""]
+    if "before_clock" in d["defaults"]:
+        b, a = d["defaults"]["before_clock"], d["defaults"]["artifact"]
+        out += [f"Before the training clock: the compile warmup of the evaluation's {b['graphs']} graphs, "
+                f"{b['compile_warmup_s']:.0f} s (on random tokens; none on the eval clock). On the training clock "
+                f"after the last step: calibration {a['calibration_s']:.0f} s (reserved), quantization and packing "
+                f"{a['export_s']:.1f} s (GPTQ as measured on the GPU, rANS as measured at flagship size), "
+                f"{a['total_s']:.0f} s in all of the 600 s.", ""]  # fmt: skip
+    out += ["TTT memory per forward (meta tensors on CPU: activations kept for the backward pass with flash-style "
             "attention, fp32 weights and their bf16 copies, adapters with grads and AdamW state):", "",
             "| rows × width | activations (GiB) | total (GiB) |", "|---|---|---|"]  # fmt: skip
     out += [f"| {m['rows']} × {m['width']} | {m['saved_activation_bytes'] / 2**30:.1f} | "

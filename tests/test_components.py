@@ -558,7 +558,8 @@ def test_default_hyperparameters_are_the_flagship():
         muon_wd=0.095,
         grad_clip_norm=0.3,
         eval_seq_len=2560,
-        ttt_context=2048,  # not the record's 2560, nor its short-document chunks: bench/eval_cost.py projects both
+        ttt_context=2560,  # the record's (#2135), with its short-document chunks (#2014) and no LoRA on Q and V
+        ttt_lora_qv=0,
         ttt_lr=8e-5,
         ttt_phases=1,
         ttt_phase_docs=2500,
@@ -570,7 +571,7 @@ def test_default_hyperparameters_are_the_flagship():
     )
     assert {k: getattr(hp, k) for k in expected} == expected
     assert hp.seq_len_schedule_parsed == [(1024, 0.1), (2048, 0.7), (3072, 1.0)]  # progressive, as #2014
-    assert hp.ttt_short_chunks_parsed == []  # over the eval deadline at our measured rates (README, "Defaults")
+    assert hp.ttt_short_chunks_parsed == [(256, 8), (2000, 24)]
     # TRAIN_SEQ_LEN alone: that length throughout; both set: the schedule as given
     assert tg.Hyperparameters({"TRAIN_SEQ_LEN": "256"}).seq_len_schedule_parsed == [(256, 1.0)]
     both = {"TRAIN_SEQ_LEN": "256", "SEQ_LEN_SCHEDULE": "128@0.5,256@1.0"}
@@ -700,3 +701,19 @@ def test_num_layers_alone_is_valid_at_every_depth(n):
         assert (hp.loop_start, hp.loop_end, hp.parallel_start_layer) == (3, 5, 8)
     explicit = tg.Hyperparameters({"NUM_LAYERS": "8", "LOOP_START": "1", "LOOP_END": "2"})
     assert (explicit.loop_start, explicit.loop_end, explicit.parallel_start_layer) == (1, 2, 5)  # set ones stay
+
+
+def test_ttt_adapters_on_q_and_v_only_with_the_switch():
+    """TTT_LORA_QV=0 (the records'): adapters on K, O, the MLP and the head; =1 adds Q and V, and a non-zero B
+    on Q then changes the output (the switch reaches the forward)."""
+    for qv, keys in ((0, {"k", "o", "mlp", "head"}), (1, {"q", "k", "v", "o", "mlp", "head"})):
+        hp = tiny_hp(TTT_LORA_QV=qv)
+        torch.manual_seed(0)
+        model, lora = randomize(tg.GPT(hp)), tg.LoRA(hp, 2, len(tg.GPT(hp).virtual_layers()), 0)
+        assert set(lora.A) == set(lora.B) == keys
+        x = torch.randint(2, 1024, (2, 16))
+        layout = tg.make_layout(x, "sdpa")
+        with torch.no_grad():
+            before = model(x, x, layout, lora)
+            lora.B["k" if not qv else "q"].normal_()
+            assert not torch.allclose(model(x, x, layout, lora), before)
