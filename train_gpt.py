@@ -2241,9 +2241,10 @@ def main():
         first, where = count_failure(world) == 1, f"rank {rank}: " if world > 1 else ""
         if first and isinstance(e, RUN_ERRORS):
             log.error(f"error: {where}{e}")
-        elif first and isinstance(e, KeyboardInterrupt):
-            log.error(f"error: {where}interrupted; kept: "
-                      f"{', '.join(sorted(p.name for p in Path(hp.log_dir).glob(hp.run_id + '.*')))}")  # fmt: skip
+        elif first and isinstance(e, KeyboardInterrupt):  # the console too: no other line says what was kept
+            kept = ", ".join(sorted(p.name for p in Path(hp.log_dir).glob(hp.run_id + ".*")))
+            log.error(f"error: {where}interrupted; kept: {kept}")
+            print(f"error: {where}interrupted; kept: {kept}", file=sys.stderr)
         raise
 
 
