@@ -2029,13 +2029,13 @@ def agreed_ms(since: float, device, world: int) -> float:
     return ms.item()
 
 
-def check_replicas(model: nn.Module, step: int, world: int, device, log):
+def check_replicas(model: nn.Module, step: int, world: int, log):
     """The ranks' weights bit for bit: an exact integer checksum per tensor, compared in one all-reduce; a drift
     is one error naming the step and the first tensor that differs (the replicas must be one model)."""
     if world == 1:
         return
     named = [(n, p.detach().float()) for n, p in model.named_parameters()]
-    sums = torch.stack([p.view(torch.int32).sum(dtype=torch.int64) for _, p in named]).to(device)
+    sums = torch.stack([p.view(torch.int32).sum(dtype=torch.int64) for _, p in named])
     both = torch.cat([sums, -sums])
     dist.all_reduce(both, op=dist.ReduceOp.MAX)
     differ = (both[: len(sums)] != -both[len(sums) :]).tolist()
@@ -2086,7 +2086,7 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
                 f"seq_len:{seq_len} train_time_ms:{train_ms:.0f} step_avg_ms:{train_ms / step:.2f} "
                 f"tokens:{step * hp.train_batch_tokens} {projected_end(hp, step, train_ms, budget_ms)}")  # fmt: skip
         if hp.replica_check_every and step % hp.replica_check_every == 0:
-            check_replicas(model, step, world, device, log)
+            check_replicas(model, step, world, log)
         if hp.val_loss_every and step % hp.val_loss_every == 0:
             t0 = time.perf_counter()
             r = evaluate(step_model, val, hp, 0, backend, device, rank, world)
@@ -2098,18 +2098,17 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
             break
     if ema is not None:
         ema.copy_to(model)
-    check_replicas(model, step, world, device, log)  # the weights every rank will export and score
-    hessians = None
+    check_replicas(model, step, world, log)  # the weights every rank will export and score
+    hessians, end_s = None, train_ms / 1000
     if hp.gptq:  # the last read of training data: inside the cap, on the weights that will be exported
         end_len, deadline, last_s = seq_len_at(hp.seq_len_schedule_parsed, 1.0), t_start + cap_ms / 1000, last_ms / 1000
         hessians, batches = collect_hessians(model, loader, hp, end_len, deadline, backend, device, world, last_s)
         end_s = agreed_ms(t_start, device, world) / 1000
         log(f"gptq_calibration_batches:{batches} gptq_calibration_end_s:{end_s:.3f}")
-    calibrated_s = (time.perf_counter() - t_start) if hp.gptq else train_ms / 1000
     loader.close()
     tokens = step * hp.train_batch_tokens
     return dict(steps=step, train_ms=train_ms, tokens=tokens, step_avg_ms=train_ms / max(step, 1), hessians=hessians,
-                t_start=t_start, calibrated_s=calibrated_s)  # fmt: skip
+                t_start=t_start, calibrated_s=end_s)  # fmt: skip
 
 
 @torch.no_grad()
@@ -2243,8 +2242,9 @@ def main():
             log.error(f"error: {where}{e}")
         elif first and isinstance(e, KeyboardInterrupt):  # the console too: no other line says what was kept
             kept = ", ".join(sorted(p.name for p in Path(hp.log_dir).glob(hp.run_id + ".*")))
-            log.error(f"error: {where}interrupted; kept: {kept}")
-            print(f"error: {where}interrupted; kept: {kept}", file=sys.stderr)
+            line = f"error: {where}interrupted; kept: {kept}"
+            log.error(line)
+            print(line, file=sys.stderr)
         raise
 
 

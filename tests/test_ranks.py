@@ -93,13 +93,13 @@ def _replicas_worker(rank: int, world: int, init_file: str, out_dir: str):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model, lines, outcome = tg.GPT(tiny_hp()), [], []
-    tg.check_replicas(model, 7, world, torch.device("cpu"), lines.append)
+    tg.check_replicas(model, 7, world, lines.append)
     if rank == 1:  # one ulp of one weight on one rank
         with torch.no_grad():
             w = model.blocks[2].mlp.fc.weight
             w[3, 5] = torch.nextafter(w[3, 5], torch.tensor(1.0))
     try:
-        tg.check_replicas(model, 8, world, torch.device("cpu"), lines.append)
+        tg.check_replicas(model, 8, world, lines.append)
     except tg.TrainingError as e:
         outcome.append(str(e))
     Path(out_dir, f"replicas{rank}.json").write_text(json.dumps({"lines": lines, "errors": outcome}))
