@@ -82,7 +82,7 @@ HPARAMS = (
     ("TIED_EMBED_INIT_STD", float, 0.005, (0.0, 1.0), "std of the tied embedding's normal init"),
     ("LOGIT_SOFTCAP", float, 30.0, (0.0, 1000.0), "logits = c*tanh(z/c); 0 switches it off"),
     ("LOGIT_ASYM", int, 1, (0, 1), "AsymLogit: learned caps for positive and negative logits, from LOGIT_SOFTCAP"),
-    ("QK_GAIN_INIT", float, 5.0, (0.0, 100.0), "initial learned per-head gain on the normalised queries"),
+    ("QK_GAIN_INIT", float, 5.25, (0.0, 100.0), "initial learned per-head gain on the normalised queries (#1953)"),
     ("ROPE_BASE", float, 10000.0, (1.0, 1e9), "RoPE base frequency"),
     ("ROPE_DIMS", int, 16, (0, 1024), "leading head dims rotated by RoPE (partial RoPE); the rest carry no position"),
     ("LN_SCALE", int, 1, (0, 1), "scale each sublayer's normed input by 1/sqrt(layer+1)"),
@@ -162,16 +162,16 @@ HPARAMS = (
     ("TTT_WIDTH_BUCKETS", int, 3, (1, 16), "compiled TTT row widths: TTT_CONTEXT / 2^k, k < this"),
     ("TTT_LR", float, 8e-5, (0.0, 10.0), "TTT AdamW learning rate"),
     ("TTT_BETA2", float, 0.99, (0.0, 1.0), "TTT AdamW beta2 (beta1 is 0)"),
-    ("TTT_WD", float, 0.5, (0.0, 100.0), "TTT AdamW weight decay"),
+    ("TTT_WD", float, 2.0, (0.0, 100.0), "TTT AdamW weight decay (#2130)"),
     ("TTT_WARM_A", int, 1, (0, 1), "keep the adapters' A across batches (B always restarts at zero)"),
     ("TTT_LORA_RANK", int, 80, (1, 4096), "rank of the per-document test-time LoRA adapters"),
-    ("TTT_LORA_QV", int, 0, (0, 1), "adapters on Q and V too (#1953, #2014: off; K, O, MLP and head always)"),
+    ("TTT_LORA_TARGETS", str, "o,mlp,head", None, "test-time adapters, of q,k,v,o,mlp,head (#2130: O, MLP, head)"),
     ("TTT_LORA_ALPHA", float, 144.0, (0.0, 1e6), "LoRA output scale = alpha / rank"),
     ("TTT_PHASES", int, 1, (0, 64), "global SGD phases of the base model on documents already scored (0: none)"),
     ("TTT_PHASE_DOCS", int, 2500, (1, 10**7), "scored documents the phases cover (boundaries at k/PHASES of it)"),
     ("TTT_SGD_LR", float, 1e-3, (0.0, 10.0), "global SGD peak learning rate (cosine decay over each phase)"),
     ("TTT_SGD_MOMENTUM", float, 0.9, (0.0, 1.0), "global SGD momentum"),
-    ("TTT_SGD_BATCH_TOKENS", int, 65536, (1, 2**30), "global SGD tokens per step over all ranks"),
+    ("TTT_SGD_BATCH_TOKENS", int, 32768, (1, 2**30), "global SGD tokens per step over all ranks (R1611: 32K chunks)"),
     ("NGRAM_TILT", int, 1, (0, 1), "token-only n-gram tilt: boost the token the scored prefix's n-grams predict"),
     ("NGRAM_ORDER", int, 16, (1, 1024), "tokens of context the tilt's n-grams match"),
     ("NGRAM_THRESHOLD", float, 0.8, (0.0, 1.0), "share of the context's earlier continuations the hint must hold"),
@@ -221,7 +221,8 @@ CPU = {
     "GPTQ_RESERVE_SECONDS": "10", "TRAIN_LOG_EVERY": "25", "ATTN_BITS": "8", "MLP_BITS": "8", "EMBED_BITS": "8",
     "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "64", "VAL_BATCH_SIZE": "32768", "TTT_CONTEXT": "256",
     "TTT_BATCH_DOCS": "16", "TTT_PHASE_DOCS": "80", "TTT_SGD_BATCH_TOKENS": "4096",
-    "TTT_SHORT_CHUNKS": "", "TTT_LORA_QV": "1",  # the TTT the yardstick measured, before the flagship's changed
+    # the TTT the yardstick measured, before the flagship's changed
+    "TTT_SHORT_CHUNKS": "", "TTT_LORA_TARGETS": "q,k,v,o,mlp,head", "TTT_WD": "0.5",
 }  # fmt: skip
 NAIVE = {  # the naive baseline as switches, at the CPU recipe of issue 21 (4 x 128, 16,384 tokens a step, 300 s)
     **SP1024, "NUM_LAYERS": "4", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "ROPE_DIMS": "32",
@@ -322,6 +323,9 @@ class Hyperparameters:
         need(self.gate_window <= self.model_dim, f"GATE_WINDOW={self.gate_window}: expected <= MODEL_DIM")
         need(self.eval_stride <= self.eval_seq_len, f"EVAL_STRIDE={self.eval_stride} must be <= EVAL_SEQ_LEN="
              f"{self.eval_seq_len}: a window can score only its own tokens (the rest would go unscored)")  # fmt: skip
+        self.lora_targets = [t.strip() for t in self.ttt_lora_targets.split(",") if t.strip()]
+        need(self.lora_targets and set(self.lora_targets) <= set(LORA_DIMS), f"TTT_LORA_TARGETS="
+             f"{self.ttt_lora_targets!r}: expected a comma-separated subset of {','.join(LORA_DIMS)}")  # fmt: skip
         chunk = max([self.ttt_chunk] + [c for _, c in self.ttt_short_chunks_parsed])
         need(chunk <= self.ttt_context, f"TTT chunk {chunk} (TTT_CHUNK, TTT_SHORT_CHUNKS) must be <= TTT_CONTEXT="
              f"{self.ttt_context}: a chunk is scored with its own tokens as context")  # fmt: skip
@@ -706,6 +710,9 @@ def virtual_layer_order(num_layers: int, loop_start: int, loop_end: int, num_loo
     return list(range(loop_start)) + segment * (1 + num_loops) + list(range(loop_end + 1, num_layers))
 
 
+LORA_DIMS = ("q", "k", "v", "o", "mlp", "head")  # what TTT_LORA_TARGETS may name
+
+
 def lora_delta(x: Tensor, A: Tensor, B: Tensor) -> Tensor:
     return (x @ A.to(x.dtype)) @ B.to(x.dtype)
 
@@ -716,15 +723,16 @@ def adapted(linear: nn.Module, x: Tensor, adapter: dict | None, key: str) -> Ten
 
 
 class LoRA(nn.Module):
-    """Test-time adapters, one set per document (row b of the batch uses set b) and per virtual layer: deltas
-    on K, the attention output, the MLP output and the LM head, and on Q and V with TTT_LORA_QV. B starts at
-    zero: a fresh set is the base model exactly. `rows` picks the documents of the batch being run."""
+    """Test-time adapters, one set per document (row b of the batch uses set b) and per virtual layer, on
+    TTT_LORA_TARGETS: deltas on Q, K, V, the attention output and the MLP output (each read from the normed
+    block input, as in the records) and the LM head. B starts at zero: a fresh set is the base model exactly.
+    `rows` picks the documents of the batch being run."""
 
     def __init__(self, hp: Hyperparameters, n_docs: int, n_virtual: int, seed: int = 0, device=None):
         super().__init__()
         d, r, kv = hp.model_dim, hp.ttt_lora_rank, hp.num_kv_heads * (hp.model_dim // hp.num_heads)
-        dims = {"q": (d, d), "k": (d, kv), "v": (d, kv), "o": (d, d), "mlp": (d, d), "head": (d, hp.vocab_size)}
-        dims = {k: io for k, io in dims.items() if hp.ttt_lora_qv or k not in ("q", "v")}
+        outs = {"q": d, "k": kv, "v": kv, "o": d, "mlp": d, "head": hp.vocab_size}
+        dims = {k: (d, outs[k]) for k in LORA_DIMS if k in hp.lora_targets}
         layers = {k: 1 if k == "head" else n_virtual for k in dims}
         new = lambda shape, fill: nn.Parameter(fill(shape, device=device))  # on the device: A is drawn there
         self.A = nn.ParameterDict({k: new((layers[k], n_docs, i, r), torch.empty) for k, (i, _) in dims.items()})
@@ -735,14 +743,16 @@ class LoRA(nn.Module):
     @torch.no_grad()
     def reset(self, seed: int | None):
         """B to zero; A redrawn from `seed` (the same on every rank, whatever the world size), or kept if None."""
-        g = None if seed is None else torch.Generator(self.A["k"].device).manual_seed(seed)
+        g = None if seed is None else torch.Generator(self.B[next(iter(self.B))].device).manual_seed(seed)
         for k, A in self.A.items():
             self.B[k].zero_()
-            if g is not None:
-                A.copy_(torch.randn(A.shape, generator=g, device=A.device) / math.sqrt(A.size(-2)))
+            if g is not None:  # nn.Linear's bound, as the records draw A
+                A.copy_((2 * torch.rand(A.shape, generator=g, device=A.device) - 1) / math.sqrt(A.size(-2)))
 
-    def pair(self, key: str, v: int) -> tuple[Tensor, Tensor]:
-        """(A, B x scale) of virtual layer v for the batch's rows."""
+    def pair(self, key: str, v: int) -> tuple[Tensor, Tensor] | None:
+        """(A, B x scale) of virtual layer v for the batch's rows; None without that adapter."""
+        if key not in self.A:
+            return None
         A, B = self.A[key][v], self.B[key][v]
         if self.rows is not None:
             A, B = A[self.rows], B[self.rows]
@@ -789,7 +799,8 @@ class Attention(nn.Module):
             y = exclusive_self_attention(y, v)
         if self.gate_w is not None:  # zero init: every head starts at sigmoid(0) = 0.5
             y = y * torch.sigmoid(self.gate_scale * F.linear(x[..., : self.gate_window], self.gate_w))[..., None]
-        return adapted(self.proj, y.reshape(B, T, d), adapter, "o")
+        y = self.proj(y.reshape(B, T, d))  # the O adapter reads the block input, as the records' does
+        return y if adapter is None or "o" not in adapter else y + lora_delta(x, *adapter["o"])
 
 
 class MLP(nn.Module):
@@ -801,7 +812,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor, adapter=None) -> Tensor:
         y = self.proj(F.leaky_relu(self.fc(x), self.slope).square())
-        return y if adapter is None else y + lora_delta(x, *adapter["mlp"])
+        return y if adapter is None or "mlp" not in adapter else y + lora_delta(x, *adapter["mlp"])
 
 
 class Block(nn.Module):
@@ -818,6 +829,7 @@ class Block(nn.Module):
         self.register_buffer("ln_scale", torch.tensor(1 / math.sqrt(layer + 1) if hp.ln_scale else 1.0), False)
         self.parallel = layer >= hp.parallel_start_layer
         self.lane_post = nn.Parameter(torch.ones(2, 2)) if self.parallel else None
+        self.lane_resid = nn.Parameter(torch.full((2,), 1.1)) if self.parallel else None  # R1611's lane scales
 
     def forward(self, x: Tensor, x0: Tensor, lane1: Tensor | None, rope, layout: DocLayout, adapter=None):
         x = self.resid_mix[0] * x + self.resid_mix[1] * x0
@@ -826,8 +838,8 @@ class Block(nn.Module):
             x = x + a
             return x + self.mlp_scale * self.mlp(rms_norm(x) * self.ln_scale, adapter), None
         m = self.mlp_scale * self.mlp(rms_norm(lane1) * self.ln_scale, adapter)
-        p = self.lane_post
-        return x + p[0, 0] * a + p[0, 1] * m, lane1 + p[1, 0] * a + p[1, 1] * m
+        p, r = self.lane_post, self.lane_resid
+        return r[0] * x + p[0, 0] * a + p[0, 1] * m, r[1] * lane1 + p[1, 0] * a + p[1, 1] * m
 
 
 class SmearGate(nn.Module):
@@ -877,13 +889,12 @@ class GPT(nn.Module):
         n_enc, skips, lane1 = len(order) // 2, [], None
         rope = (self.rope_cos[:, : self.hp.rope_dims // 2], self.rope_sin[:, : self.hp.rope_dims // 2])
         for i, layer in enumerate(order):
-            j = i - n_enc
+            block, j = self.blocks[layer], i - n_enc
+            if block.parallel and lane1 is None:  # before the skip: skips enter lane 0 only (R1611)
+                lane1 = x
             if 0 <= j < n_enc:
                 s = self.skip_weights[j] * skips.pop()
                 x = x + s if self.skip_gates is None else torch.lerp(s, x, torch.sigmoid(self.skip_gates[j]))
-            block = self.blocks[layer]
-            if block.parallel and lane1 is None:
-                lane1 = x
             x, lane1 = block(x, x0, lane1, rope, layout, None if lora is None else lora.at(i))
             if i < n_enc:
                 skips.append(x)
@@ -1016,9 +1027,9 @@ def lr_multiplier(frac: float, warmdown_frac: float, min_lr: float) -> float:
     return max((1 - frac) / warmdown_frac, min_lr)
 
 
-# Schedules are shares of the run (the training fraction: time used of the cap, or steps of ITERATIONS), so a
-# 300-step CPU run and the flagship's 4,900 steps follow the same shape; the defaults are the flagship's step
-# counts divided by FLAGSHIP_STEPS.
+# Schedules are shares of the run, so a 300-step CPU run and the flagship's 4,900 steps follow the same shape; the
+# defaults are the flagship's step counts divided by FLAGSHIP_STEPS. LR, lengths and looping read the training
+# fraction (time used of the cap, or steps of ITERATIONS); momentum warmup and EMA read steps of planned_steps.
 def muon_momentum_at(frac: float, hp: Hyperparameters) -> float:
     """Linear from MUON_MOMENTUM_WARMUP_START over the first MUON_MOMENTUM_WARMUP_FRAC of the run."""
     t = min(frac / hp.muon_momentum_warmup_frac, 1.0) if hp.muon_momentum_warmup_frac else 1.0
@@ -1335,7 +1346,7 @@ def ttt_batch(runner, lora: LoRA, val: ValData, spans, hp, backend, device, reco
     through in groups of at most TTT_MICRO_TOKENS, whose gradients add up before the one step. The optimizer
     restarts with every batch."""
     opt = torch.optim.AdamW(lora.parameters(), lr=hp.ttt_lr, betas=(0.0, hp.ttt_beta2), eps=1e-10,
-                            weight_decay=hp.ttt_wd)  # fmt: skip
+                            weight_decay=hp.ttt_wd, fused=device.type == "cuda")  # fmt: skip
     sums, fixed = torch.zeros(3, dtype=torch.float64, device=device), is_compiled(runner)
     for step in ttt_steps(hp, spans):
         alive, segs = [j for j, _, _ in step], [(seg, last) for _, seg, last in step]
@@ -1685,10 +1696,21 @@ def plan_coarsening(curves: dict, ratio: dict, need: float, pos: dict) -> tuple[
     return pos, moves
 
 
-def fit_to_budget(packed: dict, hessians: dict | None, hp: Hyperparameters, code: int, log=print):
+def refit_lqer(entry: tuple, W: Tensor, hp: Hyperparameters) -> tuple:
+    """The entry's LQER repair fitted again to its own residual (after coarsen changed it); none if it had none."""
+    kind, arrays, meta = entry
+    if "la" not in arrays:
+        return entry
+    plain = {k: v for k, v in arrays.items() if k not in ("la", "la_s", "lb", "lb_s")}
+    residual = W.float() - dequantize_entry(kind, plain, meta, W.device)
+    return kind, {**plain, **lqer_factors(residual, hp.lqer_rank, hp.lqer_group)}, meta
+
+
+def fit_to_budget(packed: dict, state: dict, hessians: dict | None, hp: Hyperparameters, code: int, log=print):
     """(blob, stream sizes), within ARTIFACT_MAX_BYTES where possible: while over, the GPTQ matrices whose bytes
-    cost the least Hessian-weighted error move to coarser grids; each stream's ratio of compressed bytes to
-    entropy, measured on the last blob, predicts the saving, so one more serialization usually does."""
+    cost the least Hessian-weighted error move to coarser grids (their LQER refitted to the new residual); each
+    stream's ratio of compressed bytes to entropy, measured on the last blob, predicts the saving, so one more
+    serialization usually does."""
     run = artifact_run(hp)  # hashes the tokenizer: once, not once per serialization
     blob, sizes = serialize(packed, hp.export_compressor, run)
     if code + len(blob) <= hp.artifact_max_bytes:
@@ -1708,8 +1730,8 @@ def fit_to_budget(packed: dict, hessians: dict | None, hp: Hyperparameters, code
         for name, k, b, cost in moves:  # one line per step: bytes it should save, error it should add
             log(f"fit_step round:{r} tensor:{name} step_x:{FIT_LADDER[k]:.3f} est_saved_bytes:{b:.0f} "
                 f"est_err:{cost / base_err:+.3e}")  # fmt: skip
-        new, sizes = serialize({**packed, **{n: coarsen(base[n], FIT_LADDER[k]) for n, k in pos.items()}},
-                               hp.export_compressor, run)  # fmt: skip
+        moved = {n: refit_lqer(coarsen(base[n], FIT_LADDER[k]), state[n], hp) for n, k in pos.items()}
+        new, sizes = serialize({**packed, **moved}, hp.export_compressor, run)
         err = sum(curves[n][1][k][1] for n, k in pos.items()) / base_err
         log(f"fit_round:{r} model_bytes:{len(new)} saved_bytes:{len(blob) - len(new)} est_saved_bytes:"
             f"{sum(m[2] for m in moves):.0f} est_err_total:{err:+.3e} matrices_coarsened:{len(pos)}")  # fmt: skip
@@ -1936,7 +1958,7 @@ def sync_gradients(params: list[Tensor], world: int, average: bool = True):
 
 
 def train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device) -> tuple[float, float]:
-    """One optimizer step over the global batch: (mean loss, gradient norm before clipping)."""
+    """One optimizer step over the global batch: (mean loss, this rank's gradient norm before clipping)."""
     params = list(model.parameters())
     micros = loader.next_batch(seq_len, device)
     total = torch.zeros((), device=device)
@@ -1945,8 +1967,9 @@ def train_step(model, step_model, optimizers, loader, seq_len, backend, hp, worl
             loss = step_model(x, y, make_layout(x, backend, None, hp.doc_attention)).mean()
         (loss / len(micros)).backward()
         total += loss.detach() / len(micros)
-    sync_gradients(params, world)
+    # each rank clips its own gradient before the average, as R1611 does (the norm logged is rank 0's)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, hp.grad_clip_norm or math.inf)
+    sync_gradients(params, world)
     for opt in optimizers:
         opt.step()
     model.zero_grad(set_to_none=True)
@@ -1956,31 +1979,38 @@ def train_step(model, step_model, optimizers, loader, seq_len, backend, hp, worl
     return total.item(), grad_norm.item()
 
 
-def warmup_shapes(hp: Hyperparameters) -> list[tuple[int, bool]]:
-    """(sequence length, looping) pairs the timed run meets: a length runs over its share [start, end) of the
-    run, looping from ENABLE_LOOPING_AT on. The flagship's meets 4 of the 6 pairs; a compile is about 70 s."""
-    shapes, start = [], 0.0
+def shape_shares(hp: Hyperparameters) -> list[tuple[int, bool, float]]:
+    """(sequence length, looping, share of the run) for each pair the timed run meets: a length runs over its
+    share [start, end) of the run, looping from ENABLE_LOOPING_AT on."""
+    shares, start, at = [], 0.0, hp.enable_looping_at if hp.num_loops else math.inf
     for length, end in hp.seq_len_schedule_parsed:
-        if not hp.num_loops or start < hp.enable_looping_at:
-            shapes.append((length, False))
-        if hp.num_loops and end > hp.enable_looping_at:
-            shapes.append((length, True))
+        shares += [(length, False, min(end, at) - start)] if start < at else []
+        shares += [(length, True, end - max(start, at))] if end > at else []
         start = end
-    return shapes
+    return shares
 
 
-def compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log):
+def warmup_shapes(hp: Hyperparameters) -> list[tuple[int, bool]]:
+    """The (sequence length, looping) pairs of shape_shares: the flagship meets 4 of the 6; a compile is ~70 s."""
+    return [(length, looping) for length, looping, _ in shape_shares(hp)]
+
+
+def compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log) -> list | None:
     """Runs WARMUP_STEPS steps over the shapes and modes training will meet (warmup_shapes), so compilation
-    happens before the clock; then restores the initial weights and optimizer state."""
+    happens before the clock; then restores the initial weights and optimizer state. Returns each shape's
+    median step in ms after its first (the compile), the slowest rank's (None unless every shape had one)."""
     if hp.warmup_steps == 0:
-        return
+        return None
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
     loader = TrainLoader(hp, rank, world, accum)
     shapes, t0 = warmup_shapes(hp), time.perf_counter()
+    times = [[] for _ in shapes]
     for i in range(hp.warmup_steps):
         seq_len, model.looping = shapes[i % len(shapes)]
+        t1 = time.perf_counter()
         train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device)
+        times[i % len(shapes)].append(1000 * (time.perf_counter() - t1))
         # a shape's first step includes its compile: the elapsed time shows what each compile cost
         log(f"warmup_step:{i + 1}/{hp.warmup_steps} seq_len:{seq_len} looping:{int(model.looping)} "
             f"elapsed_s:{time.perf_counter() - t0:.1f}")  # fmt: skip
@@ -1989,6 +2019,22 @@ def compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accu
     model.load_state_dict(weights)
     for opt, s in zip(optimizers, states):
         opt.load_state_dict(s)
+    ms = torch.tensor([float(np.median(t[1:])) if len(t) > 1 else math.nan for t in times], device=device)
+    if world > 1:  # NaN wins MAX: a shape unmeasured on any rank leaves no plan on every rank
+        dist.all_reduce(ms, op=dist.ReduceOp.MAX)
+    return None if ms.isnan().any() else ms.tolist()
+
+
+def planned_steps(hp: Hyperparameters, step_ms: list | None, budget_ms: float) -> int | None:
+    """The steps the run is projected to take, each shape's share of the cap at its warmup step time (None
+    without those times and a cap: the schedules then follow the run's time). The momentum warmup and the
+    EMA take their per-step constants from it: at the flagship's 4,900 steps, the records' 1,500 and 0.9965."""
+    if math.isinf(budget_ms):
+        return hp.iterations
+    if step_ms is None:
+        return None
+    steps = sum(share * budget_ms / ms for (_, _, share), ms in zip(shape_shares(hp), step_ms))
+    return max(1, min(hp.iterations, round(steps)))
 
 
 def projected_end(hp: Hyperparameters, step: int, train_ms: float, budget_ms: float) -> str:
@@ -2045,12 +2091,17 @@ def check_replicas(model: nn.Module, step: int, world: int, log):
                             "the replicas drifted apart (every rank must apply the same updates)")  # fmt: skip
 
 
-def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log, export_s=0.0) -> dict:
+def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log, export_s=0.0,
+          step_ms=None) -> dict:  # fmt: skip
     """The timed loop on one clock (agreed_ms): from the first step, validation excluded. Training stops before
     one more step would cross the cap less the calibration reserve and export_s (making the artifact), and
-    calibration ends export_s before the cap."""
+    calibration ends export_s before the cap. step_ms: compile_warmup's, for planned_steps."""
     cap_ms = 1000 * (hp.max_wallclock_seconds - export_s) if hp.max_wallclock_seconds else math.inf
     budget_ms = cap_ms - 1000 * hp.gptq_reserve_seconds
+    plan = planned_steps(hp, step_ms, budget_ms)
+    if plan is not None:
+        log(f"step_plan projected_steps:{plan} momentum_warmup_steps:{hp.muon_momentum_warmup_frac * plan:.0f} "
+            f"ema_decay:{ema_decay(hp, 1 / plan):.5f}")  # fmt: skip
     loader = TrainLoader(hp, rank, world, accum)
     ema = EMA(model) if hp.ema_horizon_frac > 0 else None
     step, train_ms, last_ms, seq_len, changed_at = 0, 0.0, 0.0, None, 0
@@ -2073,14 +2124,15 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
         for opt in optimizers:
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * mul
-        optimizers[0].param_groups[0]["momentum"] = muon_momentum_at(frac, hp)
+        optimizers[0].param_groups[0]["momentum"] = muon_momentum_at(step / plan if plan else frac, hp)
         loss, grad_norm = train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device)
         if not math.isfinite(loss) or not weights_finite(model):  # stop: the EMA holds the weights before it
             stop_on_bad_loss(hp, model, ema, step + 1, loss, rank)
         now_ms = agreed_ms(t_start, device, world)
         step, last_ms, train_ms = step + 1, now_ms - train_ms, now_ms
-        if ema is not None:  # this step's share of the run
-            ema.update(model, ema_decay(hp, max(train_ms / budget_ms, step / hp.iterations) - frac))
+        if ema is not None:  # this step's share of the run: of its planned steps, else of its time
+            share = 1 / plan if plan else max(train_ms / budget_ms, step / hp.iterations) - frac
+            ema.update(model, ema_decay(hp, share))
         if step % hp.train_log_every == 0 or step <= 5:
             log(f"step:{step}/{hp.iterations} train_loss:{loss:.6f} grad_norm:{grad_norm:.4f} lr_mul:{mul:.4f} "
                 f"seq_len:{seq_len} train_time_ms:{train_ms:.0f} step_avg_ms:{train_ms / step:.2f} "
@@ -2131,7 +2183,8 @@ def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, bac
     shared = (".c_k", ".c_v")  # c_q's hook sums their input
     linears = [(n + ".weight", m) for n, m in model.named_modules() if isinstance(m, Linear) and not n.endswith(shared)]
     hooks = [m.register_forward_hook(lambda m, inp, out, n=n: add(n, inp[0])) for n, m in linears]
-    batches, slowest = 0, batch_s
+    batches, slowest, precision = 0, batch_s, torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 x^T x on CUDA: GPTQ's error +0.004% (bench/hessian_precision.py)
     while batches < hp.gptq_calibration_batches:
         late = torch.tensor(float(time.perf_counter() + 1.5 * slowest > deadline), device=device)
         if world > 1:
@@ -2143,6 +2196,7 @@ def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, bac
             with autocast(device, hp):
                 add("tok_emb.weight", model.hidden(x, make_layout(x, backend, None, hp.doc_attention)))
         batches, slowest = batches + 1, max(slowest, time.perf_counter() - t0)
+    torch.set_float32_matmul_precision(precision)
     for h in hooks:
         h.remove()
     if world > 1:
@@ -2312,10 +2366,10 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
         f"{virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops)}")  # fmt: skip
     if hp.eval_only:  # score the saved artifact
         return finish(log, hp, clock, score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
-    compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log)
+    step_ms = compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log)
     scorer = prepare_scorer(hp, backend, world, device, log)  # every graph the evaluation runs, before the clock
     export_s = export_seconds(model, hp, rank, world, log)
-    stats = train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log, export_s)
+    stats = train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log, export_s, step_ms)
     log(f"train_done steps:{stats['steps']} train_time_ms:{stats['train_ms']:.0f} tokens:{stats['tokens']} "
         f"tokens_per_s:{stats['tokens'] / max(stats['train_ms'], 1e-9) * 1000:.0f}")  # fmt: skip
     if device.type == "cuda":
@@ -2399,7 +2453,7 @@ def from_rank0(make, rank: int, world: int):
 def export_artifact(state, hessians, hp: Hyperparameters, code: int, log) -> tuple[bytes, Path]:
     """Quantize, fit, write <RUN_ID>.ptz; still over: <RUN_ID>.over_budget.ptz and an ArtifactError."""
     t0 = time.perf_counter()
-    blob, sizes = fit_to_budget(quantize_model(state, hessians, hp, log), hessians, hp, code, log)
+    blob, sizes = fit_to_budget(quantize_model(state, hessians, hp, log), state, hessians, hp, code, log)
     parts, over = " ".join(f"{k}:{v}" for k, v in sizes.items()), code + len(blob) > hp.artifact_max_bytes
     log(f"quantize_time_ms:{1000 * (time.perf_counter() - t0):.0f} model_bytes:{len(blob)} streams {parts}")
     artifact = Path(hp.log_dir) / f"{hp.run_id}{'.over_budget' if over else ''}.ptz"

@@ -127,6 +127,16 @@ def ablation(d: dict) -> list[str]:
     return rows
 
 
+def hessian_precision(d: dict) -> list[str]:
+    """The calibration products' precision: the worst tensor's Hessian error and GPTQ output-error change."""
+    w, tokens = d["worst"], d["tensors"][0]["tokens"]
+    out = [f"Worst over {len(d['tensors'])} matrices, {tokens:,} calibration tokens each, against float64:", "",
+           "| products | Hessian relative error | GPTQ output error, largest change either way |", "|---|---|---|"]  # fmt: skip
+    for label in ("fp32", "tf32", "bf16"):
+        out.append(f"| {label} | {w[label + '_hessian_rel_err']:.1e} | {w[label + '_gptq_output_err_change']:.4%} |")
+    return out
+
+
 def ttt(d: dict) -> list[str]:
     rows = ["One artifact of the CPU configuration, scored by `EVAL_ONLY` once per variant.", "",
             "| variant | overrides | val BPB | eval seconds | by part |", "|---|---|---|---|---|"]  # fmt: skip
@@ -464,6 +474,9 @@ def main() -> None:
     lines += section("Packing coders, and fit to budget at flagship size", pack_cmd, pack_machine, load("packing.json"),
                      packing)  # fmt: skip
     lines += section("Flagship size projection", pack_cmd, cpu, load("packing.json"), projection)
+    hq = load("hessian_precision.json")
+    hq_cmd = hq["command"] if hq else "python3 bench/hessian_precision.py --checkpoint <run>.float.pt --out ..."
+    lines += section("GPTQ calibration products: float32, TF32, bf16", hq_cmd, cpu, hq, hessian_precision)
     ttt_cmd = f"{CPU_ENV} python3 bench/ttt.py --artifact <run>.ptz --out bench/results/ttt_cpu.json"
     lines += section("Test-time training", ttt_cmd, cpu, load("ttt_cpu.json"), ttt)
     ec = load("eval_cost.json")

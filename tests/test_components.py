@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import random
 import types
 
 import pytest
@@ -389,8 +390,9 @@ def test_muon_momentum_warmup():
     assert tg.muon_momentum_at(0.01, tg.Hyperparameters({"MUON_MOMENTUM_WARMUP_FRAC": "0"})) == pytest.approx(0.97)
 
 
-def schedule_seen_by_train(steps: int, monkeypatch, **env) -> tuple[tg.Hyperparameters, dict]:
-    """Muon momentum, LR and EMA decay per step of train()'s own loop, every step 1 s under a cap of `steps` s."""
+def schedule_seen_by_train(steps: int, monkeypatch, step_ms=None, clock=None, **env) -> tuple[tg.Hyperparameters, dict]:
+    """Muon momentum, LR and EMA decay per step of train()'s own loop, every step 1 s under a cap of `steps` s
+    (or the cap given and the step times of `clock`), with compile_warmup's step times step_ms."""
     hp = tg.Hyperparameters({"MAX_WALLCLOCK_SECONDS": str(steps + 8), "ITERATIONS": str(10 * steps),
                              "NUM_LOOPS": "0", "GPTQ": "0", **env})  # fmt: skip
     seen = {"momentum": [], "decay": [], "lr": []}
@@ -410,14 +412,14 @@ def schedule_seen_by_train(steps: int, monkeypatch, **env) -> tuple[tg.Hyperpara
         def copy_to(self, model):
             pass
 
-    clock = itertools.count()  # train() reads the clock as it starts, then once a step (agreed_ms)
+    clock = clock or itertools.count()  # train() reads the clock as it starts, then once a step (agreed_ms)
     monkeypatch.setattr(tg.time, "perf_counter", lambda: float(next(clock)))
     monkeypatch.setattr(tg, "TrainLoader", lambda *a: types.SimpleNamespace(close=lambda: None))
     monkeypatch.setattr(tg, "train_step", step)
     monkeypatch.setattr(tg, "EMA", EMA)
     model, opt = nn.Linear(1, 1), torch.optim.SGD([torch.zeros(1)], lr=1.0, momentum=0.5)
     model.looping, opt.param_groups[0]["base_lr"] = False, 1.0
-    tg.train(hp, model, model, [opt], None, "sdpa", 0, 1, 1, torch.device("cpu"), lambda _: None)
+    tg.train(hp, model, model, [opt], None, "sdpa", 0, 1, 1, torch.device("cpu"), lambda _: None, 0.0, step_ms)
     return hp, seen
 
 
@@ -440,6 +442,30 @@ def test_schedules_are_the_flagships_at_its_length_and_keep_their_shape_at_any_o
         assert seen["decay"] == pytest.approx([1 - 0.0035 * tg.FLAGSHIP_STEPS / steps] * steps, abs=1e-5)
         assert seen["lr"][steps // 2] == pytest.approx((1 - 0.5) / 0.85)  # the warmdown, halfway
     assert seen["decay"][0] == pytest.approx(0.9428, abs=1e-4)
+
+
+def test_flagship_plan_gives_the_records_ema_and_momentum_warmup_whatever_the_step_times(monkeypatch):
+    """With compile_warmup's step times projecting the flagship's 4,900 steps, the EMA decays 0.9965 at every
+    step and the momentum warmup ends at step 1,500, however long each step then takes (here: 20 to 300 ms at
+    random, slower as the length grows); the projection weighs each shape's share of the cap by its time."""
+    step_ms = [60.0, 100.0, 150.0]  # 1024, 2048, 3072 tokens (NUM_LOOPS=0: the three lengths)
+    cap_s = tg.FLAGSHIP_STEPS / (0.1 / 60 + 0.6 / 100 + 0.3 / 150) / 1000 + 8  # + GPTQ_RESERVE_SECONDS
+    rng = random.Random(0)
+
+    def clock():
+        t = 0.0
+        while True:
+            yield t
+            t += rng.uniform(0.02, 0.3)
+
+    hp, seen = schedule_seen_by_train(
+        0, monkeypatch, step_ms, clock(), MAX_WALLCLOCK_SECONDS=str(cap_s), ITERATIONS="20000"
+    )
+    assert tg.planned_steps(hp, step_ms, 1000 * (cap_s - 8)) == tg.FLAGSHIP_STEPS
+    assert len(seen["decay"]) > 1500 and seen["decay"] == pytest.approx([0.9965] * len(seen["decay"]), abs=1e-6)
+    warm = next(i for i, m in enumerate(seen["momentum"]) if m == pytest.approx(hp.muon_momentum))
+    assert warm == 1500 and seen["momentum"][warm - 1] < hp.muon_momentum
+    assert tg.planned_steps(hp, None, 1000.0) is None and tg.planned_steps(hp, None, math.inf) == hp.iterations
 
 
 def test_seq_len_schedule():
@@ -530,6 +556,8 @@ def test_ema_closed_form_and_copy_to():
         ({"num_layers": "4"}, ["num_layers is not a setting", "did you mean NUM_LAYERS?"]),  # env names are exact
         ({"RUN_ID": "../escaped"}, ["RUN_ID='../escaped'", "a file name"]),  # its files stay in LOG_DIR
         ({"RUN_ID": "a/b"}, ["RUN_ID='a/b'", "a file name"]),
+        ({"TTT_LORA_TARGETS": "o,up"}, ["TTT_LORA_TARGETS='o,up'", "subset of q,k,v,o,mlp,head"]),
+        ({"TTT_LORA_TARGETS": ""}, ["TTT_LORA_TARGETS=''", "subset of q,k,v,o,mlp,head"]),
     ],
 )
 def test_bad_hyperparameter_message(env, parts):
@@ -551,15 +579,17 @@ def test_default_hyperparameters_are_the_flagship():
         train_seq_len=3072,
         matrix_lr=0.028,  # the final record's (#2135, from #2060)
         ema_horizon_frac=0.05831,  # 0.9965 a step at the flagship's 4,900 (test_schedules_are_the_flagships...)
-        qk_gain_init=5.0,
+        qk_gain_init=5.25,  # #1953's
         rope_dims=16,
         logit_softcap=30.0,
         logit_asym=1,
         muon_wd=0.095,
         grad_clip_norm=0.3,
         eval_seq_len=2560,
-        ttt_context=2560,  # the record's (#2135), with its short-document chunks (#2014) and no LoRA on Q and V
-        ttt_lora_qv=0,
+        ttt_context=2560,  # the record's (#2135), with its short-document chunks (#2014)
+        lora_targets=["o", "mlp", "head"],  # #2130's: no K, Q or V
+        ttt_wd=2.0,
+        ttt_sgd_batch_tokens=32768,
         ttt_lr=8e-5,
         ttt_phases=1,
         ttt_phase_docs=2500,
@@ -703,17 +733,21 @@ def test_num_layers_alone_is_valid_at_every_depth(n):
     assert (explicit.loop_start, explicit.loop_end, explicit.parallel_start_layer) == (1, 2, 5)  # set ones stay
 
 
-def test_ttt_adapters_on_q_and_v_only_with_the_switch():
-    """TTT_LORA_QV=0 (the records'): adapters on K, O, the MLP and the head; =1 adds Q and V, and a non-zero B
-    on Q then changes the output (the switch reaches the forward)."""
-    for qv, keys in ((0, {"k", "o", "mlp", "head"}), (1, {"q", "k", "v", "o", "mlp", "head"})):
-        hp = tiny_hp(TTT_LORA_QV=qv)
+def test_ttt_adapters_are_the_targets_named():
+    """TTT_LORA_TARGETS picks the adapters (the flagship's: O, the MLP and the head, as #2130); a non-zero B on
+    each named one changes the output (the switch reaches the forward); test_bad_hyperparameter_message: a
+    name outside the set is refused."""
+    for targets in ("o,mlp,head", "q,k,v,o,mlp,head", "k"):
+        hp = tiny_hp(TTT_LORA_TARGETS=targets)
         torch.manual_seed(0)
         model, lora = randomize(tg.GPT(hp)), tg.LoRA(hp, 2, len(tg.GPT(hp).virtual_layers()), 0)
-        assert set(lora.A) == set(lora.B) == keys
+        assert set(lora.A) == set(lora.B) == set(targets.split(","))
+        a = lora.A[targets.split(",")[0]]  # drawn as nn.Linear's: uniform within 1/sqrt(fan-in)
+        assert a.abs().max() <= 1 / math.sqrt(a.size(-2)) and a.std() > 0.5 / math.sqrt(3 * a.size(-2))
         x = torch.randint(2, 1024, (2, 16))
         layout = tg.make_layout(x, "sdpa")
-        with torch.no_grad():
-            before = model(x, x, layout, lora)
-            lora.B["k" if not qv else "q"].normal_()
+        for key in targets.split(","):
+            with torch.no_grad():
+                before = model(x, x, layout, lora)
+                lora.B[key].normal_()
             assert not torch.allclose(model(x, x, layout, lora), before)

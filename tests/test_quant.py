@@ -164,7 +164,7 @@ def test_fit_to_budget_spends_the_bytes_where_they_cost_least_output_error(train
     packed = tg.quantize_model(model.state_dict(), hessians, hp, log=lambda _: None)
     hp = tiny_hp(ARTIFACT_MAX_BYTES=int(0.9 * len(tg.serialize(packed, "brotli")[0])))
     lines = []
-    blob, sizes = tg.fit_to_budget(packed, hessians, hp, 0, log=lines.append)
+    blob, sizes = tg.fit_to_budget(packed, model.state_dict(), hessians, hp, 0, log=lines.append)
     assert len(blob) == sum(sizes.values()) <= hp.artifact_max_bytes and lines[-1].startswith("fit_round:")
     fitted = tg.deserialize(blob)
     for f in tg.FIT_LADDER:
@@ -178,6 +178,22 @@ def test_fit_to_budget_spends_the_bytes_where_they_cost_least_output_error(train
 
     assert f > 1 and error(fitted) < error(uniform)
     assert all(before[n].equal(h) for n, h in hessians.items())  # read, never written (they may be shared)
+
+
+def test_lqer_is_refitted_after_the_fit_coarsens_a_tensor(trained):
+    """A coarsened tensor's LQER repair is fitted to its new residual: less error than the factors it had,
+    which were fitted before the grid changed (and a tensor without a repair gets none)."""
+    hp, model, hessians = trained
+    state = model.state_dict()
+    packed = tg.quantize_model(state, hessians, tiny_hp(LQER_TOP_K="1"), log=lambda _: None)
+    name = next(n for n, (_, a, _) in packed.items() if "la" in a)
+    coarse = tg.coarsen(packed[name], tg.FIT_LADDER[8])
+    refit = tg.refit_lqer(coarse, state[name], hp)
+    assert not np.array_equal(refit[1]["la"], coarse[1]["la"]) or not np.array_equal(refit[1]["lb"], coarse[1]["lb"])
+    err = lambda e: float((state[name].float() - tg.dequantize_entry(*e)).norm())
+    assert err(refit) < err(coarse)
+    plain = next(n for n, (k, a, _) in packed.items() if k == "gptq" and "la" not in a)
+    assert "la" not in tg.refit_lqer(tg.coarsen(packed[plain], 1.1), state[plain], hp)[1]
 
 
 def test_row_major_layout_is_not_larger_than_column_major(trained):
