@@ -15,6 +15,9 @@ RESULTS = BENCH / "results"
 CPU_ENV = "PRESET=cpu"  # the README CPU configuration, as a preset
 
 
+NOTEBOOK = "## Lab notebook"  # RESULTS.md from this heading on is written by hand and kept as it is
+
+
 def load(name: str) -> dict | None:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.is_file() else None
@@ -501,8 +504,11 @@ def main() -> None:
     gpu_cmd = g["command"] if g else "python3 bench/gpu_proxy.py --out bench/results/gpu_proxy.json (on the device)"
     lines += section("1×H100 proxy", gpu_cmd, g.get("gpu", "one GPU") if g else "one H100 (device tool)", g, gpu)
     out = BENCH / "RESULTS.md"
+    here = Path(__file__).resolve().parent / "RESULTS.md"  # the committed file holds the notebook
+    old = here.read_text() if here.is_file() else ""
+    kept = old[old.index(NOTEBOOK) :] if NOTEBOOK in old else ""  # the hand-written part, below the tables
     tmp = out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
+    tmp.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
     tmp.replace(out)
 
 
