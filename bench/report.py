@@ -133,8 +133,9 @@ def ablation(d: dict) -> list[str]:
 def hessian_precision(d: dict) -> list[str]:
     """The calibration products' precision: the worst tensor's Hessian error and GPTQ output-error change."""
     w, tokens = d["worst"], d["tensors"][0]["tokens"]
-    out = [f"Worst over {len(d['tensors'])} matrices, {tokens:,} calibration tokens each, against float64:", "",
-           "| products | Hessian relative error | GPTQ output error, largest change either way |", "|---|---|---|"]  # fmt: skip
+    head = "| products | Hessian relative error | GPTQ output error, largest change either way |"
+    out = [f"Worst over {len(d['tensors'])} matrices, {tokens:,} calibration tokens each, against float64:", ""]
+    out += [head, "|---|---|---|"]
     for label in ("fp32", "tf32", "bf16"):
         out.append(f"| {label} | {w[label + '_hessian_rel_err']:.1e} | {w[label + '_gptq_output_err_change']:.4%} |")
     return out
