@@ -1958,7 +1958,7 @@ def sync_gradients(params: list[Tensor], world: int, average: bool = True):
 
 
 def train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device) -> tuple[float, float]:
-    """One optimizer step over the global batch: (mean loss, this rank's gradient norm before clipping)."""
+    """One optimizer step over the global batch: (mean loss, norm of the averaged gradient it applied)."""
     params = list(model.parameters())
     micros = loader.next_batch(seq_len, device)
     total = torch.zeros((), device=device)
@@ -1967,9 +1967,10 @@ def train_step(model, step_model, optimizers, loader, seq_len, backend, hp, worl
             loss = step_model(x, y, make_layout(x, backend, None, hp.doc_attention)).mean()
         (loss / len(micros)).backward()
         total += loss.detach() / len(micros)
-    # each rank clips its own gradient before the average, as R1611 does (the norm logged is rank 0's)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, hp.grad_clip_norm or math.inf)
+    if hp.grad_clip_norm:  # each rank clips its own gradient before the average, as R1611 does
+        torch.nn.utils.clip_grad_norm_(params, hp.grad_clip_norm)
     sync_gradients(params, world)
+    grad_norm = torch.stack(torch._foreach_norm([p.grad for p in params])).norm()
     for opt in optimizers:
         opt.step()
     model.zero_grad(set_to_none=True)
@@ -2100,8 +2101,9 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
     budget_ms = cap_ms - 1000 * hp.gptq_reserve_seconds
     plan = planned_steps(hp, step_ms, budget_ms)
     if plan is not None:
+        decay = ema_decay(hp, 1 / plan) if hp.ema_horizon_frac else 0.0  # (0: no EMA)
         log(f"step_plan projected_steps:{plan} momentum_warmup_steps:{hp.muon_momentum_warmup_frac * plan:.0f} "
-            f"ema_decay:{ema_decay(hp, 1 / plan):.5f}")  # fmt: skip
+            f"ema_decay:{decay:.5f}")  # fmt: skip
     loader = TrainLoader(hp, rank, world, accum)
     ema = EMA(model) if hp.ema_horizon_frac > 0 else None
     step, train_ms, last_ms, seq_len, changed_at = 0, 0.0, 0.0, None, 0

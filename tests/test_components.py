@@ -468,6 +468,26 @@ def test_flagship_plan_gives_the_records_ema_and_momentum_warmup_whatever_the_st
     assert tg.planned_steps(hp, None, 1000.0) is None and tg.planned_steps(hp, None, math.inf) == hp.iterations
 
 
+def test_each_rank_clips_its_own_gradient_before_the_average(monkeypatch):
+    """GRAD_CLIP_NORM bounds the gradient a rank sends into the average (R1611's place for the clip), and the
+    norm train_step returns is the one of the gradient applied."""
+    hp = tiny_hp(GRAD_CLIP_NORM="0.01")
+    torch.manual_seed(0)
+    model, sent = tg.GPT(hp), []
+    x = torch.randint(2, 1024, (2, 16))
+    loader = types.SimpleNamespace(next_batch=lambda seq_len, device: [(x, x)])
+    sync = tg.sync_gradients
+
+    def record_then_sync(params, world):
+        sent.append(torch.stack([p.grad.norm() for p in params if p.grad is not None]).norm().item())
+        sync(params, world)
+
+    monkeypatch.setattr(tg, "sync_gradients", record_then_sync)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    _, norm = tg.train_step(model, model, [opt], loader, 16, "sdpa", hp, 1, torch.device("cpu"))
+    assert sent[0] == pytest.approx(0.01, rel=1e-4) and norm == pytest.approx(0.01, rel=1e-4)
+
+
 def test_seq_len_schedule():
     sched = tg.parse_seq_len_schedule("1024@0.1,2048@0.7,3072@1.0", 2048)
     assert sched == [(1024, 0.1), (2048, 0.7), (3072, 1.0)]

@@ -239,8 +239,15 @@ def test_cli_refuses_a_bad_env_var_with_its_name(small_dataset, tmp_path):
 
 
 def test_two_process_torchrun_matches_one_process_with_accumulation(small_dataset, tmp_path):
-    """Same global batch: 2 gloo ranks x 1 micro-step == 1 process x 2 micro-steps, up to float reduction order."""
-    common = {"ITERATIONS": "4", "EVAL_STRIDE": "0", "TRAIN_BATCH_TOKENS": "1024", "EVAL_DIAGNOSTICS": "1"}
+    """Same global batch: 2 gloo ranks x 1 micro-step == 1 process x 2 micro-steps, up to float reduction order
+    (unclipped: each rank clips its own gradient, as R1611; test_components tests the clip's place)."""
+    common = {
+        "ITERATIONS": "4",
+        "EVAL_STRIDE": "0",
+        "TRAIN_BATCH_TOKENS": "1024",
+        "EVAL_DIAGNOSTICS": "1",
+        "GRAD_CLIP_NORM": "0",
+    }
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     one = run_script({**common, "GRAD_ACCUM_STEPS": "2"}, small_dataset, tmp_path / "one")
