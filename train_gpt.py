@@ -35,43 +35,22 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import zstandard
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-try:  # FlashAttention 3 (Hopper), then 2; both optional
+try:  # FlashAttention 3 (Hopper wheels), optional: without it, flex attention computes the same
     from flash_attn_interface import flash_attn_varlen_func as _flash_varlen
-
-    FLASH_BACKEND = "fa3"
 except ImportError:
-    try:
-        from flash_attn import flash_attn_varlen_func as _flash_varlen
-
-        FLASH_BACKEND = "fa2"
-    except ImportError:
-        _flash_varlen, FLASH_BACKEND = None, None
-try:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-except ImportError:
-    create_block_mask = flex_attention = None
+    _flash_varlen = None
+FLASH_BACKEND = "fa3" if _flash_varlen else None
 
 # -----------------------------------------------------------------------------
 # Hyperparameters: every knob, read once from the environment and checked
 # -----------------------------------------------------------------------------
-# name, type, default, allowed (inclusive (lo, hi) range, or a tuple of choices), meaning
 CASEOPS = "sp8192_lossless_caps_caseops_v1_reserved"  # the flagship's data: data/download.py --variant caseops
 FLAGSHIP_STEPS = 4900  # the flagship's steps in 600 s on 8xH100 (final records: 4,917-4,945): the schedules' yardstick
-HPARAMS = (
-    (
-        "PRESET",
-        str,
-        "flagship",
-        ("flagship", "1gpu", "cpu", "smoke", "naive"),
-        "named defaults; any variable overrides",
-    ),
-    ("DATA_PATH", str, f"./data/datasets/fineweb10B_{CASEOPS}", None, "fineweb_{train,val,val_bytes}_*.bin folder"),
-    ("TOKENIZER_PATH", str, f"./data/tokenizers/fineweb_8192_bpe_{CASEOPS[7:]}.model", None, "SentencePiece model"),
-    ("RUN_ID", str, "", None, "name of the run's log and artifact (default: a fresh uuid)"),
-    ("LOG_DIR", str, "logs", None, "where <RUN_ID>.txt and <RUN_ID>.ptz are written"),
-    ("SEED", int, 1337, (0, 2**31 - 1), "seed of the model init and every random choice"),
-    # model
+# The hyperparameters that shape the model and its maths: the artifact records them (MODEL_HPARAMS), EVAL_ONLY
+# adopts them. Each: name, type, default, allowed (inclusive (lo, hi) range, or a tuple of choices), meaning
+MODEL_SHAPE = (
     ("VOCAB_SIZE", int, 8192, (8, 65536), "vocabulary size; must equal the tokenizer's"),
     ("NUM_LAYERS", int, 11, (1, 64), "physical transformer layers"),
     ("MODEL_DIM", int, 512, (8, 8192), "residual width"),
@@ -79,10 +58,8 @@ HPARAMS = (
     ("NUM_KV_HEADS", int, 4, (1, 128), "key/value heads (GQA); divides NUM_HEADS"),
     ("MLP_MULT", float, 4.0, (0.25, 16.0), "MLP hidden width as a multiple of MODEL_DIM"),
     ("MLP_ACT", str, "leaky_relu2", ("leaky_relu2", "relu2"), "MLP activation: LeakyReLU(0.5)^2 or ReLU^2"),
-    ("TIED_EMBED_INIT_STD", float, 0.005, (0.0, 1.0), "std of the tied embedding's normal init"),
     ("LOGIT_SOFTCAP", float, 30.0, (0.0, 1000.0), "logits = c*tanh(z/c); 0 switches it off"),
     ("LOGIT_ASYM", int, 1, (0, 1), "AsymLogit: learned caps for positive and negative logits, from LOGIT_SOFTCAP"),
-    ("QK_GAIN_INIT", float, 5.25, (0.0, 100.0), "initial learned per-head gain on the normalised queries (#1953)"),
     ("ROPE_BASE", float, 10000.0, (1.0, 1e9), "RoPE base frequency"),
     ("ROPE_DIMS", int, 16, (0, 1024), "leading head dims rotated by RoPE (partial RoPE); the rest carry no position"),
     ("LN_SCALE", int, 1, (0, 1), "scale each sublayer's normed input by 1/sqrt(layer+1)"),
@@ -90,25 +67,31 @@ HPARAMS = (
     ("LOOP_START", int, 3, (0, 63), "first physical layer of the recurrent segment"),
     ("LOOP_END", int, 5, (0, 63), "last physical layer of the recurrent segment (inclusive)"),
     ("NUM_LOOPS", int, 2, (0, 16), "extra passes over the recurrent segment once looping is on (0: none)"),
-    ("ENABLE_LOOPING_AT", float, 0.35, (0.0, 1.0), "training fraction at which the recurrence switches on"),
     ("PARALLEL_START_LAYER", int, 8, (0, 64), "physical layers >= this run attention and MLP on two lanes"),
     ("SKIP_GATES", int, 1, (0, 1), "U-Net skips merged by a learned sigmoid gate (0: plain weighted add)"),
     ("SMEAR_GATE", int, 1, (0, 1), "blend the previous token's embedding in (never across a document start)"),
     ("SPARSE_ATTN_GATE", int, 1, (0, 1), "per-head sigmoid gate on the attention output from a small input window"),
     ("GATE_WINDOW", int, 12, (1, 1024), "input dims read by the SmearGate and the sparse attention gate"),
     ("SPARSE_ATTN_GATE_SCALE", float, 0.5, (0.0, 100.0), "pre-sigmoid scale of the sparse attention gate"),
-    ("LINEAR_INIT", str, "orthogonal", ("orthogonal", "default"), "block matrices' init (default: PyTorch's)"),
     ("DOC_ATTENTION", int, 1, (0, 1), "attention confined to each document (0: causal across documents)"),
-    ("ATTN_BACKEND", str, "auto", ("auto", "fa3", "fa2", "flex", "sdpa"), "document-masked attention kernel"),
+)
+HPARAMS = (
+    ("PRESET", str, "flagship", ("flagship", "1gpu", "cpu", "smoke", "naive"), "named defaults; variables override"),
+    ("DATA_PATH", str, f"./data/datasets/fineweb10B_{CASEOPS}", None, "fineweb_{train,val,val_bytes}_*.bin folder"),
+    ("TOKENIZER_PATH", str, f"./data/tokenizers/fineweb_8192_bpe_{CASEOPS[7:]}.model", None, "SentencePiece model"),
+    ("RUN_ID", str, "", None, "name of the run's log and artifact (default: a fresh uuid)"),
+    ("LOG_DIR", str, "logs", None, "where <RUN_ID>.txt and <RUN_ID>.ptz are written"),
+    ("SEED", int, 1337, (0, 2**31 - 1), "seed of the model init and every random choice"),
+    *MODEL_SHAPE,
+    # the model's initialisation, looping schedule and kernel
+    ("TIED_EMBED_INIT_STD", float, 0.005, (0.0, 1.0), "std of the tied embedding's normal init"),
+    ("QK_GAIN_INIT", float, 5.25, (0.0, 100.0), "initial learned per-head gain on the normalised queries (#1953)"),
+    ("ENABLE_LOOPING_AT", float, 0.35, (0.0, 1.0), "training fraction at which the recurrence switches on"),
+    ("LINEAR_INIT", str, "orthogonal", ("orthogonal", "default"), "block matrices' init (default: PyTorch's)"),
+    ("ATTN_BACKEND", str, "auto", ("auto", "fa3", "flex", "sdpa"), "document-masked attention kernel"),
     # training
     ("TRAIN_SEQ_LEN", int, 3072, (2, 65536), "training sequence length (the last of the schedule)"),
-    (
-        "SEQ_LEN_SCHEDULE",
-        str,
-        "1024@0.1,2048@0.7,3072@1.0",
-        None,
-        "progressive lengths as len@until-fraction; with only TRAIN_SEQ_LEN set: that length throughout",
-    ),  # fmt: skip
+    ("SEQ_LEN_SCHEDULE", str, "1024@0.1,2048@0.7,3072@1.0", None, "len@until-fraction,...; TRAIN_SEQ_LEN alone: fixed"),
     ("SEQ_LEN_WARMUP_STEPS", int, 32, (0, 10**6), "steps of a linear LR ramp after each length change (0: none)"),
     ("TRAIN_BATCH_TOKENS", int, 786432, (2, 2**30), "tokens per optimizer step over all ranks"),
     ("GRAD_ACCUM_STEPS", int, 0, (0, 1024), "micro-steps per optimizer step per rank (0: 8 / world size)"),
@@ -145,13 +128,7 @@ HPARAMS = (
     ("EVAL_SEQ_LEN", int, 2560, (2, 65536), "evaluation window length"),
     ("EVAL_STRIDE", int, 64, (0, 65536), "sliding-window stride inside each document (0: doc-masked chunks only)"),
     ("EVAL_ONLY", str, "", None, "path of an artifact to evaluate without training"),
-    (
-        "EVAL_MAX_SECONDS",
-        float,
-        570.0,
-        (0.0, 1e7),
-        "eval deadline after training stops (600 s less 30); TTT stops adapting and scores the rest plainly in time",
-    ),  # fmt: skip
+    ("EVAL_MAX_SECONDS", float, 570.0, (0.0, 1e7), "eval deadline (600 s less 30): TTT then scores the rest plainly"),
     ("EVAL_DIAGNOSTICS", int, 0, (0, 1), "also score before quantization and the plain round trip (off the score)"),
     ("TTT_ENABLED", int, 1, (0, 1), "score the artifact with score-first LoRA test-time training"),
     ("TTT_BATCH_DOCS", int, 64, (1, 4096), "documents per TTT batch (one adapter set each)"),
@@ -177,13 +154,7 @@ HPARAMS = (
     ("NGRAM_THRESHOLD", float, 0.8, (0.0, 1.0), "share of the context's earlier continuations the hint must hold"),
     ("NGRAM_BOOST", float, 2.625, (0.0, 100.0), "logit boost of the hinted token, before the full softmax"),
     ("EXPORT_SCHEME", str, "gptq", ("gptq", "int8_baseline"), "GPTQ (+LQER, AWQ), or the naive baseline's int8"),
-    (
-        "EXPORT_COMPRESSOR",
-        str,
-        "rans",
-        ("rans", "brotli", "zlib", "zstd", "lzma", "best"),
-        "rans: integer levels by rANS, the rest by brotli; else every stream by that compressor",
-    ),
+    ("EXPORT_COMPRESSOR", str, "rans", ("rans", "brotli", "zlib"), "rans: rANS levels + brotli rest; or one for all"),
     # quantization
     ("GPTQ", int, 1, (0, 1), "GPTQ with calibration Hessians (0: round to nearest)"),
     ("GPTQ_CALIBRATION_BATCHES", int, 32, (1, 10**6), "training batches read for the Hessians (inside the cap)"),
@@ -201,55 +172,48 @@ HPARAMS = (
     ("AWQ_GROUP", int, 0, (0, 4096), "width of the most salient column group kept at int8 (0: off; e.g. 64)"),
     ("ARTIFACT_MAX_BYTES", int, 16_000_000, (1, 10**9), "code + model bytes; over it, the export coarsens grids"),
 )
+MODEL_HPARAMS = tuple(name for name, *_ in MODEL_SHAPE)
 
 
-# The offline sample's datasets (python3 data/prepare.py builds both from ../shared/data): CaseOps sp8192 as the
-# flagship's, and sp1024 for the naive baseline and the smoke preset
+def _settings(spec: str) -> dict:
+    """'NAME=value NAME=value' -> {"NAME": "value", ...}: a preset's settings, as the environment would give them."""
+    return dict(item.split("=", 1) for item in spec.split())
+
+
+# The offline sample (data/prepare.py builds it from ../shared/data): CaseOps sp8192, the flagship's, and sp1024
 CPU_SAMPLE, SP1024_SAMPLE = "./data/datasets/sample_caseops_sp8192", "./data/datasets/sample_sp1024"
-SP1024 = {"DATA_PATH": SP1024_SAMPLE, "TOKENIZER_PATH": f"{SP1024_SAMPLE}/tokenizer.model", "VOCAB_SIZE": "1024"}
-# The flagship's techniques at 4 x 128 on the offline sample, 300 s of training on 2 cores, compiled by inductor
-# (COMPILE=2, in the warmup: 1.4x the eager steps) with bf16 matmuls (CPU_BF16: AMX). Left out, as not paying in 300
-# CPU seconds: recurrence, lanes, the MLP's 4x, partial RoPE, int6 (no budget binds 1.6M parameters), the
-# flagship's warmdown, and the logit cap (LOGIT_SOFTCAP=0: its tanh over 8,192 logits took 237 of a 518 ms step).
-# The 150 s trials behind each choice: README.md, "Results"; bench/proxy_cpu.py measures it against PRESET=naive.
-CPU = {
-    "DATA_PATH": CPU_SAMPLE, "TOKENIZER_PATH": f"{CPU_SAMPLE}/tokenizer.model", "VOCAB_SIZE": "8192",
-    "NUM_LAYERS": "4", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "ROPE_DIMS": "32", "MLP_MULT": "2",
-    "NUM_LOOPS": "0", "LOOP_START": "1", "LOOP_END": "2", "PARALLEL_START_LAYER": "4", "XSA_LAST_N": "4",
-    "TRAIN_SEQ_LEN": "256", "TRAIN_BATCH_TOKENS": "4096", "GRAD_ACCUM_STEPS": "1", "COMPILE": "2", "CPU_BF16": "1",
-    "WARMUP_STEPS": "2", "MAX_WALLCLOCK_SECONDS": "300", "WARMDOWN_FRAC": "0.44", "MIN_LR": "0", "LOGIT_SOFTCAP": "0",
-    "GPTQ_RESERVE_SECONDS": "10", "TRAIN_LOG_EVERY": "25", "ATTN_BITS": "8", "MLP_BITS": "8", "EMBED_BITS": "8",
-    "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "64", "VAL_BATCH_SIZE": "32768", "TTT_CONTEXT": "256",
-    "TTT_BATCH_DOCS": "16", "TTT_PHASE_DOCS": "80", "TTT_SGD_BATCH_TOKENS": "4096",
-    # the TTT the yardstick measured, before the flagship's changed
-    "TTT_SHORT_CHUNKS": "", "TTT_LORA_TARGETS": "q,k,v,o,mlp,head", "TTT_WD": "0.5",
-}  # fmt: skip
-NAIVE = {  # the naive baseline as switches, at the CPU recipe of issue 21 (4 x 128, 16,384 tokens a step, 300 s)
-    **SP1024, "NUM_LAYERS": "4", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "ROPE_DIMS": "32",
-    "PARALLEL_START_LAYER": "4", "TRAIN_BATCH_TOKENS": "16384", "GRAD_ACCUM_STEPS": "8", "EVAL_STRIDE": "0",
-    "LINEAR_INIT": "default", "DOC_ATTENTION": "0", "EXPORT_SCHEME": "int8_baseline", "MIN_LR": "0",
-    "COMPILE": "1", "WARMUP_STEPS": "0", "CPU_BF16": "0",  # eager float32, as the anchor ran (342 steps in 300 s)
-    # its 500-step momentum warmup and 150-step warmdown (the repository's train_gpt.py; the 03-17 record ran 1,200,
-    # which here never leaves 29% of the peak LR: 2.311 BPB at 342 steps, 2.230 with 150), as shares of 342 steps
-    "MUON_MOMENTUM_WARMUP_FRAC": "1.46", "WARMDOWN_FRAC": "0.44", "LOGIT_SOFTCAP": "30",
-    "SKIP_GATES": "0", "QK_GAIN_INIT": "1.5", "MLP_ACT": "relu2", "MLP_MULT": "2", "LN_SCALE": "0",
-    "XSA_LAST_N": "0", "SMEAR_GATE": "0", "SPARSE_ATTN_GATE": "0", "NUM_LOOPS": "0", "LOGIT_ASYM": "0",
-    "MUON_NS": "quintic", "MUON_ROW_NORM": "0", "MUON_WD": "0", "EMBED_WD": "0", "SCALAR_WD": "0",
-    "MATRIX_LR": "0.04", "SCALAR_LR": "0.04", "TIED_EMBED_LR": "0.05", "MUON_MOMENTUM": "0.95",
-    "MUON_MOMENTUM_WARMUP_START": "0.85", "BETA2": "0.95", "GRAD_CLIP_NORM": "0", "EMA_HORIZON_FRAC": "0",
-    "GPTQ": "0", "GPTQ_RESERVE_SECONDS": "0", "LQER_TOP_K": "0", "AWQ_GROUP": "0", "NGRAM_TILT": "0",
-    "EXPORT_COMPRESSOR": "zlib", "TTT_ENABLED": "0",
-}  # fmt: skip
-PRESETS = {
-    "flagship": {},  # the defaults: 8xH100
-    "1gpu": {"GRAD_ACCUM_STEPS": "8", "MAX_WALLCLOCK_SECONDS": "4800", "EVAL_MAX_SECONDS": "4560"},  # 8 GPUs' work
-    "cpu": CPU,
-    "smoke": {**CPU, **SP1024, "CPU_BF16": "0", "LOGIT_SOFTCAP": "30",  # the fast sample, float32, the flagship's cap
-              "MODEL_DIM": "64", "NUM_LOOPS": "2", "PARALLEL_START_LAYER": "3", "ROPE_DIMS": "8",
-              "MAX_WALLCLOCK_SECONDS": "10", "GPTQ_RESERVE_SECONDS": "1", "COMPILE": "1", "WARMUP_STEPS": "0",
-              "GPTQ_CALIBRATION_BATCHES": "4", "TRAIN_LOG_EVERY": "10", "EVAL_STRIDE": "0", "TTT_ENABLED": "0"},
-    "naive": {**CPU, **NAIVE},
-}  # fmt: skip
+SP1024 = f"DATA_PATH={SP1024_SAMPLE} TOKENIZER_PATH={SP1024_SAMPLE}/tokenizer.model VOCAB_SIZE=1024 "
+# The flagship's techniques at 4 x 128 on the sample: 300 s on 2 cores, inductor (COMPILE=2) and bf16 (AMX). Left out
+# as not paying in 300 CPU seconds: recurrence, lanes, the 4x MLP, partial RoPE, int6, the flagship's warmdown and the
+# logit cap (its tanh over 8,192 logits took 237 of a 518 ms step). Trials: bench/RESULTS.md, bench/proxy_cpu.py.
+CPU = _settings(
+    f"DATA_PATH={CPU_SAMPLE} TOKENIZER_PATH={CPU_SAMPLE}/tokenizer.model VOCAB_SIZE=8192 NUM_LAYERS=4 MODEL_DIM=128 "
+    "NUM_HEADS=4 NUM_KV_HEADS=2 ROPE_DIMS=32 MLP_MULT=2 NUM_LOOPS=0 LOOP_START=1 LOOP_END=2 PARALLEL_START_LAYER=4 "
+    "XSA_LAST_N=4 TRAIN_SEQ_LEN=256 TRAIN_BATCH_TOKENS=4096 GRAD_ACCUM_STEPS=1 COMPILE=2 CPU_BF16=1 WARMUP_STEPS=2 "
+    "MAX_WALLCLOCK_SECONDS=300 WARMDOWN_FRAC=0.44 MIN_LR=0 LOGIT_SOFTCAP=0 GPTQ_RESERVE_SECONDS=10 TRAIN_LOG_EVERY=25 "
+    "ATTN_BITS=8 MLP_BITS=8 EMBED_BITS=8 EVAL_SEQ_LEN=256 EVAL_STRIDE=64 VAL_BATCH_SIZE=32768 TTT_CONTEXT=256 "
+    "TTT_BATCH_DOCS=16 TTT_PHASE_DOCS=80 TTT_SGD_BATCH_TOKENS=4096 "
+    "TTT_SHORT_CHUNKS= TTT_LORA_TARGETS=q,k,v,o,mlp,head TTT_WD=0.5"  # the TTT the yardstick measured (before #2130)
+)
+NAIVE = _settings(  # the naive baseline as switches, at the CPU recipe of issue 21 (4 x 128, 16,384 tokens a step)
+    SP1024 + "NUM_LAYERS=4 MODEL_DIM=128 NUM_HEADS=4 NUM_KV_HEADS=2 ROPE_DIMS=32 PARALLEL_START_LAYER=4 "
+    "TRAIN_BATCH_TOKENS=16384 GRAD_ACCUM_STEPS=8 EVAL_STRIDE=0 LINEAR_INIT=default DOC_ATTENTION=0 MIN_LR=0 "
+    "EXPORT_SCHEME=int8_baseline COMPILE=1 WARMUP_STEPS=0 CPU_BF16=0 "  # eager float32, as the anchor ran (342 steps)
+    # its 500-step momentum warmup and 150-step warmdown as shares of 342 steps (the 03-17 record's 1,200 would never
+    # leave 29% of the peak LR here: 2.311 BPB against 2.230)
+    "MUON_MOMENTUM_WARMUP_FRAC=1.46 WARMDOWN_FRAC=0.44 LOGIT_SOFTCAP=30 SKIP_GATES=0 QK_GAIN_INIT=1.5 MLP_ACT=relu2 "
+    "MLP_MULT=2 LN_SCALE=0 XSA_LAST_N=0 SMEAR_GATE=0 SPARSE_ATTN_GATE=0 NUM_LOOPS=0 LOGIT_ASYM=0 MUON_NS=quintic "
+    "MUON_ROW_NORM=0 MUON_WD=0 EMBED_WD=0 SCALAR_WD=0 MATRIX_LR=0.04 SCALAR_LR=0.04 TIED_EMBED_LR=0.05 "
+    "MUON_MOMENTUM=0.95 MUON_MOMENTUM_WARMUP_START=0.85 BETA2=0.95 GRAD_CLIP_NORM=0 EMA_HORIZON_FRAC=0 GPTQ=0 "
+    "GPTQ_RESERVE_SECONDS=0 LQER_TOP_K=0 AWQ_GROUP=0 NGRAM_TILT=0 EXPORT_COMPRESSOR=zlib TTT_ENABLED=0"
+)
+SMOKE = _settings(  # the fast sample in float32, with the flagship's logit cap
+    SP1024 + "CPU_BF16=0 LOGIT_SOFTCAP=30 MODEL_DIM=64 NUM_LOOPS=2 PARALLEL_START_LAYER=3 ROPE_DIMS=8 COMPILE=1 "
+    "MAX_WALLCLOCK_SECONDS=10 GPTQ_RESERVE_SECONDS=1 WARMUP_STEPS=0 GPTQ_CALIBRATION_BATCHES=4 TRAIN_LOG_EVERY=10 "
+    "EVAL_STRIDE=0 TTT_ENABLED=0"
+)
+ONE_GPU = _settings("GRAD_ACCUM_STEPS=8 MAX_WALLCLOCK_SECONDS=4800 EVAL_MAX_SECONDS=4560")  # 8 GPUs' work on one
+PRESETS = {"flagship": {}, "1gpu": ONE_GPU, "cpu": CPU, "smoke": {**CPU, **SMOKE}, "naive": {**CPU, **NAIVE}}
 
 
 class HyperparameterError(ValueError):
@@ -276,15 +240,18 @@ OUR_PREFIXES = tuple({name.split("_")[0] + "_" for name, *_ in HPARAMS if "_" in
 
 
 def refuse_unknown_names(env) -> None:
-    """A variable that looks like one of ours but is not (our prefix, or a near-spelling of a knob) is an error:
-    a misspelt knob would otherwise be ignored and an ablation silently run the wrong configuration."""
+    """A misspelt knob (our prefix, a near-spelling, another case) is an error: ignored, it would run another setup."""
     names = [name for name, *_ in HPARAMS]
     for key in sorted(set(env) - set(names)):
-        if key.upper() in names:  # env names are case-sensitive: num_layers would be ignored
-            raise HyperparameterError(f"{key} is not a setting of train_gpt.py; did you mean {key.upper()}?")
-        close = difflib.get_close_matches(key, names, n=1, cutoff=0.85 if not key.startswith(OUR_PREFIXES) else 0)
+        cutoff = 0 if key.startswith(OUR_PREFIXES) else 0.85
+        close = [key.upper()] if key.upper() in names else difflib.get_close_matches(key, names, 1, cutoff)
         if close:
             raise HyperparameterError(f"{key} is not a setting of train_gpt.py; did you mean {close[0]}?")
+
+
+def require(ok, error: str) -> None:
+    if not ok:
+        raise HyperparameterError(error)
 
 
 class Hyperparameters:
@@ -296,81 +263,64 @@ class Hyperparameters:
         self.overrides = {name for name, *_ in HPARAMS if name in env}  # set by the user, not by a preset
         env = {**PRESETS[_parse("PRESET", str, env.get("PRESET", "flagship"), HPARAMS[0][3])], **env}
         for name, typ, default, allowed, _ in HPARAMS:
-            raw = env.get(name)
-            setattr(self, name.lower(), default if raw is None else _parse(name, typ, raw, allowed))
+            setattr(self, name.lower(), _parse(name, typ, env[name], allowed) if name in env else default)
         self.run_id = self.run_id or uuid.uuid4().hex[:12]
-        if not self.run_id.replace("-", "").replace("_", "").replace(".", "").isalnum() or self.run_id[0] == ".":
-            raise HyperparameterError(f"RUN_ID={self.run_id!r}: expected a file name of letters, digits, '-', '_' "
-                                      "and '.' (the run's files go in LOG_DIR, nowhere else)")  # fmt: skip
+        name_ok = self.run_id.replace("-", "").replace("_", "").replace(".", "").isalnum() and self.run_id[0] != "."
+        error = "a file name of letters, digits, '-', '_' and '.' (the run's files go in LOG_DIR, nowhere else)"
+        require(name_ok, f"RUN_ID={self.run_id!r}: expected {error}")
         if "TRAIN_SEQ_LEN" in env and "SEQ_LEN_SCHEDULE" not in env:  # the default schedule is the flagship's
             self.seq_len_schedule = ""
-        for name, elevenths in DEPTH_RELATIVE.items():  # at another depth, the flagship's places scale with it
-            if "NUM_LAYERS" in env and name not in env:
-                setattr(self, name.lower(), self.num_layers * elevenths // 11)
-        if "NUM_LAYERS" in env and "PARALLEL_START_LAYER" not in env:
-            self.parallel_start_layer = max(self.parallel_start_layer, self.loop_end + 1)
+        if "NUM_LAYERS" in env:  # at another depth, the flagship's places scale with it
+            for name in DEPTH_RELATIVE.keys() - env.keys():
+                setattr(self, name.lower(), self.num_layers * DEPTH_RELATIVE[name] // 11)
+            if "PARALLEL_START_LAYER" not in env:
+                self.parallel_start_layer = max(self.parallel_start_layer, self.loop_end + 1)
         self.seq_len_schedule_parsed = parse_seq_len_schedule(self.seq_len_schedule, self.train_seq_len)
         self.ttt_short_chunks_parsed = parse_short_chunks(self.ttt_short_chunks)
-
-        def need(ok, what):
-            if not ok:
-                raise HyperparameterError(what)
-
-        need(self.model_dim % self.num_heads == 0, f"MODEL_DIM={self.model_dim} must be divisible by NUM_HEADS")
-        need(self.num_heads % self.num_kv_heads == 0, f"NUM_HEADS={self.num_heads} must be a multiple of NUM_KV_HEADS")
-        hd = self.model_dim // self.num_heads
-        need(self.rope_dims % 2 == 0 and self.rope_dims <= hd, f"ROPE_DIMS={self.rope_dims}: expected even, <= {hd}")
-        need(self.gate_window <= self.model_dim, f"GATE_WINDOW={self.gate_window}: expected <= MODEL_DIM")
-        need(self.eval_stride <= self.eval_seq_len, f"EVAL_STRIDE={self.eval_stride} must be <= EVAL_SEQ_LEN="
-             f"{self.eval_seq_len}: a window can score only its own tokens (the rest would go unscored)")  # fmt: skip
         self.lora_targets = [t.strip() for t in self.ttt_lora_targets.split(",") if t.strip()]
-        need(self.lora_targets and set(self.lora_targets) <= set(LORA_DIMS), f"TTT_LORA_TARGETS="
-             f"{self.ttt_lora_targets!r}: expected a comma-separated subset of {','.join(LORA_DIMS)}")  # fmt: skip
+        hd = self.model_dim // self.num_heads
         chunk = max([self.ttt_chunk] + [c for _, c in self.ttt_short_chunks_parsed])
-        need(chunk <= self.ttt_context, f"TTT chunk {chunk} (TTT_CHUNK, TTT_SHORT_CHUNKS) must be <= TTT_CONTEXT="
-             f"{self.ttt_context}: a chunk is scored with its own tokens as context")  # fmt: skip
-        if self.num_loops:
-            loops = f"LOOP_START={self.loop_start}, LOOP_END={self.loop_end}"
-            need(self.loop_start <= self.loop_end < self.num_layers, f"{loops}: expected start <= end < NUM_LAYERS")
-            need(self.parallel_start_layer > self.loop_end,
-                 f"PARALLEL_START_LAYER={self.parallel_start_layer}: expected > LOOP_END={self.loop_end}")  # fmt: skip
+        require(self.model_dim % self.num_heads == 0, f"MODEL_DIM={self.model_dim} must be divisible by NUM_HEADS")
+        error = f"NUM_HEADS={self.num_heads} must be a multiple of NUM_KV_HEADS"
+        require(self.num_heads % self.num_kv_heads == 0, error)
+        require(self.rope_dims % 2 == 0 and self.rope_dims <= hd, f"ROPE_DIMS={self.rope_dims}: expected even, <= {hd}")
+        require(self.gate_window <= self.model_dim, f"GATE_WINDOW={self.gate_window}: expected <= MODEL_DIM")
+        error = f"EVAL_STRIDE={self.eval_stride} must be <= EVAL_SEQ_LEN={self.eval_seq_len}: a window can score"
+        require(self.eval_stride <= self.eval_seq_len, f"{error} only its own tokens (the rest would go unscored)")
+        error = f"TTT_LORA_TARGETS={self.ttt_lora_targets!r}: expected a comma-separated subset of"
+        require(self.lora_targets and set(self.lora_targets) <= set(LORA_DIMS), f"{error} {','.join(LORA_DIMS)}")
+        error = f"TTT chunk {chunk} (TTT_CHUNK, TTT_SHORT_CHUNKS) must be <= TTT_CONTEXT={self.ttt_context}: a chunk"
+        require(chunk <= self.ttt_context, f"{error} is scored with its own tokens as context")
+        loops = f"LOOP_START={self.loop_start}, LOOP_END={self.loop_end}: expected start <= end < NUM_LAYERS"
+        require(not self.num_loops or self.loop_start <= self.loop_end < self.num_layers, loops)
+        error = f"PARALLEL_START_LAYER={self.parallel_start_layer}: expected > LOOP_END={self.loop_end}"
+        require(not self.num_loops or self.parallel_start_layer > self.loop_end, error)
 
     def adopt(self, trained: dict, source: str):
-        """The model-shaping values an artifact was trained with (MODEL_HPARAMS), in place of the defaults and the
+        """The model-shaping values an artifact was trained with (MODEL_HPARAMS) replace the defaults and the
         preset's; a value the user set that differs is refused: the weights would load into another model."""
+        expected = f"expected those this train_gpt.py shapes its model with: {', '.join(MODEL_HPARAMS)}"
         if set(trained) != set(MODEL_HPARAMS):
-            raise ArtifactError(f"{source}: records hyperparameters {sorted(trained)}, expected those this "
-                                f"train_gpt.py shapes its model with: {', '.join(MODEL_HPARAMS)}")  # fmt: skip
-        conflicts = [f"{n}={getattr(self, n.lower())} (artifact: {v})" for n, v in trained.items()
-                     if n in self.overrides and getattr(self, n.lower()) != v]  # fmt: skip
-        if conflicts:
-            raise HyperparameterError(f"EVAL_ONLY={source} was trained with other values of {', '.join(conflicts)}; "
-                                      "expected those unset or equal to the artifact's")  # fmt: skip
+            raise ArtifactError(f"{source}: records hyperparameters {sorted(trained)}, {expected}")
+        mine = {name: getattr(self, name.lower()) for name in trained if name in self.overrides}
+        conflicts = ", ".join(f"{n}={v} (artifact: {trained[n]})" for n, v in mine.items() if v != trained[n])
+        error = f"EVAL_ONLY={source} was trained with other values of {conflicts}"
+        require(not conflicts, f"{error}; expected those unset or equal to the artifact's")
         for name, value in trained.items():
             setattr(self, name.lower(), value)
-
-
-# The hyperparameters that shape the model and its maths: the artifact records them, and EVAL_ONLY takes them
-MODEL_HPARAMS = ("VOCAB_SIZE", "NUM_LAYERS", "MODEL_DIM", "NUM_HEADS", "NUM_KV_HEADS", "MLP_MULT", "MLP_ACT",
-                 "LOGIT_SOFTCAP", "LOGIT_ASYM", "ROPE_BASE", "ROPE_DIMS", "LN_SCALE", "XSA_LAST_N", "LOOP_START",
-                 "LOOP_END", "NUM_LOOPS", "PARALLEL_START_LAYER", "SKIP_GATES", "SMEAR_GATE", "SPARSE_ATTN_GATE",
-                 "GATE_WINDOW", "SPARSE_ATTN_GATE_SCALE", "DOC_ATTENTION")  # fmt: skip
 
 
 def parse_seq_len_schedule(spec: str, default_len: int) -> list[tuple[int, float]]:
     """'1024@0.1,2048@1.0' -> [(1024, 0.1), (2048, 1.0)]: each length is used until its training fraction."""
     if not spec.strip():
         return [(default_len, 1.0)]
-    out = []
-    for part in spec.split(","):
-        try:
-            length, until = part.split("@")
-            out.append((int(length), float(until)))
-        except ValueError:
-            raise HyperparameterError(f"SEQ_LEN_SCHEDULE={spec!r}: expected len@fraction,... e.g. 1024@0.1") from None
+    try:
+        out = [(int(length), float(until)) for length, until in (part.split("@") for part in spec.split(","))]
+    except ValueError:
+        raise HyperparameterError(f"SEQ_LEN_SCHEDULE={spec!r}: expected len@fraction,... e.g. 1024@0.1") from None
     fracs = [u for _, u in out]
-    if fracs != sorted(fracs) or fracs[-1] != 1.0 or min(length for length, _ in out) < 2:
-        raise HyperparameterError(f"SEQ_LEN_SCHEDULE={spec!r}: fractions must increase and end at 1.0, lengths >= 2")
+    ok = fracs == sorted(fracs) and fracs[-1] == 1.0 and min(length for length, _ in out) >= 2
+    require(ok, f"SEQ_LEN_SCHEDULE={spec!r}: fractions must increase and end at 1.0, lengths >= 2")
     return out
 
 
@@ -380,8 +330,8 @@ def parse_short_chunks(spec: str) -> list[tuple[int, int]]:
         out = [tuple(int(v) for v in part.split(":")) for part in spec.split(",") if part.strip()]
     except ValueError:
         out = [()]
-    if any(len(o) != 2 or min(o) < 1 for o in out) or [b for b, _ in out] != sorted(b for b, _ in out):
-        raise HyperparameterError(f"TTT_SHORT_CHUNKS={spec!r}: expected below:chunk,... with increasing bounds")
+    ok = all(len(o) == 2 and min(o) >= 1 for o in out) and [b for b, _ in out] == sorted(b for b, _ in out)
+    require(ok, f"TTT_SHORT_CHUNKS={spec!r}: expected below:chunk,... with increasing bounds")
     return out
 
 
