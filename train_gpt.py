@@ -12,7 +12,6 @@ import glob
 import hashlib
 import io
 import json
-import lzma
 import math
 import os
 import queue
@@ -33,7 +32,6 @@ import sentencepiece as spm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import zstandard
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -153,7 +151,7 @@ HPARAMS = (
     ("NGRAM_ORDER", int, 16, (1, 1024), "tokens of context the tilt's n-grams match"),
     ("NGRAM_THRESHOLD", float, 0.8, (0.0, 1.0), "share of the context's earlier continuations the hint must hold"),
     ("NGRAM_BOOST", float, 2.625, (0.0, 100.0), "logit boost of the hinted token, before the full softmax"),
-    ("EXPORT_SCHEME", str, "gptq", ("gptq", "int8_baseline"), "GPTQ (+LQER, AWQ), or the naive baseline's int8"),
+    ("EXPORT_SCHEME", str, "gptq", ("gptq", "int8_baseline"), "GPTQ (+LQER), or the naive baseline's int8"),
     ("EXPORT_COMPRESSOR", str, "rans", ("rans", "brotli", "zlib"), "rans: rANS levels + brotli rest; or one for all"),
     # quantization
     ("GPTQ", int, 1, (0, 1), "GPTQ with calibration Hessians (0: round to nearest)"),
@@ -169,7 +167,6 @@ HPARAMS = (
     ("LQER_TOP_K", int, 3, (0, 10**4), "tensors with the largest quantization error that get a low-rank repair"),
     ("LQER_RANK", int, 4, (1, 64), "rank of the LQER repair"),
     ("LQER_GROUP", int, 32, (1, 4096), "columns of the LQER factor B per fp16 scale (#2060's 32; was 64)"),
-    ("AWQ_GROUP", int, 0, (0, 4096), "width of the most salient column group kept at int8 (0: off; e.g. 64)"),
     ("ARTIFACT_MAX_BYTES", int, 16_000_000, (1, 10**9), "code + model bytes; over it, the export coarsens grids"),
 )
 MODEL_HPARAMS = tuple(name for name, *_ in MODEL_SHAPE)
@@ -205,7 +202,7 @@ NAIVE = _settings(  # the naive baseline as switches, at the CPU recipe of issue
     "MLP_MULT=2 LN_SCALE=0 XSA_LAST_N=0 SMEAR_GATE=0 SPARSE_ATTN_GATE=0 NUM_LOOPS=0 LOGIT_ASYM=0 MUON_NS=quintic "
     "MUON_ROW_NORM=0 MUON_WD=0 EMBED_WD=0 SCALAR_WD=0 MATRIX_LR=0.04 SCALAR_LR=0.04 TIED_EMBED_LR=0.05 "
     "MUON_MOMENTUM=0.95 MUON_MOMENTUM_WARMUP_START=0.85 BETA2=0.95 GRAD_CLIP_NORM=0 EMA_HORIZON_FRAC=0 GPTQ=0 "
-    "GPTQ_RESERVE_SECONDS=0 LQER_TOP_K=0 AWQ_GROUP=0 NGRAM_TILT=0 EXPORT_COMPRESSOR=zlib TTT_ENABLED=0"
+    "GPTQ_RESERVE_SECONDS=0 LQER_TOP_K=0 NGRAM_TILT=0 EXPORT_COMPRESSOR=zlib TTT_ENABLED=0"
 )
 SMOKE = _settings(  # the fast sample in float32, with the flagship's logit cap
     SP1024 + "CPU_BF16=0 LOGIT_SOFTCAP=30 MODEL_DIM=64 NUM_LOOPS=2 PARALLEL_START_LAYER=3 ROPE_DIMS=8 COMPILE=1 "
