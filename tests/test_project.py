@@ -50,3 +50,14 @@ def test_readme_lists_every_environment_variable():
         shown = re.escape(f"`{default}`" if default != "" else "(empty)")
         row = rf"^\| `{name}` \| {shown} \| .+ \| {re.escape(meaning.replace('|', '/'))} \|$"
         assert re.search(row, readme, re.M), name
+
+
+def test_the_packed_program_keeps_every_knob_but_not_its_meaning():
+    """tools/pack.py drops documentation only: the knob tables keep names, types, defaults and ranges."""
+    import train_gpt as tg
+    from tools import pack
+
+    packed = {}
+    exec(compile(pack.stripped((ROOT / "train_gpt.py").read_text()), "train_gpt.py", "exec"), packed)
+    assert [row[:4] for row in packed["HPARAMS"]] == [row[:4] for row in tg.HPARAMS]
+    assert {row[4] for row in packed["HPARAMS"]} == {""} and packed["MODEL_HPARAMS"] == tg.MODEL_HPARAMS

@@ -1,7 +1,7 @@
 """Writes a self-extracting train_gpt.py: the counted code is the file that runs, so ship it small.
 
-The readable source loses its comments and docstrings (an AST round trip, so the program is the same),
-is compressed with raw LZMA2, base85-encoded, and wrapped in a two-line stub that decompresses and
+The readable source loses its comments, docstrings and the knobs' meanings (an AST round trip, so the
+program is the same; tools/env_table.py reads the meanings from the source), is compressed with raw LZMA2, base85-encoded, and wrapped in a two-line stub that decompresses and
 executes it under the stub's own name. The packed script behaves like the readable one and, reading
 `__file__`, reports its own (packed) size as the code bytes.
 
@@ -26,6 +26,9 @@ STUB = (
 )
 
 
+KNOB_TABLES = {"MODEL_SHAPE", "HPARAMS"}  # train_gpt.py's rows of (name, type, default, allowed, meaning)
+
+
 def strip_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
@@ -35,8 +38,23 @@ def strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def blank_meanings(tree: ast.Module) -> ast.Module:
+    """Each knob's meaning becomes '': documentation only, read by tools/env_table.py from the readable file."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) in KNOB_TABLES for t in node.targets):
+            for row in node.value.elts:
+                if isinstance(row, ast.Tuple):
+                    row.elts[-1] = ast.Constant("")
+    return tree
+
+
+def stripped(source: str) -> str:
+    """The program as it is packed: no comments, docstrings or knob meanings."""
+    return ast.unparse(blank_meanings(strip_docstrings(ast.parse(source))))
+
+
 def pack(source: str) -> str:
-    code = ast.unparse(strip_docstrings(ast.parse(source)))
+    code = stripped(source)
     blob = base64.b85encode(lzma.compress(code.encode(), format=lzma.FORMAT_RAW, filters=FILTERS)).decode()
     return STUB.format(blob=blob)
 
