@@ -1,9 +1,10 @@
 """Writes a self-extracting train_gpt.py: the counted code is the file that runs, so ship it small.
 
 The readable source loses its comments, docstrings and the knobs' meanings (an AST round trip, so the
-program is the same; tools/env_table.py reads the meanings from the source), is compressed with raw LZMA2, base85-encoded, and wrapped in a two-line stub that decompresses and
-executes it under the stub's own name. The packed script behaves like the readable one and, reading
-`__file__`, reports its own (packed) size as the code bytes.
+program is the same; tools/env_table.py reads the meanings from the source), is compressed with raw LZMA2,
+base85-encoded, and wrapped in a two-line stub that decompresses and executes it under the stub's own name.
+The packed script behaves like the readable one and, reading `__file__`, reports its own (packed) size as the
+code bytes.
 
     python3 tools/pack.py train_gpt.py -o records/.../train_gpt.py
 """
