@@ -171,7 +171,6 @@ HPARAMS = (
 )
 MODEL_HPARAMS = tuple(name for name, *_ in MODEL_SHAPE)
 
-
 _settings = lambda spec: dict(item.split("=", 1) for item in spec.split())  # "A=1 B=x" -> {"A": "1", "B": "x"}
 # The offline sample (data/prepare.py builds it from ../shared/data): CaseOps sp8192, the flagship's, and sp1024
 CPU_SAMPLE, SP1024_SAMPLE = "./data/datasets/sample_caseops_sp8192", "./data/datasets/sample_sp1024"
