@@ -530,32 +530,28 @@ class TrainLoader:
 # -----------------------------------------------------------------------------
 @dataclass
 class DocLayout:
-    """Where attention segments begin in a [B, T] batch: at every BOS, at position 0 and wherever the caller
-    packs a new segment. Built once per batch, outside the compiled model."""
+    """Where attention segments begin in a [B, T] batch, in the backend's form; built outside the compiled model."""
 
     starts: Tensor  # bool [B, T]
     backend: str
-    cu_seqlens: Tensor | None = None  # int32, for the varlen flash kernels
+    cu_seqlens: Tensor | None = None  # int32, for FlashAttention 3's varlen kernel
     block_mask: object = None  # for flex attention
     mask: Tensor | None = None  # bool [B, 1, T, T], for SDPA
 
 
 def pick_backend(requested: str, device: torch.device) -> str:
-    if requested != "auto":
-        if requested in ("fa3", "fa2") and requested != FLASH_BACKEND:
-            raise HyperparameterError(f"ATTN_BACKEND={requested}: that FlashAttention is not installed")
-        if requested == "flex" and flex_attention is None:
-            raise HyperparameterError("ATTN_BACKEND=flex: this torch has no flex attention")
-        return requested
-    if device.type == "cuda":
-        return FLASH_BACKEND or ("flex" if flex_attention is not None else "sdpa")
-    return "sdpa"
+    if requested == "auto" and device.type == "cuda":
+        requested = "fa3" if FLASH_BACKEND == "fa3" else "flex" if flex_attention is not None else "sdpa"
+    if requested == "fa3" and FLASH_BACKEND != "fa3":
+        raise HyperparameterError("ATTN_BACKEND=fa3: FlashAttention 3 (flash_attn_interface) is not installed")
+    if requested == "flex" and flex_attention is None:
+        raise HyperparameterError("ATTN_BACKEND=flex: this torch has no flex attention")
+    return "sdpa" if requested == "auto" else requested
 
 
 def varlen_room(B: int, T: int, n_segments: int = 0) -> int:
-    """Segments cu_seqlens has room for, the rest zero-length at the end: one length per micro-batch shape, since the
-    model is compiled with dynamic=False and a recompile costs about 70 s. B + B*T/256 holds documents averaging
-    >= 256 tokens (the sample's 48 x 2048 micro-batches hold 70-171 segments, room 432); more take a multiple."""
+    """Segments cu_seqlens has room for (the rest zero-length): one length per shape, as a recompile costs ~70 s.
+    B + B*T/256 holds documents averaging >= 256 tokens (the sample's 48 x 2048 hold 70-171, room 432)."""
     room = B + B * T // 256
     return room * max(1, -(-n_segments // room))
 
@@ -569,10 +565,9 @@ def make_layout(tokens: Tensor, backend: str, seg_starts: Tensor | None = None, 
         starts |= seg_starts
     doc_ids = (torch.cumsum(starts.flatten().int(), 0) - 1).view(B, T).int()  # unique over the whole batch
     layout = DocLayout(starts, backend)
-    if backend in ("fa3", "fa2"):
-        where = torch.nonzero(starts.flatten()).flatten().int()
-        tail = where.new_full((varlen_room(B, T, where.numel()) + 1 - where.numel(),), B * T)
-        layout.cu_seqlens = torch.cat([where, tail])  # int32, as both kernels require
+    if backend == "fa3":
+        where = torch.nonzero(starts.flatten()).flatten().int()  # int32, as the kernel requires
+        layout.cu_seqlens = F.pad(where, (0, varlen_room(B, T, where.numel()) + 1 - where.numel()), value=B * T)
     elif backend == "flex":
         same_doc_causal = lambda b, h, q, k: (q >= k) & (doc_ids[b, q] == doc_ids[b, k])
         layout.block_mask = create_block_mask(same_doc_causal, B, None, T, T, tokens.device, _compile=tokens.is_cuda)
@@ -586,8 +581,7 @@ _COMPILED_FLEX = []
 
 
 def compiled_flex_attention():
-    """Eager flex_attention materialises every score (B x H x T x T); the uncompiled callers on CUDA (TTT, global
-    SGD) get this compiled copy with the fused kernel. Inside a compiled model the plain one is traced instead."""
+    """For the uncompiled callers on CUDA (TTT, global SGD): eager flex materialises every B x H x T x T score."""
     if not _COMPILED_FLEX:
         _COMPILED_FLEX.append(torch.compile(flex_attention))
     return _COMPILED_FLEX[0]
@@ -596,23 +590,20 @@ def compiled_flex_attention():
 def attend(q: Tensor, k: Tensor, v: Tensor, layout: DocLayout) -> Tensor:
     """q [B,T,H,D], k and v [B,T,Hkv,D] -> [B,T,H,D]; the same maths on every backend."""
     B, T, H, D = q.shape
-    if layout.backend in ("fa3", "fa2"):
-        cu = layout.cu_seqlens  # keywords common to FA2's and FA3's flash_attn_varlen_func; max_seqlen a constant
-        out = _flash_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens_q=cu, cu_seqlens_k=cu,
-                            max_seqlen_q=T, max_seqlen_k=T, causal=True)  # fmt: skip
+    if layout.backend == "fa3":  # max_seqlen a constant: one compiled graph per shape
+        cu = layout.cu_seqlens
+        out = _flash_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu, cu, T, T, causal=True)
         out = out[0] if isinstance(out, tuple) else out  # older FA3 builds return (out, lse)
         return out.view(B, T, H, D)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    q, k, v, gqa = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), k.size(2) != H
     if layout.backend == "flex":
         flex = flex_attention if torch.compiler.is_compiling() or not q.is_cuda else compiled_flex_attention()
-        out = flex(q, k, v, block_mask=layout.block_mask, enable_gqa=k.size(1) != H)
-    else:
-        mask, gqa, dtype = layout.mask, k.size(1) != H, q.dtype
-        if q.device.type == "cpu":  # CPU_BF16: SDPA's CPU kernels run bf16 at about 2/3 of float32's speed
-            q, k, v = q.float(), k.float(), v.float()
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
-        out = out.to(dtype)
-    return out.transpose(1, 2)
+        return flex(q, k, v, block_mask=layout.block_mask, enable_gqa=gqa).transpose(1, 2)
+    mask, dtype = layout.mask, q.dtype
+    if q.device.type == "cpu":  # CPU_BF16: SDPA's CPU kernels run bf16 at about 2/3 of float32's speed
+        q, k, v = q.float(), k.float(), v.float()
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
+    return out.to(dtype).transpose(1, 2)
 
 
 # -----------------------------------------------------------------------------
@@ -655,30 +646,25 @@ def virtual_layer_order(num_layers: int, loop_start: int, loop_end: int, num_loo
 LORA_DIMS = ("q", "k", "v", "o", "mlp", "head")  # what TTT_LORA_TARGETS may name
 
 
-def lora_delta(x: Tensor, A: Tensor, B: Tensor) -> Tensor:
-    return (x @ A.to(x.dtype)) @ B.to(x.dtype)
-
-
-def adapted(linear: nn.Module, x: Tensor, adapter: dict | None, key: str) -> Tensor:
-    """linear(x), plus the test-time adapter's low-rank delta when there is one."""
-    return linear(x) if adapter is None or key not in adapter else linear(x) + lora_delta(x, *adapter[key])
+def with_lora(y: Tensor, x: Tensor, adapters: dict | None, key: str) -> Tensor:
+    """y plus the low-rank delta that adapter `key` reads from x, when there is one."""
+    if adapters is None or key not in adapters:
+        return y
+    A, B = adapters[key]
+    return y + (x @ A.to(x.dtype)) @ B.to(x.dtype)
 
 
 class LoRA(nn.Module):
-    """Test-time adapters, one set per document (row b of the batch uses set b) and per virtual layer, on
-    TTT_LORA_TARGETS: deltas on Q, K, V, the attention output and the MLP output (each read from the normed
-    block input, as in the records) and the LM head. B starts at zero: a fresh set is the base model exactly.
-    `rows` picks the documents of the batch being run."""
+    """TTT_LORA_TARGETS' test-time adapters per document (batch row b: set rows[b]) and virtual layer; B starts at 0."""
 
     def __init__(self, hp: Hyperparameters, n_docs: int, n_virtual: int, seed: int = 0, device=None):
         super().__init__()
         d, r, kv = hp.model_dim, hp.ttt_lora_rank, hp.num_kv_heads * (hp.model_dim // hp.num_heads)
         outs = {"q": d, "k": kv, "v": kv, "o": d, "mlp": d, "head": hp.vocab_size}
-        dims = {k: (d, outs[k]) for k in LORA_DIMS if k in hp.lora_targets}
-        layers = {k: 1 if k == "head" else n_virtual for k in dims}
-        new = lambda shape, fill: nn.Parameter(fill(shape, device=device))  # on the device: A is drawn there
-        self.A = nn.ParameterDict({k: new((layers[k], n_docs, i, r), torch.empty) for k, (i, _) in dims.items()})
-        self.B = nn.ParameterDict({k: new((layers[k], n_docs, r, o), torch.zeros) for k, (_, o) in dims.items()})
+        keys = [k for k in LORA_DIMS if k in hp.lora_targets]
+        lead = {k: (1 if k == "head" else n_virtual, n_docs) for k in keys}  # on the device: A is drawn there
+        self.A = nn.ParameterDict({k: nn.Parameter(torch.empty(*lead[k], d, r, device=device)) for k in keys})
+        self.B = nn.ParameterDict({k: nn.Parameter(torch.zeros(*lead[k], r, outs[k], device=device)) for k in keys})
         self.scale, self.rows = hp.ttt_lora_alpha / r, None
         self.reset(seed)
 
@@ -691,19 +677,10 @@ class LoRA(nn.Module):
             if g is not None:  # nn.Linear's bound, as the records draw A
                 A.copy_((2 * torch.rand(A.shape, generator=g, device=A.device) - 1) / math.sqrt(A.size(-2)))
 
-    def pair(self, key: str, v: int) -> tuple[Tensor, Tensor] | None:
-        """(A, B x scale) of virtual layer v for the batch's rows; None without that adapter."""
-        if key not in self.A:
-            return None
-        A, B = self.A[key][v], self.B[key][v]
-        if self.rows is not None:
-            A, B = A[self.rows], B[self.rows]
-        return A, B * self.scale
-
-    def at(self, v: int) -> dict[str, tuple[Tensor, Tensor]]:
-        """Virtual layer v's adapters as tensors, not a closure over v: a block compiled on its own then serves
-        every layer, where a closure would be a guard on v and a compile per layer."""
-        return {k: self.pair(k, v) for k in self.A if k != "head"}
+    def at(self, v: int, keys=LORA_DIMS[:-1]) -> dict[str, tuple[Tensor, Tensor]]:
+        """(A, B x scale) of the adapted `keys` at virtual layer v for the batch's rows (tensors: no guard on v)."""
+        rows = slice(None) if self.rows is None else self.rows
+        return {k: (self.A[k][v][rows], self.B[k][v][rows] * self.scale) for k in keys if k in self.A}
 
 
 class Linear(nn.Linear):
@@ -730,19 +707,19 @@ class Attention(nn.Module):
         self.gate_scale, self.gate_window = hp.sparse_attn_gate_scale, hp.gate_window
         self.gate_w = nn.Parameter(torch.zeros(self.h, hp.gate_window)) if hp.sparse_attn_gate else None
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], layout: DocLayout, adapter=None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], layout: DocLayout, adapters=None) -> Tensor:
         B, T, d = x.shape
-        v = adapted(self.c_v, x, adapter, "v").view(B, T, self.kv, self.hd)
-        q = apply_partial_rope(rms_norm(adapted(self.c_q, x, adapter, "q").view(B, T, self.h, self.hd)), *rope)
-        k = apply_partial_rope(rms_norm(adapted(self.c_k, x, adapter, "k").view(B, T, self.kv, self.hd)), *rope)
+        v = with_lora(self.c_v(x), x, adapters, "v").view(B, T, self.kv, self.hd)
+        q = with_lora(self.c_q(x), x, adapters, "q").view(B, T, self.h, self.hd)
+        k = with_lora(self.c_k(x), x, adapters, "k").view(B, T, self.kv, self.hd)
+        q, k = apply_partial_rope(rms_norm(q), *rope), apply_partial_rope(rms_norm(k), *rope)
         q = q * self.q_gain.to(q.dtype)[:, None]
         y = attend(q.to(v.dtype), k.to(v.dtype), v, layout)
         if self.xsa:
             y = exclusive_self_attention(y, v)
         if self.gate_w is not None:  # zero init: every head starts at sigmoid(0) = 0.5
             y = y * torch.sigmoid(self.gate_scale * F.linear(x[..., : self.gate_window], self.gate_w))[..., None]
-        y = self.proj(y.reshape(B, T, d))  # the O adapter reads the block input, as the records' does
-        return y if adapter is None or "o" not in adapter else y + lora_delta(x, *adapter["o"])
+        return with_lora(self.proj(y.reshape(B, T, d)), x, adapters, "o")  # O's adapter reads x, as the records'
 
 
 class MLP(nn.Module):
@@ -752,14 +729,12 @@ class MLP(nn.Module):
         self.fc, self.proj = Linear(hp.model_dim, hidden, hp.linear_init), Linear(hidden, hp.model_dim, init="zero")
         self.slope = 0.5 if hp.mlp_act == "leaky_relu2" else 0.0
 
-    def forward(self, x: Tensor, adapter=None) -> Tensor:
-        y = self.proj(F.leaky_relu(self.fc(x), self.slope).square())
-        return y if adapter is None or "mlp" not in adapter else y + lora_delta(x, *adapter["mlp"])
+    def forward(self, x: Tensor, adapters=None) -> Tensor:
+        return with_lora(self.proj(F.leaky_relu(self.fc(x), self.slope).square()), x, adapters, "mlp")
 
 
 class Block(nn.Module):
-    """x = mix(x, x0); x += attn(norm(x)); x += mlp(norm(x)). From PARALLEL_START_LAYER on, attention reads
-    lane 0 and the MLP lane 1, and a learned 2x2 matrix writes both outputs into both lanes."""
+    """x = mix(x, x0); x += attn(norm(x)); x += mlp(norm(x)); parallel: attn reads lane 0, the MLP lane 1, 2x2 out."""
 
     def __init__(self, hp: Hyperparameters, layer: int):
         super().__init__()
@@ -773,20 +748,19 @@ class Block(nn.Module):
         self.lane_post = nn.Parameter(torch.ones(2, 2)) if self.parallel else None
         self.lane_resid = nn.Parameter(torch.full((2,), 1.1)) if self.parallel else None  # R1611's lane scales
 
-    def forward(self, x: Tensor, x0: Tensor, lane1: Tensor | None, rope, layout: DocLayout, adapter=None):
+    def forward(self, x: Tensor, x0: Tensor, lane1: Tensor | None, rope, layout: DocLayout, adapters=None):
         x = self.resid_mix[0] * x + self.resid_mix[1] * x0
-        a = self.attn_scale * self.attn(rms_norm(x) * self.ln_scale, rope, layout, adapter)
+        a = self.attn_scale * self.attn(rms_norm(x) * self.ln_scale, rope, layout, adapters)
         if not self.parallel:
             x = x + a
-            return x + self.mlp_scale * self.mlp(rms_norm(x) * self.ln_scale, adapter), None
-        m = self.mlp_scale * self.mlp(rms_norm(lane1) * self.ln_scale, adapter)
+            return x + self.mlp_scale * self.mlp(rms_norm(x) * self.ln_scale, adapters), None
+        m = self.mlp_scale * self.mlp(rms_norm(lane1) * self.ln_scale, adapters)
         p, r = self.lane_post, self.lane_resid
         return r[0] * x + p[0, 0] * a + p[0, 1] * m, r[1] * lane1 + p[1, 0] * a + p[1, 1] * m
 
 
 class SmearGate(nn.Module):
-    """e_t += lam * sigmoid(w . e_t[:window]) * e_{t-1}, except at a document start. lam = 0 at init, so the
-    gate starts as the identity; the start mask keeps the last token of one document out of the next."""
+    """e_t += lam * sigmoid(w . e_t[:window]) * e_{t-1}, but not across a document start; lam = 0 at init."""
 
     def __init__(self, hp: Hyperparameters):
         super().__init__()
@@ -821,15 +795,14 @@ class GPT(nn.Module):
         return virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops if self.looping else 0)
 
     def hidden(self, idx: Tensor, layout: DocLayout, lora: LoRA | None = None) -> Tensor:
-        """Final normed hidden states; U-Net: the first half of the virtual layers push skips, the second
-        half pops them (last in, first out)."""
+        """Final normed hidden states; U-Net: the first half of the virtual layers push skips, the second pops them."""
         e = self.tok_emb(idx)
         if self.smear is not None:
             e = self.smear(e, layout.starts)
         x = x0 = rms_norm(e)
         order = self.virtual_layers()
         n_enc, skips, lane1 = len(order) // 2, [], None
-        rope = (self.rope_cos[:, : self.hp.rope_dims // 2], self.rope_sin[:, : self.hp.rope_dims // 2])
+        rope = (self.rope_cos, self.rope_sin)
         for i, layer in enumerate(order):
             block, j = self.blocks[layer], i - n_enc
             if block.parallel and lane1 is None:  # before the skip: skips enter lane 0 only (R1611)
@@ -842,31 +815,24 @@ class GPT(nn.Module):
                 skips.append(x)
         return rms_norm(x if lane1 is None else 0.5 * (x + lane1))
 
-    def logits(self, h: Tensor, adapter: tuple[Tensor, Tensor] | None = None, hints: Tensor | None = None) -> Tensor:
-        """Soft-capped logits, float32; with the head's adapter (LoRA.pair("head", 0)); with hints, tilted."""
+    def logits(self, h: Tensor, lora: LoRA | None = None, hints: Tensor | None = None) -> Tensor:
+        """Soft-capped logits, float32, with the head's adapter if `lora` has one; tilted by n-gram hints if given."""
         z = F.linear(h, self.tok_emb.weight.to(h.dtype))
-        z = (z if adapter is None else z + lora_delta(h, *adapter)).float()
+        z = with_lora(z, h, None if lora is None else lora.at(0, ("head",)), "head").float()
         c = self.hp.logit_softcap
         if self.logit_caps is not None:
             caps = c * torch.exp(self.logit_caps.float())
             c = torch.where(z > 0, caps[0], caps[1])
         z = c * torch.tanh(z / c) if self.hp.logit_softcap > 0 else z
-        return z if hints is None else tilt(z, hints, self.hp.ngram_boost)
+        if hints is not None:  # +NGRAM_BOOST on the hinted token (>= 0, from the prefix: C1); softmax renormalises (C2)
+            boost = (self.hp.ngram_boost * (hints >= 0)).to(z.dtype)[..., None]
+            z = z.scatter_add(-1, hints.clamp_min(0)[..., None], boost)
+        return z
 
     def forward(self, idx: Tensor, targets: Tensor, layout: DocLayout, lora: LoRA | None = None, hints=None) -> Tensor:
         """Per-token negative log-likelihood in nats, float32 [B, T]: a full softmax over the vocabulary."""
-        return self.head_nll(self.hidden(idx, layout, lora), targets, None if lora is None else lora.pair("head", 0),
-                             hints)  # fmt: skip
-
-    def head_nll(self, h: Tensor, targets: Tensor, adapter: tuple[Tensor, Tensor] | None, hints) -> Tensor:
-        z = self.logits(h, adapter, hints)
+        z = self.logits(self.hidden(idx, layout, lora), lora, hints)
         return F.cross_entropy(z.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
-
-
-def tilt(z: Tensor, hints: Tensor, boost: float) -> Tensor:
-    """Token-only n-gram tilt: +boost on the logit of the hinted token where there is a hint (>= 0). The softmax
-    over the whole vocabulary that follows renormalises it (C2), and a hint is made from the prefix only (C1)."""
-    return z.scatter_add(-1, hints.clamp_min(0)[..., None], (boost * (hints >= 0)).to(z.dtype)[..., None])
 
 
 # -----------------------------------------------------------------------------
@@ -883,7 +849,7 @@ QUINTIC = ((3.4445, -4.7750, 2.0315),) * 5  # the naive baseline's fixed Newton-
 
 
 def ns_dtype(device: torch.device) -> torch.dtype:
-    """Newton-Schulz runs in bf16 on CUDA, float32 on CPU; Muon exchanges its updates in the same dtype (lossless)."""
+    """Newton-Schulz's dtype, in which Muon also exchanges its updates (losslessly)."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
@@ -900,9 +866,8 @@ def orthogonalize(G: Tensor, steps: int, coeffs=POLAR_EXPRESS) -> Tensor:
 
 
 class Muon(torch.optim.Optimizer):
-    """Nesterov momentum -> optional row normalisation (MuonEq-R) -> orthogonalisation -> scale by
-    sqrt(max(1, rows/cols)), with decoupled weight decay. Gradients must already be averaged over ranks;
-    rank r computes the updates of every world-th matrix and one all_gather shares them."""
+    """Nesterov momentum, MuonEq-R's row norm, orthogonalised, scaled by sqrt(max(1, rows/cols)); decoupled weight
+    decay. Gradients come averaged over ranks; rank r updates every world-th matrix, one all_gather shares them."""
 
     def __init__(self, params, lr, momentum, weight_decay, ns_steps, coeffs, row_norm, rank=0, world=1):
         params = sorted(params, key=lambda p: (tuple(p.shape), -p.numel()))
@@ -913,16 +878,16 @@ class Muon(torch.optim.Optimizer):
     def step(self):
         for group in self.param_groups:
             params, mom, updates = group["params"], group["momentum"], {}
-            by_shape: dict[tuple, list] = {}
+            by_shape: dict[tuple, dict] = {}  # this rank's matrices' Nesterov updates, by shape
             for p in params[self.rank :: self.world]:
                 buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
                 buf.mul_(mom).add_(p.grad)
-                by_shape.setdefault(tuple(p.shape), []).append((p, p.grad.add(buf, alpha=mom)))
-            for items in by_shape.values():
-                G = torch.stack([g for _, g in items])
+                by_shape.setdefault(tuple(p.shape), {})[p] = p.grad.add(buf, alpha=mom)
+            for same in by_shape.values():
+                G = torch.stack(list(same.values()))
                 if self.row_norm:
                     G = G / G.norm(dim=-1, keepdim=True).clamp_min(1e-7)
-                updates.update(zip([p for p, _ in items], orthogonalize(G, self.ns_steps, self.coeffs)))
+                updates.update(zip(same, orthogonalize(G, self.ns_steps, self.coeffs)))
             if self.world > 1:
                 updates = self.exchange(params, updates)
             for p in params:
@@ -930,20 +895,17 @@ class Muon(torch.optim.Optimizer):
                 p.add_(updates[p].view_as(p), alpha=-group["lr"] * math.sqrt(max(1.0, p.size(0) / p.size(1))))
 
     def exchange(self, params: list[Tensor], mine: dict) -> dict:
-        """Each rank's unscaled updates to every rank in one all_gather, in the dtype Newton-Schulz ran in: bf16
-        on CUDA (exact; about a quarter of the traffic of an fp32 all-reduce of every update), float32 on CPU."""
+        """Every rank's updates in one all_gather in Newton-Schulz's dtype (bf16 on CUDA: 1/4 of an fp32 all-reduce)."""
         shares = [params[r :: self.world] for r in range(self.world)]
         sizes = [[p.numel() for p in share] for share in shares]
-        width, wire = max(map(sum, sizes)), ns_dtype(params[0].device)
-        send = torch.zeros(width, dtype=wire, device=params[0].device)
+        width, device = max(map(sum, sizes)), params[0].device
+        send = torch.zeros(width, dtype=ns_dtype(device), device=device)
         if shares[self.rank]:
             send[: sum(sizes[self.rank])] = torch.cat([mine[p].flatten() for p in shares[self.rank]])
         recv = send.new_empty(self.world * width)
         dist.all_gather_into_tensor(recv, send)
-        out = {}
-        for share, size, flat in zip(shares, sizes, recv.split(width)):
-            out.update(zip(share, flat[: sum(size)].split(size)))
-        return out
+        pieces = zip(shares, sizes, recv.split(width))
+        return {p: u for share, size, flat in pieces for p, u in zip(share, flat[: sum(size)].split(size))}
 
 
 def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world: int, device) -> list[torch.optim.Optimizer]:
@@ -951,9 +913,8 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world: int, dev
     matrices = [p for n, p in model.blocks.named_parameters() if p.ndim == 2 and not any(c in n for c in control)]
     ids = {id(p) for p in matrices} | {id(model.tok_emb.weight)}
     small = [p for p in model.parameters() if id(p) not in ids]
-    coeffs = POLAR_EXPRESS if hp.muon_ns == "polar" else QUINTIC
-    muon = Muon(matrices, hp.matrix_lr, hp.muon_momentum, hp.muon_wd, hp.muon_backend_steps, coeffs,
-                hp.muon_row_norm, rank, world)  # fmt: skip
+    ns = (hp.muon_backend_steps, POLAR_EXPRESS if hp.muon_ns == "polar" else QUINTIC, hp.muon_row_norm)
+    muon = Muon(matrices, hp.matrix_lr, hp.muon_momentum, hp.muon_wd, *ns, rank, world)
     embed = dict(params=[model.tok_emb.weight], lr=hp.tied_embed_lr, weight_decay=hp.embed_wd)
     scalars = dict(params=small, lr=hp.scalar_lr, weight_decay=hp.scalar_wd)
     adam = torch.optim.AdamW([embed, scalars], betas=(hp.beta1, hp.beta2), eps=hp.adam_eps, fused=device.type == "cuda")

@@ -76,7 +76,7 @@ def test_compiled_training_recompiles_only_in_warmup(compile_on_cpu, monkeypatch
     CUDA: bf16 autocast (CPU_BF16=1), and the FlashAttention varlen branch (the fake kernel), so cu_seqlens is an
     input of every compiled graph."""
     monkeypatch.setattr(tg, "_flash_varlen", fake_flash_varlen)
-    backend = "fa2"
+    backend = "fa3"
     hp = tiny_hp(**SMALL, DATA_PATH=small_dataset, CPU_BF16=1, TRAIN_SEQ_LEN=128,
                  SEQ_LEN_SCHEDULE="32@0.2,64@0.6,128@1.0",
                  TRAIN_BATCH_TOKENS=2048, GRAD_ACCUM_STEPS=2, WARMUP_STEPS=6, ITERATIONS=10, ENABLE_LOOPING_AT=0.6,

@@ -1,5 +1,5 @@
-"""Static checks of the CUDA-only code on CPU: the FlashAttention varlen call against both libraries' documented
-signatures and preconditions (a fake kernel checks them, then computes SDPA), the model end to end through that
+"""Static checks of the CUDA-only code on CPU: the FlashAttention 3 varlen call against its documented
+signature and preconditions (a fake kernel checks them, then computes SDPA), the model end to end through that
 branch under bf16 autocast, cu_seqlens' one length per micro-batch shape on real batches, and bf16 against float32
 on a trained checkpoint."""
 
@@ -22,13 +22,8 @@ def _signature(params: str) -> inspect.Signature:
     return inspect.signature(eval(f"lambda {params}: None"))
 
 
-# flash_attn_varlen_func as documented: FA2 in flash_attn/flash_attn_interface.py (2.7/2.8), FA3 in
-# hopper/flash_attn_interface.py (Dao-AILab/flash-attention, read 2026-11-26)
-FA2_SIGNATURE = _signature(
-    "q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0, softmax_scale=None, "
-    "causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False, "
-    "return_attn_probs=False, block_table=None"
-)
+# FA3's flash_attn_varlen_func as documented in hopper/flash_attn_interface.py (Dao-AILab/flash-attention,
+# read 2026-11-26)
 FA3_SIGNATURE = _signature(
     "q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q=None, seqused_k=None, "
     "softmax_scale=None, causal=False, qv=None, q_descale=None, k_descale=None, v_descale=None, "
@@ -39,12 +34,11 @@ FA_CALLS = []  # (q shape, number of cu_seqlens entries) of every eager call
 
 
 def fake_flash_varlen(*args, **kwargs):
-    """Stands in for flash_attn_varlen_func: the call must bind to both documented signatures and meet the
-    kernels' preconditions (packed [total, heads, dim] bf16/fp16 with a contiguous last dim, GQA heads, int32
+    """Stands in for flash_attn_varlen_func: the call must bind to the documented signature and meet the
+    kernel's preconditions (packed [total, heads, dim] bf16/fp16 with a contiguous last dim, GQA heads, int32
     contiguous cu_seqlens from 0 to total, an int max_seqlen, causal); then the same maths by SDPA with the
     block-diagonal causal mask that cu_seqlens describes."""
-    for sig in (FA2_SIGNATURE, FA3_SIGNATURE):
-        a = sig.bind(*args, **kwargs).arguments
+    a = FA3_SIGNATURE.bind(*args, **kwargs).arguments
     q, k, v, cu = a["q"], a["k"], a["v"], a["cu_seqlens_q"]
     assert q.dim() == k.dim() == v.dim() == 3 and k.shape == v.shape and q.shape[0] == k.shape[0]
     assert q.dtype in (torch.bfloat16, torch.float16) and q.dtype == k.dtype == v.dtype, (q.dtype, k.dtype)
@@ -66,7 +60,7 @@ def fake_flash_varlen(*args, **kwargs):
 
 def test_the_fake_kernel_refuses_what_the_real_one_refuses():
     tokens, q, k, v = _packed_qkv()
-    layout = tg.make_layout(tokens, "fa2")
+    layout = tg.make_layout(tokens, "fa3")
     q, k, v = (t.flatten(0, 1).bfloat16() for t in (q, k, v))
     cu, T = layout.cu_seqlens, tokens.size(1)
     good = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=T, max_seqlen_k=T, causal=True)
@@ -77,7 +71,7 @@ def test_the_fake_kernel_refuses_what_the_real_one_refuses():
         ((q.transpose(0, 2).contiguous().transpose(0, 2), k, v), good),  # last dim not contiguous
         ((q, k, v), {**good, "max_seqlen_q": torch.tensor(T), "max_seqlen_k": torch.tensor(T)}),  # an int
         ((q, k, v), {**good, "causal": False}),
-        ((q, k, v), {**good, "is_causal": True}),  # not a parameter of either kernel
+        ((q, k, v), {**good, "is_causal": True}),  # not a parameter of the kernel
         ((q, k, v, cu, cu, T, T, 0.0, None, True), {}),  # FA2's positions; FA3 has seqused_q there
     ]
     for args, kwargs in bad:
@@ -106,16 +100,16 @@ def test_model_runs_end_to_end_through_the_fa_branch_under_bf16_autocast(monkeyp
     tokens, *_ = _packed_qkv(seed=22, T=64)
     y = torch.roll(tokens, -1, 1)
     results = {}
-    for backend in ("fa2", "sdpa"):
+    for backend in ("fa3", "sdpa"):
         FA_CALLS.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(tokens, y, tg.make_layout(tokens, backend)).mean()
         loss.backward()
         results[backend] = (loss.item(), [p.grad.clone() for p in model.parameters()], list(FA_CALLS))
         model.zero_grad(set_to_none=True)
-    (fa_loss, fa_grads, calls), (sdpa_loss, sdpa_grads, _) = results["fa2"], results["sdpa"]
+    (fa_loss, fa_grads, calls), (sdpa_loss, sdpa_grads, _) = results["fa3"], results["sdpa"]
     B, T = tokens.shape
-    cu_entries = tg.make_layout(tokens, "fa2").cu_seqlens.numel()
+    cu_entries = tg.make_layout(tokens, "fa3").cu_seqlens.numel()
     assert calls == [((B * T, hp.num_heads, hp.model_dim // hp.num_heads), cu_entries)] * len(model.virtual_layers())
     assert math.isfinite(fa_loss) and fa_loss == pytest.approx(sdpa_loss, abs=2e-3)
     for a, b in zip(fa_grads, sdpa_grads):
@@ -144,7 +138,7 @@ def test_cu_seqlens_has_one_length_per_micro_batch_shape_on_real_batches(caseops
 def test_cu_seqlens_grows_by_whole_rooms_when_documents_are_short():
     B, T = 2, 512
     x = torch.full((B, T), tg.BOS_ID)  # every token a document: far more segments than the room
-    cu = tg.make_layout(x, "fa2").cu_seqlens
+    cu = tg.make_layout(x, "fa3").cu_seqlens
     room = tg.varlen_room(B, T)
     assert (cu.numel() - 1) % room == 0 and cu.numel() - 1 >= B * T
     assert torch.equal(cu[: B * T + 1], torch.arange(B * T + 1, dtype=torch.int32))

@@ -134,7 +134,7 @@ def test_c2_the_scored_distribution_is_normalised_over_the_whole_vocabulary(setu
         h = None if hints is None else torch.tensor(hints[a + lo + 1 : a + end + 1])[None]
         with torch.no_grad():
             logp = torch.log_softmax(
-                scorer.logits(scorer.hidden(x, tg.make_layout(x, "sdpa"), lora), lora.pair("head", 0), h).double(), -1
+                scorer.logits(scorer.hidden(x, tg.make_layout(x, "sdpa"), lora), lora, h).double(), -1
             )
         assert logp.shape[-1] == 1024 and torch.allclose(
             logp.exp().sum(-1), torch.ones(1, x.size(1), dtype=torch.float64)
