@@ -12,7 +12,6 @@ import glob
 import hashlib
 import io
 import json
-import lzma
 import math
 import os
 import queue
@@ -33,7 +32,6 @@ import sentencepiece as spm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import zstandard
 from torch import Tensor, nn
 
 try:  # FlashAttention 3 (Hopper), then 2; both optional
@@ -1517,9 +1515,6 @@ def autocast(device, hp: Hyperparameters):
 # -----------------------------------------------------------------------------
 # Quantization: GPTQ with per-row SD clipping, and low-rank repair of the worst tensors (LQER)
 # -----------------------------------------------------------------------------
-ARTIFACT_BUDGET = 16_000_000
-
-
 def quant_class(name: str) -> str | None:
     if name == "tok_emb.weight":
         return "embed"
@@ -1582,8 +1577,7 @@ def dequantize_entry(kind: str, arrays: dict, meta: dict, device="cpu") -> Tenso
 
 
 def int8_baseline_entry(t: Tensor) -> tuple:
-    """The naive baseline's export: a matrix over 65,536 entries as int8 rows clipped at the 99.99984th percentile
-    of |w| (fp16 scales clip/127), anything else as fp16."""
+    """The naive baseline's export: a matrix over 65,536 entries as int8 rows clipped at |w|'s 99.99984th percentile."""
     W = t.detach().float()
     if W.numel() <= 65536 or W.ndim != 2:
         return "fp16", {"w": W.half().cpu().numpy()}, {}
@@ -1631,8 +1625,7 @@ FIT_MARGIN, FIT_ROUNDS = 0.001, 4  # aim this fraction of the model under the bu
 
 
 def coarsen(entry: tuple, f: float, W: Tensor | None = None, hp: Hyperparameters | None = None) -> tuple:
-    """The GPTQ entry on a grid f times coarser (row scales x f in fp16, levels re-rounded); given the float
-    weights W, its LQER repair, if it has one, is fitted again to the new residual."""
+    """The GPTQ entry on a grid f times coarser (levels re-rounded); given W, its LQER repair is refitted to it."""
     kind, arrays, meta = entry
     s = arrays["scale"].astype(np.float32)
     s2 = (s * f).astype(np.float16)
@@ -1653,30 +1646,10 @@ def coarsen_curve(q: np.ndarray, weight: float) -> list[tuple[float, float]]:
     return [(ent(np.bincount(new.astype(np.int64) + 128, counts, 256)), err(f, new)) for f, new in grids]
 
 
-def plan_coarsening(curves: dict, ratio: dict, need: float, pos: dict) -> list[tuple[str, int, float, float]]:
-    """Moves (name, grid, bytes saved, error added) until need bytes, each to the coarser grid adding least error per
-    byte saved; pos (name -> grid) follows them."""
-    saved, moves = 0.0, []
-    while saved < need:
-        options = []
-        for name, (cls, curve) in curves.items():
-            k = pos.get(name, 0)
-            j = next((j for j in range(k + 1, len(curve)) if curve[j][0] < curve[k][0]), None)
-            if j is not None:
-                b, cost = (curve[k][0] - curve[j][0]) * ratio[cls], curve[j][1] - curve[k][1]
-                options.append((cost / b, name, j, b, cost))
-        if not options:  # every matrix on its coarsest grid
-            break
-        _, name, pos[name], b, cost = min(options)
-        saved += b
-        moves.append((name, pos[name], b, cost))
-    return moves
-
-
 def fit_to_budget(packed: dict, state: dict, hessians: dict | None, hp: Hyperparameters, code: int, log=print):
-    """(blob, stream sizes), within ARTIFACT_MAX_BYTES where possible: while over, the GPTQ matrices whose bytes
-    cost the least Hessian-weighted error move to coarser grids; each stream's ratio of compressed bytes to entropy,
-    measured on the last blob, predicts the saving, so one more serialization usually does."""
+    """(blob, stream sizes), within ARTIFACT_MAX_BYTES where possible: while over, GPTQ matrices move one grid at a
+    time, each to the coarser grid adding least Hessian-weighted error per byte saved, bytes estimated from entropy
+    by each stream's compressed bytes per entropy byte on the last blob (so one more serialization usually does)."""
     run = artifact_run(hp)  # hashes the tokenizer: once, not once per serialization
     blob, sizes = serialize(packed, hp.export_compressor, run)
     if code + len(blob) <= hp.artifact_max_bytes:
@@ -1689,17 +1662,28 @@ def fit_to_budget(packed: dict, state: dict, hessians: dict | None, hp: Hyperpar
         base_err += w * arrays["q"].size / 12  # GPTQ's own rounding error, as uniform noise: the unit of est_err
     for r in range(1, FIT_ROUNDS + 1):
         ent = {c: sum(cv[pos.get(n, 0)][0] for n, (k, cv) in curves.items() if k == c) for c, _ in curves.values()}
-        need = code + (1 + FIT_MARGIN) * len(blob) - hp.artifact_max_bytes
-        moves = plan_coarsening(curves, {c: sizes[c] / max(e, 1.0) for c, e in ent.items()}, need, pos)
-        if not moves:
+        ratio = {c: sizes[c] / max(e, 1.0) for c, e in ent.items()}
+        need, saved = code + (1 + FIT_MARGIN) * len(blob) - hp.artifact_max_bytes, []
+        while sum(saved) < need:
+            options = []  # each matrix's next grid with fewer bytes: (error per byte, name, grid, bytes, error)
+            for name, (cls, curve) in curves.items():
+                k = pos.get(name, 0)
+                j = next((j for j in range(k + 1, len(curve)) if curve[j][0] < curve[k][0]), None)
+                if j is not None:
+                    b, cost = (curve[k][0] - curve[j][0]) * ratio[cls], curve[j][1] - curve[k][1]
+                    options.append((cost / b, name, j, b, cost))
+            if not options:  # every matrix on its coarsest grid
+                break
+            _, name, pos[name], b, cost = min(options)
+            saved.append(b)
+            est = f"est_saved_bytes:{b:.0f} est_err:{cost / base_err:+.3e}"  # what the step should save and add
+            log(f"fit_step round:{r} tensor:{name} step_x:{FIT_LADDER[pos[name]]:.3f} {est}")
+        if not saved:
             break
-        for name, k, b, cost in moves:  # one line per step: bytes it should save, error it should add
-            step = f"tensor:{name} step_x:{FIT_LADDER[k]:.3f} est_saved_bytes:{b:.0f} est_err:{cost / base_err:+.3e}"
-            log(f"fit_step round:{r} {step}")
         moved = {n: coarsen(base[n], FIT_LADDER[k], state[n], hp) for n, k in pos.items()}
         new, sizes = serialize({**packed, **moved}, hp.export_compressor, run)
         err = sum(curves[n][1][k][1] for n, k in pos.items()) / base_err
-        est = f"est_saved_bytes:{sum(m[2] for m in moves):.0f} est_err_total:{err:+.3e} matrices_coarsened:{len(pos)}"
+        est = f"est_saved_bytes:{sum(saved):.0f} est_err_total:{err:+.3e} matrices_coarsened:{len(pos)}"
         log(f"fit_round:{r} model_bytes:{len(new)} saved_bytes:{len(blob) - len(new)} {est}")
         blob = new
         if code + len(blob) <= hp.artifact_max_bytes:
@@ -1710,15 +1694,14 @@ def fit_to_budget(packed: dict, state: dict, hessians: dict | None, hp: Hyperpar
 # -----------------------------------------------------------------------------
 # Artifact: our own container, one compressed stream per tensor class, checksums; never torch.load
 # -----------------------------------------------------------------------------
-# A class's integer levels are coded by static rANS (constriction), one table of value counts per tensor: at flagship
-# size within 0.02% of each tensor's entropy in about a second, where brotli took a minute for 0.9% more bytes
-# (bench/packing.py). Brotli keeps the header and the small float streams; zlib is the naive baseline's.
+# Integer levels by static rANS (constriction), a table of value counts per tensor: within 0.02% of each tensor's
+# entropy in a second at flagship size, where brotli took a minute for 0.9% more bytes (bench/packing.py).
 ARTIFACT_MAGIC = b"PGA4"  # PGA3 artifacts (brotli parts, before rANS) are refused
 COMPRESSORS = {  # name -> (compress, decompress) of bytes; the artifact stores the index of the name
     "brotli": (lambda b: brotli.compress(b, quality=11), brotli.decompress),
     "zlib": (lambda b: zlib.compress(b, 9), zlib.decompress),
 }
-rans_model = lambda counts: constriction.stream.model.Categorical(counts / np.sum(counts), perfect=False)
+rans_model = lambda counts: constriction.stream.model.Categorical(np.divide(counts, np.sum(counts)), perfect=False)
 
 
 def rans_encode(levels: list[np.ndarray]) -> tuple[bytes, list]:
@@ -1739,11 +1722,7 @@ def rans_decode(data: bytes, tables: list) -> bytes:
     words, at, out = np.frombuffer(data, "<u4"), 0, []
     for lo, counts, n in tables:
         coder = constriction.stream.stack.AnsCoder(words[at : at + n].astype(np.uint32))
-        q = (
-            coder.decode(rans_model(np.array(counts)), sum(counts))
-            if len(counts) > 1
-            else np.zeros(counts[0], np.int32)
-        )
+        q = coder.decode(rans_model(counts), sum(counts)) if len(counts) > 1 else np.zeros(counts[0], np.int32)
         out.append((q + lo).astype(np.int8).tobytes())
         at += n
     return b"".join(out)
@@ -1777,9 +1756,8 @@ def serialize(packed: dict, method: str, run: dict | None = None) -> tuple[bytes
         table.append([k, len(coded[0]), zlib.crc32(coded[0]), sum(a.nbytes for a in arrays), coded[1]])
         blobs.append(coded[0])
     head = compress(json.dumps({"tensors": entries, "streams": table, "run": run or {}}).encode())
-    prefix = (
-        ARTIFACT_MAGIC + bytes([list(COMPRESSORS).index(byte_coder)]) + struct.pack("<II", len(head), zlib.crc32(head))
-    )
+    index = bytes([list(COMPRESSORS).index(byte_coder)])  # a byte compressor, rans's too
+    prefix = ARTIFACT_MAGIC + index + struct.pack("<II", len(head), zlib.crc32(head))
     return prefix + head + b"".join(blobs), {"header": len(prefix) + len(head), **{k: n for k, n, *_ in table}}
 
 
