@@ -1418,12 +1418,8 @@ def autocast(device, hp: Hyperparameters):
 
 
 # -----------------------------------------------------------------------------
-# Quantization: GPTQ with per-row SD clipping, the most salient column group at int8 (AWQ-lite),
-# and low-rank repair of the worst tensors (LQER)
+# Quantization: GPTQ with per-row SD clipping, and low-rank repair of the worst tensors (LQER)
 # -----------------------------------------------------------------------------
-ARTIFACT_BUDGET = 16_000_000
-
-
 def quant_class(name: str) -> str | None:
     if name == "tok_emb.weight":
         return "embed"
@@ -1431,44 +1427,21 @@ def quant_class(name: str) -> str | None:
 
 
 def class_bits(hp: Hyperparameters, cls: str) -> tuple[int, float]:
-    return {"embed": (hp.embed_bits, hp.embed_clip_sigmas), "attn": (hp.attn_bits, hp.attn_clip_sigmas),
-            "mlp": (hp.mlp_bits, hp.mlp_clip_sigmas)}[cls]  # fmt: skip
+    return getattr(hp, f"{cls}_bits"), getattr(hp, f"{cls}_clip_sigmas")
 
 
-def column_steps(cols: int, qmax: int, group: int, width: int, device) -> tuple[Tensor, list[float]]:
-    """Per-column step multiplier and clamp: the salient group keeps the row's clip range at int8 (127 levels
-    instead of qmax), every other column uses the row step as is."""
-    mult, qm = torch.ones(cols, device=device), [float(qmax)] * cols
-    if group >= 0:
-        mult[group * width : (group + 1) * width] = qmax / 127
-        qm[group * width : (group + 1) * width] = [127.0] * width
-    return mult, qm
-
-
-def salient_group(W: Tensor, H: Tensor | None, width: int) -> int:
-    """The width-column group with the largest activation RMS x mean |weight| (-1: none)."""
-    if H is None or width == 0 or W.size(1) % width or W.size(1) == width:
-        return -1
-    saliency = H.diag().clamp_min(0).sqrt() * W.abs().mean(0)
-    return int(saliency.view(-1, width).sum(1).argmax())
-
-
-def gptq_quantize(W: Tensor, H: Tensor | None, qmax: int, clip_sigmas: float, group: int, width: int, damp: float):
-    """(q, fp16 row scales): q = round(W / step) with the rounding error of each column pushed onto the columns
-    not yet quantized (weighted by the inverse Hessian), columns in descending diag(H) order, blocks of 128.
-    Without a Hessian: round to nearest."""
+def gptq_quantize(W: Tensor, H: Tensor | None, qmax: int, clip_sigmas: float, damp: float):
+    """(q, fp16 row scales): q = round(W / scale), each column's rounding error pushed onto the columns not yet
+    quantized (weighted by the inverse Hessian), in descending diag(H) order, blocks of 128; no H: to nearest."""
     rows, cols = W.shape
     scale = (clip_sigmas * W.std(dim=1) / qmax).clamp_min(1e-10).half().float()  # what the artifact stores
-    mult, qm = column_steps(cols, qmax, group, width, W.device)
-    step = scale[:, None] * mult[None, :]
     if H is None:
-        bound = torch.tensor(qm, device=W.device)
-        return torch.clamp(torch.round(W / step), -bound, bound), scale
+        return torch.clamp(torch.round(W / scale[:, None]), -qmax, qmax), scale
     W, H = W.clone(), H.clone()
     dead = H.diag() == 0
     H[dead, dead], W[:, dead] = 1.0, 0.0
     perm = torch.argsort(H.diag(), descending=True)
-    W, H, step, qm = W[:, perm], H[perm][:, perm], step[:, perm], [qm[i] for i in perm.tolist()]
+    W, H = W[:, perm], H[perm][:, perm]
     H += damp * H.diag().mean() * torch.eye(cols, device=W.device)
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     Q = torch.zeros_like(W)
@@ -1476,17 +1449,15 @@ def gptq_quantize(W: Tensor, H: Tensor | None, qmax: int, clip_sigmas: float, gr
         b = min(a + 128, cols)
         W1, E1, U1 = W[:, a:b].clone(), torch.zeros(rows, b - a, device=W.device), U[a:b, a:b]
         for i in range(b - a):
-            q = torch.clamp(torch.round(W1[:, i] / step[:, a + i]), -qm[a + i], qm[a + i])
-            Q[:, a + i] = q
-            E1[:, i] = (W1[:, i] - q * step[:, a + i]) / U1[i, i]
+            Q[:, a + i] = torch.clamp(torch.round(W1[:, i] / scale), -qmax, qmax)
+            E1[:, i] = (W1[:, i] - Q[:, a + i] * scale) / U1[i, i]
             W1[:, i:] -= E1[:, i : i + 1] * U1[i : i + 1, i:]
         W[:, b:] -= E1 @ U[a:b, b:]
     return Q[:, torch.argsort(perm)], scale
 
 
 def lqer_factors(E: Tensor, rank: int, group: int) -> dict[str, np.ndarray]:
-    """Rank-r SVD of the quantization residual: A = U S at 2 bits with one scale, B = V^T at 4 bits per
-    group of columns."""
+    """Rank-r SVD of the residual E: A = U S at 2 bits (one scale), B = V^T at 4 bits (a scale per column group)."""
     U, S, Vh = torch.linalg.svd(E, full_matrices=False)
     A, B = U[:, :rank] * S[:rank], Vh[:rank]
     g = group if B.size(1) % group == 0 else B.size(1)
@@ -1502,10 +1473,7 @@ def dequantize_entry(kind: str, arrays: dict, meta: dict, device="cpu") -> Tenso
     t = {k: torch.as_tensor(np.array(v), device=device).float() for k, v in arrays.items()}
     if kind == "fp16":
         return t["w"]
-    if kind == "int8_row":
-        return t["q"] * t["scale"][:, None]
-    mult, _ = column_steps(t["q"].size(1), 2 ** (meta["bits"] - 1) - 1, meta["group"], meta["width"], device)
-    W = t["q"] * t["scale"][:, None] * mult[None, :]
+    W = t["q"] * t["scale"][:, None]  # int8_row and gptq alike
     if "la" in t:  # + A B, B dequantized per group of columns
         rank, cols = t["lb"].shape
         B = (t["lb"].view(rank, t["lb_s"].size(1), -1) * t["lb_s"][..., None]).view(rank, cols)
@@ -1514,8 +1482,7 @@ def dequantize_entry(kind: str, arrays: dict, meta: dict, device="cpu") -> Tenso
 
 
 def int8_baseline_entry(t: Tensor) -> tuple:
-    """The naive baseline's export of one tensor: over 65,536 entries, int8 rows clipped at the 99.99984th
-    percentile of |w| with fp16 scales clip/127 (every such tensor of ours is a matrix); else fp16 as is."""
+    """The naive baseline's export: a matrix over 65,536 entries as int8 rows clipped at |w|'s 99.99984th percentile."""
     W = t.detach().float()
     if W.numel() <= 65536 or W.ndim != 2:
         return "fp16", {"w": W.half().cpu().numpy()}, {}
@@ -1526,9 +1493,8 @@ def int8_baseline_entry(t: Tensor) -> tuple:
 
 
 def quantize_model(state: dict[str, Tensor], hessians: dict | None, hp: Hyperparameters, log=print) -> dict:
-    """name -> (kind, arrays, meta): GPTQ (or round-to-nearest without Hessians) for the big matrices, int8
-    rows for gate weights, fp16 for the rest; then LQER on the LQER_TOP_K largest residuals. EXPORT_SCHEME=
-    int8_baseline: the naive baseline's export instead (int8_baseline_entry)."""
+    """name -> (kind, arrays, meta): GPTQ (round to nearest without Hessians) for the big matrices, int8 rows for the
+    gates, fp16 for the rest, LQER on the LQER_TOP_K largest residuals; or EXPORT_SCHEME=int8_baseline's export."""
     if hp.export_scheme == "int8_baseline":
         return {name: int8_baseline_entry(t) for name, t in state.items()}
     packed, residual = {}, {}
@@ -1537,11 +1503,10 @@ def quantize_model(state: dict[str, Tensor], hessians: dict | None, hp: Hyperpar
         if cls is not None:
             bits, sigmas = class_bits(hp, cls)
             H = hessians.get(name) if hessians and hp.gptq else None
-            group = salient_group(W, H, hp.awq_group) if hp.awq_group else -1
             damp = hp.gptq_embed_damp if cls == "embed" else hp.gptq_damp  # the head's H ignores the input role
-            q, scale = gptq_quantize(W, H, 2 ** (bits - 1) - 1, sigmas, group, hp.awq_group, damp)
-            meta = dict(cls=cls, bits=bits, group=group, width=hp.awq_group)
-            packed[name] = ("gptq", {"q": q.to(torch.int8).cpu().numpy(), "scale": scale.half().cpu().numpy()}, meta)
+            q, scale = gptq_quantize(W, H, 2 ** (bits - 1) - 1, sigmas, damp)
+            arrays = {"q": q.to(torch.int8).cpu().numpy(), "scale": scale.half().cpu().numpy()}
+            packed[name] = ("gptq", arrays, {"cls": cls, "bits": bits})
             residual[name] = W - dequantize_entry(*packed[name], device=W.device)
         elif "gate_w" in name:
             scale = (W.abs().amax(1) / 127).clamp_min(1e-10).half()
@@ -1564,56 +1529,32 @@ FIT_LADDER = tuple(1.1**k for k in range(31))  # grids a GPTQ matrix can be re-r
 FIT_MARGIN, FIT_ROUNDS = 0.001, 4  # aim this fraction of the model under the budget; serializations at most
 
 
+def coarsen(entry: tuple, f: float, W: Tensor | None = None, hp: Hyperparameters | None = None) -> tuple:
+    """The GPTQ entry on a grid f times coarser (levels re-rounded); given W, its LQER repair is refitted to it."""
+    kind, arrays, meta = entry
+    s = arrays["scale"].astype(np.float32)
+    s2 = (s * f).astype(np.float16)
+    q = np.round(arrays["q"] * (s / np.maximum(s2.astype(np.float32), 1e-30))[:, None]).astype(np.int8)
+    arrays = {**arrays, "q": q, "scale": s2}
+    if W is not None and "la" in arrays:
+        residual = W.float() - dequantize_entry(kind, {"q": q, "scale": s2}, meta, W.device)
+        arrays.update(lqer_factors(residual, hp.lqer_rank, hp.lqer_group))
+    return kind, arrays, meta
+
+
 def coarsen_curve(q: np.ndarray, weight: float) -> list[tuple[float, float]]:
     """(entropy bytes, weight x sum of squared level changes) on each grid f of FIT_LADDER: l -> round(l / f)."""
     levels, counts = np.arange(-128, 128), np.bincount(q.ravel().astype(np.int64) + 128, minlength=256)
     ent = lambda c: float(-(c[c > 0] * np.log2(c[c > 0] / c.sum())).sum() / 8)
-    new = [(f, np.round(levels / f)) for f in FIT_LADDER]
-    return [(ent(np.bincount(n.astype(np.int64) + 128, counts, 256)), weight * float(counts @ (levels - f * n) ** 2))
-            for f, n in new]  # fmt: skip
-
-
-def coarsen(entry: tuple, f: float) -> tuple:
-    """The GPTQ entry on a grid f times coarser: row scales x f (fp16), levels re-rounded; deterministic."""
-    kind, arrays, meta = entry
-    s, s2 = arrays["scale"].astype(np.float32), (arrays["scale"].astype(np.float32) * f).astype(np.float16)
-    q = np.round(arrays["q"] * (s / np.maximum(s2.astype(np.float32), 1e-30))[:, None]).astype(np.int8)
-    return kind, {**arrays, "q": q, "scale": s2}, meta
-
-
-def plan_coarsening(curves: dict, ratio: dict, need: float, pos: dict) -> tuple[dict, list]:
-    """Grids after taking, one by one, the coarser grid adding least error per byte saved, until need bytes."""
-    pos, saved, moves = dict(pos), 0.0, []
-    while saved < need:
-        best = None
-        for name, (cls, curve) in curves.items():
-            k = pos.get(name, 0)
-            j = next((j for j in range(k + 1, len(curve)) if curve[j][0] < curve[k][0]), None)
-            if j is not None:
-                b, cost = (curve[k][0] - curve[j][0]) * ratio[cls], curve[j][1] - curve[k][1]
-                best = min(best or (math.inf,), (cost / b, name, j, b, cost))
-        if best is None:  # every matrix on its coarsest grid
-            break
-        _, name, pos[name], b, cost = best
-        saved, moves = saved + b, moves + [(name, pos[name], b, cost)]
-    return pos, moves
-
-
-def refit_lqer(entry: tuple, W: Tensor, hp: Hyperparameters) -> tuple:
-    """The entry's LQER repair fitted again to its own residual (after coarsen changed it); none if it had none."""
-    kind, arrays, meta = entry
-    if "la" not in arrays:
-        return entry
-    plain = {k: v for k, v in arrays.items() if k not in ("la", "la_s", "lb", "lb_s")}
-    residual = W.float() - dequantize_entry(kind, plain, meta, W.device)
-    return kind, {**plain, **lqer_factors(residual, hp.lqer_rank, hp.lqer_group)}, meta
+    err = lambda f, new: weight * float(counts @ (levels - f * new) ** 2)
+    grids = [(f, np.round(levels / f)) for f in FIT_LADDER]
+    return [(ent(np.bincount(new.astype(np.int64) + 128, counts, 256)), err(f, new)) for f, new in grids]
 
 
 def fit_to_budget(packed: dict, state: dict, hessians: dict | None, hp: Hyperparameters, code: int, log=print):
-    """(blob, stream sizes), within ARTIFACT_MAX_BYTES where possible: while over, the GPTQ matrices whose bytes
-    cost the least Hessian-weighted error move to coarser grids (their LQER refitted to the new residual); each
-    stream's ratio of compressed bytes to entropy, measured on the last blob, predicts the saving, so one more
-    serialization usually does."""
+    """(blob, stream sizes), within ARTIFACT_MAX_BYTES where possible: while over, GPTQ matrices move one grid at a
+    time, each to the coarser grid adding least Hessian-weighted error per byte saved, bytes estimated from entropy
+    by each stream's compressed bytes per entropy byte on the last blob (so one more serialization usually does)."""
     run = artifact_run(hp)  # hashes the tokenizer: once, not once per serialization
     blob, sizes = serialize(packed, hp.export_compressor, run)
     if code + len(blob) <= hp.artifact_max_bytes:
@@ -1626,18 +1567,29 @@ def fit_to_budget(packed: dict, state: dict, hessians: dict | None, hp: Hyperpar
         base_err += w * arrays["q"].size / 12  # GPTQ's own rounding error, as uniform noise: the unit of est_err
     for r in range(1, FIT_ROUNDS + 1):
         ent = {c: sum(cv[pos.get(n, 0)][0] for n, (k, cv) in curves.items() if k == c) for c, _ in curves.values()}
-        need = code + (1 + FIT_MARGIN) * len(blob) - hp.artifact_max_bytes
-        pos, moves = plan_coarsening(curves, {c: sizes[c] / max(e, 1.0) for c, e in ent.items()}, need, pos)
-        if not moves:
+        ratio = {c: sizes[c] / max(e, 1.0) for c, e in ent.items()}
+        need, saved = code + (1 + FIT_MARGIN) * len(blob) - hp.artifact_max_bytes, []
+        while sum(saved) < need:
+            options = []  # each matrix's next grid with fewer bytes: (error per byte, name, grid, bytes, error)
+            for name, (cls, curve) in curves.items():
+                k = pos.get(name, 0)
+                j = next((j for j in range(k + 1, len(curve)) if curve[j][0] < curve[k][0]), None)
+                if j is not None:
+                    b, cost = (curve[k][0] - curve[j][0]) * ratio[cls], curve[j][1] - curve[k][1]
+                    options.append((cost / b, name, j, b, cost))
+            if not options:  # every matrix on its coarsest grid
+                break
+            _, name, pos[name], b, cost = min(options)
+            saved.append(b)
+            est = f"est_saved_bytes:{b:.0f} est_err:{cost / base_err:+.3e}"  # what the step should save and add
+            log(f"fit_step round:{r} tensor:{name} step_x:{FIT_LADDER[pos[name]]:.3f} {est}")
+        if not saved:
             break
-        for name, k, b, cost in moves:  # one line per step: bytes it should save, error it should add
-            log(f"fit_step round:{r} tensor:{name} step_x:{FIT_LADDER[k]:.3f} est_saved_bytes:{b:.0f} "
-                f"est_err:{cost / base_err:+.3e}")  # fmt: skip
-        moved = {n: refit_lqer(coarsen(base[n], FIT_LADDER[k]), state[n], hp) for n, k in pos.items()}
+        moved = {n: coarsen(base[n], FIT_LADDER[k], state[n], hp) for n, k in pos.items()}
         new, sizes = serialize({**packed, **moved}, hp.export_compressor, run)
         err = sum(curves[n][1][k][1] for n, k in pos.items()) / base_err
-        log(f"fit_round:{r} model_bytes:{len(new)} saved_bytes:{len(blob) - len(new)} est_saved_bytes:"
-            f"{sum(m[2] for m in moves):.0f} est_err_total:{err:+.3e} matrices_coarsened:{len(pos)}")  # fmt: skip
+        est = f"est_saved_bytes:{sum(saved):.0f} est_err_total:{err:+.3e} matrices_coarsened:{len(pos)}"
+        log(f"fit_round:{r} model_bytes:{len(new)} saved_bytes:{len(blob) - len(new)} {est}")
         blob = new
         if code + len(blob) <= hp.artifact_max_bytes:
             break
@@ -1647,21 +1599,14 @@ def fit_to_budget(packed: dict, state: dict, hessians: dict | None, hp: Hyperpar
 # -----------------------------------------------------------------------------
 # Artifact: our own container, one compressed stream per tensor class, checksums; never torch.load
 # -----------------------------------------------------------------------------
-# A class's integer levels are coded by static rANS (constriction), one table of value counts per tensor: at flagship
-# size within 0.02% of each tensor's entropy in about a second, where brotli took a minute for 0.9% more bytes
-# (bench/packing.py). Brotli keeps the header and the small float streams.
+# Integer levels by static rANS (constriction), a table of value counts per tensor: within 0.02% of each tensor's
+# entropy in a second at flagship size, where brotli took a minute for 0.9% more bytes (bench/packing.py).
 ARTIFACT_MAGIC = b"PGA4"  # PGA3 artifacts (brotli parts, before rANS) are refused
 COMPRESSORS = {  # name -> (compress, decompress) of bytes; the artifact stores the index of the name
     "brotli": (lambda b: brotli.compress(b, quality=11), brotli.decompress),
     "zlib": (lambda b: zlib.compress(b, 9), zlib.decompress),
-    "zstd": (lambda b: zstandard.ZstdCompressor(level=22).compress(b), zstandard.ZstdDecompressor().decompress),
-    "lzma": (lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
 }
-
-
-def rans_model(counts: list[int]):
-    c = np.asarray(counts, np.float64)
-    return constriction.stream.model.Categorical(c / c.sum(), perfect=False)
+rans_model = lambda counts: constriction.stream.model.Categorical(np.divide(counts, np.sum(counts)), perfect=False)
 
 
 def rans_encode(levels: list[np.ndarray]) -> tuple[bytes, list]:
@@ -1682,7 +1627,7 @@ def rans_decode(data: bytes, tables: list) -> bytes:
     words, at, out = np.frombuffer(data, "<u4"), 0, []
     for lo, counts, n in tables:
         coder = constriction.stream.stack.AnsCoder(words[at : at + n].astype(np.uint32))
-        q = coder.decode(rans_model(counts), int(sum(counts))) if len(counts) > 1 else np.zeros(counts[0], np.int32)
+        q = coder.decode(rans_model(counts), sum(counts)) if len(counts) > 1 else np.zeros(counts[0], np.int32)
         out.append((q + lo).astype(np.int8).tobytes())
         at += n
     return b"".join(out)
@@ -1699,39 +1644,33 @@ def artifact_run(hp: Hyperparameters) -> dict:
 
 
 def serialize(packed: dict, method: str, run: dict | None = None) -> tuple[bytes, dict[str, int]]:
-    """(blob, compressed bytes per stream): one stream per tensor class, so each coder sees one kind of symbol.
-    method "rans": the GPTQ classes' levels by rANS, the header and the rest by brotli; else every stream by that
-    byte compressor. Matrices stay row-major: column-major measured ~1 KB larger (bench note, issue 4). `run`
-    (artifact_run) goes into the header, plain JSON like the rest of it."""
-    if method == "best":
-        return min((serialize(packed, m, run) for m in (*COMPRESSORS, "rans")), key=lambda r: len(r[0]))
+    """(blob, compressed bytes per stream): a stream per tensor class, so each coder sees one kind of symbol; "rans"
+    codes the GPTQ levels by rANS, the rest by brotli. Row-major: column-major measured ~1 KB larger (issue 4)."""
     streams: dict[str, list[np.ndarray]] = {}
-    entries, at = [], {}
+    entries, byte_coder = [], "brotli" if method == "rans" else method
     for name, (kind, arrays, meta) in packed.items():
         refs = []
         for key, a in arrays.items():
             stream, a = meta.get("cls", "rest") if key == "q" else "rest", np.ascontiguousarray(a)
-            refs.append([key, stream, at.get(stream, 0), a.dtype.str, list(a.shape)])
+            refs.append([key, stream, sum(x.nbytes for x in streams.get(stream, [])), a.dtype.str, list(a.shape)])
             streams.setdefault(stream, []).append(a)
-            at[stream] = at.get(stream, 0) + a.nbytes
         entries.append([name, kind, meta, refs])
-    compress = COMPRESSORS["brotli" if method == "rans" else method][0]
-    table, blobs = [], []
+    compress, table, blobs = COMPRESSORS[byte_coder][0], [], []
     for k, arrays in streams.items():
         coded = rans_encode(arrays) if method == "rans" and k != "rest" else (compress(b"".join(arrays)), None)
-        table.append([k, len(coded[0]), zlib.crc32(coded[0]), at[k], coded[1]])
+        table.append([k, len(coded[0]), zlib.crc32(coded[0]), sum(a.nbytes for a in arrays), coded[1]])
         blobs.append(coded[0])
     head = compress(json.dumps({"tensors": entries, "streams": table, "run": run or {}}).encode())
-    index = list(COMPRESSORS).index("brotli" if method == "rans" else method)
-    prefix = ARTIFACT_MAGIC + bytes([index]) + struct.pack("<II", len(head), zlib.crc32(head))
+    index = bytes([list(COMPRESSORS).index(byte_coder)])  # a byte compressor, rans's too
+    prefix = ARTIFACT_MAGIC + index + struct.pack("<II", len(head), zlib.crc32(head))
     return prefix + head + b"".join(blobs), {"header": len(prefix) + len(head), **{k: n for k, n, *_ in table}}
 
 
 def read_header(blob: bytes) -> tuple[dict, int]:
     """(header, where the streams begin), after checking magic, compressor, length and checksum."""
     if len(blob) < 13 or blob[:4] != ARTIFACT_MAGIC or blob[4] >= len(COMPRESSORS):
-        raise ArtifactError(f"not a model artifact of this train_gpt.py (expected magic {ARTIFACT_MAGIC!r}, found "
-                            f"{blob[:4]!r}, and a known compressor)")  # fmt: skip
+        expected = f"expected magic {ARTIFACT_MAGIC!r} and a compressor below {len(COMPRESSORS)}, found {blob[:5]!r}"
+        raise ArtifactError(f"not a model artifact of this train_gpt.py ({expected})")
     n, crc = struct.unpack("<II", blob[5:13])
     head = blob[13 : 13 + n]
     if len(head) != n or zlib.crc32(head) != crc:
@@ -1748,6 +1687,8 @@ def deserialize(blob: bytes) -> dict:
     decompress = list(COMPRESSORS.values())[blob[4]][1]
     if pos + sum(clen for _, clen, *_ in header["streams"]) != len(blob):
         raise ArtifactError(f"artifact is {len(blob)} bytes, its header declares a different length (truncated?)")
+    if any(meta.get("group", -1) >= 0 for _, _, meta, _ in header["tensors"]):  # written with AWQ_GROUP set
+        raise ArtifactError("artifact has AWQ-lite int8 column groups, which this train_gpt.py no longer reads")
     raw = {}
     for name, clen, scrc, rawlen, tables in header["streams"]:
         data = blob[pos : pos + clen]

@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from gpu_proxy import H100_BF16_DENSE_TFLOPS, RECORD_TOKENS_PER_S_PER_GPU, train_flops_per_token  # noqa: E402
 
 import train_gpt as tg  # noqa: E402
+from tools.record import BUDGET_BYTES  # noqa: E402
 
 SAMPLE = ROOT / "data" / "datasets" / "sample_caseops_sp8192"
 RECORD_STEP_MS_8GPU = 121.7  # the public record's 786,432-token step on 8xH100
@@ -230,7 +231,7 @@ def export_stage(run: Run, check: Check, batches: int) -> dict:
             "hessian_s_at_default_batches": hess_s / n * run.hp.gptq_calibration_batches, "quantize_s": quant_s,
             "pack_s": pack_s, "compressor": hp.export_compressor, "model_bytes": len(run.blob), "streams": sizes,
             "code_bytes": code, "artifact_bytes": code + len(run.blob),
-            "fits": code + len(run.blob) <= tg.ARTIFACT_BUDGET, "trained_steps": run.steps}  # fmt: skip
+            "fits": code + len(run.blob) <= BUDGET_BYTES, "trained_steps": run.steps}  # fmt: skip
 
 
 def eval_stage(run: Run, check: Check, val) -> dict:

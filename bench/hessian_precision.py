@@ -88,7 +88,7 @@ def main() -> None:
             else hp.mlp_clip_sigmas
         )
         damp = hp.gptq_embed_damp if name == "tok_emb.weight" else hp.gptq_damp
-        ref, args = hessian(xs, None), (2 ** (bits_q - 1) - 1, clip, -1, 0, damp)
+        ref, args = hessian(xs, None), (2 ** (bits_q - 1) - 1, clip, damp)
         base = gptq_output_error(W, ref, ref, args)
         row = {"tensor": name, "tokens": sum(x.shape[0] for x in xs)}
         for label, bits in (("fp32", 23), ("tf32", 10), ("bf16", 7)):

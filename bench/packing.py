@@ -206,7 +206,7 @@ def flagship_packed(packed: dict, seed: int = 0) -> dict:
         cdf = np.cumsum(counts) / counts.sum()
         q = values[np.minimum(np.searchsorted(cdf, rng.random(shape)), len(values) - 1)].astype(np.int8)
         scale = rng.choice(arrays["scale"], shape[0])
-        out[name] = ("gptq", {"q": q, "scale": scale}, {**meta, "group": -1, "width": 0})
+        out[name] = ("gptq", {"q": q, "scale": scale}, meta)
     return out
 
 
@@ -217,9 +217,9 @@ def fit_timing(packed: dict, log) -> dict:
     spent = {"serialize_s": 0.0, "serializations": 0}
     real = tg.serialize
 
-    def counting(p, method):
+    def counting(p, method, run=None):
         t0 = time.process_time()
-        r = real(p, method)
+        r = real(p, method, run)
         spent["serialize_s"] += time.process_time() - t0
         spent["serializations"] += 1
         return r
@@ -227,10 +227,11 @@ def fit_timing(packed: dict, log) -> dict:
     natural = len(real(packed, hp.export_compressor)[0])
     hp.artifact_max_bytes = int(natural / (1 + FLAGSHIP_OVER))
     hessians = {n: torch.eye(a["q"].shape[1]) for n, (_, a, _) in packed.items()}
+    state = tg.dequantize_model(packed)  # the float weights coarsen would refit LQER to (these have none)
     tg.serialize = counting
     try:
         lines = []
-        (blob, _), total = timed(tg.fit_to_budget, packed, hessians, hp, 0, lambda x: lines.append(x) or log(x))
+        (blob, _), total = timed(tg.fit_to_budget, packed, state, hessians, hp, 0, lambda x: lines.append(x) or log(x))
     finally:
         tg.serialize = real
     return {"natural_bytes": natural, "budget_bytes": hp.artifact_max_bytes, "fitted_bytes": len(blob),
@@ -284,6 +285,7 @@ def projection(gpu_export: dict, rans_gain: dict[str, float]) -> dict:
     its measured bits per parameter (+1 per extra bit: a grid twice as fine at the same clip adds one bit of
     entropy), header and `rest` scaled with the number of quantized rows; code = the packed train_gpt.py."""
     from tools import pack
+    from tools.record import BUDGET_BYTES
 
     base = class_params({})
     bpp = {c: 8 * gpu_export["streams"][c] / base[c] for c in CLASSES}
@@ -297,7 +299,7 @@ def projection(gpu_export: dict, rans_gain: dict[str, float]) -> dict:
         other = fixed * p["rows"] / base["rows"]
         rows[name] = {"params": p["params"], "brotli": sum(streams.values()) + other,
                       "rans": sum(streams[c] * rans_gain[c] for c in CLASSES) + other}  # fmt: skip
-    return {"bits_per_param": bpp, "code": code, "configs": rows, "budget": tg.ARTIFACT_BUDGET}
+    return {"bits_per_param": bpp, "code": code, "configs": rows, "budget": BUDGET_BYTES}
 
 
 def main() -> None:

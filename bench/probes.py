@@ -55,7 +55,7 @@ BASE = {"PRESET": "smoke", "MAX_WALLCLOCK_SECONDS": "3", "ITERATIONS": "4"}  # s
 KEEP_ENV = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "VIRTUAL_ENV", "PYTHONPATH", "PG_SHARED_DATA"}
 TRACEBACK = "Traceback (most recent call last)"
 SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
-COMPRESSOR_ORDER = ("brotli", "zlib", "zstd", "lzma")  # train_gpt.COMPRESSORS: the artifact stores the index
+COMPRESSOR_ORDER = ("brotli", "zlib")  # train_gpt.COMPRESSORS: the artifact stores the index
 
 
 class FixtureError(RuntimeError):
@@ -337,14 +337,6 @@ def codec(index: int):
         import brotli
 
         return brotli.decompress, lambda b: brotli.compress(b, quality=11)
-    if name == "zstd":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().decompress, zstandard.ZstdCompressor(level=22).compress
-    if name == "lzma":
-        import lzma
-
-        return lzma.decompress, lzma.compress
     return zlib.decompress, zlib.compress
 
 

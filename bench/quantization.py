@@ -1,6 +1,6 @@
-"""Quantization ablation on one trained model: BPB before quantization, int6 round-to-nearest, GPTQ,
-GPTQ+LQER and GPTQ+LQER+AWQ-lite, with the model bytes and bits per parameter of each, and each stream of
-quantized integers' compressed bytes against the empirical entropy of its symbols.
+"""Quantization ablation on one trained model: BPB before quantization, int6 round-to-nearest, GPTQ and
+GPTQ+LQER, with the model bytes and bits per parameter of each, and each stream of quantized integers'
+compressed bytes against the empirical entropy of its symbols.
 
 Trains with the configuration in the environment (e.g. the README's CPU configuration), using the
 script's own training loop, then quantizes the same EMA weights with each variant and evaluates the
@@ -26,12 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
 
 VARIANTS = {  # name -> (overrides of the quantization knobs, GPTQ on the embedding too)
-    "int6_rtn": ({"GPTQ": "0", "LQER_TOP_K": "0", "AWQ_GROUP": "0"}, True),
-    "gptq": ({"LQER_TOP_K": "0", "AWQ_GROUP": "0"}, True),
-    "gptq_embed_rtn": ({"LQER_TOP_K": "0", "AWQ_GROUP": "0"}, False),
-    "gptq_embed_damp0.01": ({"LQER_TOP_K": "0", "AWQ_GROUP": "0", "GPTQ_EMBED_DAMP": "0.01"}, True),
-    "gptq_lqer": ({"AWQ_GROUP": "0"}, True),
-    "gptq_lqer_awq": ({"AWQ_GROUP": "64"}, True),
+    "int6_rtn": ({"GPTQ": "0", "LQER_TOP_K": "0"}, True),
+    "gptq": ({"LQER_TOP_K": "0"}, True),
+    "gptq_embed_rtn": ({"LQER_TOP_K": "0"}, False),
+    "gptq_embed_damp0.01": ({"LQER_TOP_K": "0", "GPTQ_EMBED_DAMP": "0.01"}, True),
+    "gptq_lqer": ({}, True),
 }
 
 

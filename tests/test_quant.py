@@ -1,4 +1,4 @@
-"""Quantization and the artifact: GPTQ, LQER, AWQ-lite, the container, the packed script and the budget."""
+"""Quantization and the artifact: GPTQ, LQER, the container, the packed script and the budget."""
 
 import os
 import re
@@ -59,7 +59,7 @@ def test_gptq_beats_round_to_nearest_on_real_activations(trained):
         bits, sigmas = tg.class_bits(hp, cls)
         qmax = 2 ** (bits - 1) - 1
         H = hessians[name]
-        (q_rtn, s_rtn), (q_gptq, s_gptq) = (tg.gptq_quantize(W, h, qmax, sigmas, -1, 0, 0.01) for h in (None, H))
+        (q_rtn, s_rtn), (q_gptq, s_gptq) = (tg.gptq_quantize(W, h, qmax, sigmas, 0.01) for h in (None, H))
         assert q_gptq.abs().max() <= qmax and torch.equal(s_rtn, s_gptq)
         rtn, gptq = output_error(W, q_rtn * s_rtn[:, None], H), output_error(W, q_gptq * s_gptq[:, None], H)
         ratios.append(gptq / rtn)
@@ -81,27 +81,6 @@ def test_lqer_lowers_the_residual_of_the_tensors_it_repairs(trained):
     others = [n for n in plain if n not in fixed and plain[n][0] == "gptq"]
     worst_other = max((state[n] - tg.dequantize_entry(*plain[n])).norm() for n in others)
     assert min((state[n] - tg.dequantize_entry(*plain[n])).norm() for n in fixed) >= worst_other
-
-
-def test_awq_keeps_the_salient_group_at_int8_inside_gptq(trained):
-    hp, model, hessians = trained
-    name = "blocks.1.mlp.proj.weight"  # 256 input columns: four groups of 64
-    W, H = model.state_dict()[name], hessians[name]
-    group = tg.salient_group(W, H, 64)
-    saliency = (H.diag().sqrt() * W.abs().mean(0)).view(-1, 64).sum(1)
-    assert group == int(saliency.argmax()) and W.size(1) // 64 == 4
-    q, scale = tg.gptq_quantize(W, H, 31, 11.5, group, 64, 0.01)
-    cols = slice(group * 64, (group + 1) * 64)
-    assert q[:, cols].abs().max() > 31 and q[:, cols].abs().max() <= 127
-    others = torch.cat([q[:, : group * 64], q[:, (group + 1) * 64 :]], 1)
-    assert others.abs().max() <= 31
-    q0, s0 = tg.gptq_quantize(W, H, 31, 11.5, -1, 64, 0.01)  # the same solve without the int8 group
-    meta = dict(bits=6, group=group, width=64)
-    with_awq = tg.dequantize_entry("gptq", {"q": q.to(torch.int8).numpy(), "scale": scale.half().numpy()}, meta)
-    without = q0 * s0[:, None]
-    print("awq output error:", output_error(W, with_awq, H), "without:", output_error(W, without, H))
-    assert output_error(W, with_awq, H) < output_error(W, without, H)
-    assert (with_awq - W)[:, cols].abs().mean() < 0.7 * (without - W)[:, cols].abs().mean()
 
 
 @pytest.mark.parametrize("method", ["rans", "brotli"])
@@ -132,8 +111,11 @@ def test_container_round_trip_is_exact_and_refuses_damage(trained, method):
     for cut in (5, 100, len(blob) - 1):
         with pytest.raises(tg.ArtifactError, match="truncated|not a model artifact"):
             tg.deserialize(blob[:cut])
-    best, _ = tg.serialize(packed, "best")
-    assert len(best) == min(len(tg.serialize(packed, m)[0]) for m in (*tg.COMPRESSORS, "rans"))
+    head, at = tg.read_header(blob)  # written with AWQ_GROUP (gone): refused, not misread
+    head["tensors"][0][2] = {**head["tensors"][0][2], "group": 0, "width": 64}
+    h = tg.COMPRESSORS["brotli"][0](tg.json.dumps(head).encode())
+    with pytest.raises(tg.ArtifactError, match="AWQ-lite"):
+        tg.deserialize(blob[:5] + tg.struct.pack("<II", len(h), tg.zlib.crc32(h)) + h + blob[at:])
 
 
 def test_rans_codes_every_integer_class_exactly_near_its_entropy(trained):
@@ -188,12 +170,12 @@ def test_lqer_is_refitted_after_the_fit_coarsens_a_tensor(trained):
     packed = tg.quantize_model(state, hessians, tiny_hp(LQER_TOP_K="1"), log=lambda _: None)
     name = next(n for n, (_, a, _) in packed.items() if "la" in a)
     coarse = tg.coarsen(packed[name], tg.FIT_LADDER[8])
-    refit = tg.refit_lqer(coarse, state[name], hp)
+    refit = tg.coarsen(packed[name], tg.FIT_LADDER[8], state[name], hp)
     assert not np.array_equal(refit[1]["la"], coarse[1]["la"]) or not np.array_equal(refit[1]["lb"], coarse[1]["lb"])
     err = lambda e: float((state[name].float() - tg.dequantize_entry(*e)).norm())
     assert err(refit) < err(coarse)
     plain = next(n for n, (k, a, _) in packed.items() if k == "gptq" and "la" not in a)
-    assert "la" not in tg.refit_lqer(tg.coarsen(packed[plain], 1.1), state[plain], hp)[1]
+    assert "la" not in tg.coarsen(packed[plain], 1.1, state[plain], hp)[1]
 
 
 def test_row_major_layout_is_not_larger_than_column_major(trained):
@@ -336,7 +318,7 @@ def test_randomized_weights_survive_the_round_trip_closely():
     torch.manual_seed(0)
     model = randomize(tg.GPT(tiny_hp(MODEL_DIM=128)))
     packed = tg.quantize_model(model.state_dict(), None, tiny_hp(MODEL_DIM=128, LQER_TOP_K=0), log=lambda _: None)
-    restored = tg.dequantize_model(tg.deserialize(tg.serialize(packed, "zstd")[0]))
+    restored = tg.dequantize_model(tg.deserialize(tg.serialize(packed, "zlib")[0]))
     for name, w in model.state_dict().items():
         if tg.quant_class(name):  # a row's step is 13 sigma / 31 levels: at most half a step off (within the clip)
             assert (restored[name] - w).abs().max() <= 0.5 * 13 / 31 * w.std(dim=1).max() * 1.01, name
