@@ -1704,22 +1704,6 @@ def deserialize(blob: bytes) -> dict:
     return {name: (kind, {key: view(*ref) for key, *ref in refs}, meta) for name, kind, meta, refs in header["tensors"]}
 
 
-def estimate_model_bytes(model: nn.Module, hp: Hyperparameters) -> int:
-    """Expected compressed size if weights are Gaussian: a symbol at step k*sigma/qmax carries about
-    log2(sqrt(2*pi*e) * qmax / k) bits, plus fp16 row scales and fp16 small tensors."""
-    total, entropy = 0.0, lambda qmax, sigmas: math.log2(math.sqrt(2 * math.pi * math.e) * qmax / sigmas)
-    for name, t in model.state_dict().items():
-        if quant_class(name):
-            bits, sigmas = class_bits(hp, quant_class(name))
-            cols, width = t.size(1), hp.awq_group
-            awq = width / cols if width and cols % width == 0 and cols > width else 0
-            per_weight = (1 - awq) * entropy(2 ** (bits - 1) - 1, sigmas) + awq * entropy(127, sigmas)
-            total += t.numel() * per_weight / 8 + 2 * t.size(0)
-        else:
-            total += 2 * t.numel()
-    return int(total)
-
-
 # -----------------------------------------------------------------------------
 # Training
 # -----------------------------------------------------------------------------
@@ -1727,39 +1711,38 @@ RUN_FILES = (".txt", ".ptz", ".over_budget.ptz", ".float.pt")  # what a run writ
 
 
 class Logger:
-    """key:value lines to the console (rank 0) and to LOG_DIR/RUN_ID.txt, which the run claims by creating it:
-    two runs under one RUN_ID would otherwise merge their logs and overwrite each other's artifact."""
+    """key:value lines to the console (rank 0) and LOG_DIR/RUN_ID.txt, which the run claims by creating it."""
 
     def __init__(self, hp: Hyperparameters, rank: int):
         self.rank, self.path = rank, Path(hp.log_dir) / f"{hp.run_id}.txt"
-        if rank == 0:
-            taken = [p.name for p in (Path(hp.log_dir) / f"{hp.run_id}{s}" for s in RUN_FILES) if p.exists()]
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                if not taken:
-                    self.path.open("x").close()
-            except FileExistsError:
-                taken = [self.path.name]
-            except OSError as e:
-                msg = f"LOG_DIR={hp.log_dir}: cannot write {self.path.name} there ({e.strerror})"
-                raise HyperparameterError(msg) from None
-            if taken:
-                raise HyperparameterError(f"RUN_ID={hp.run_id}: {', '.join(taken)} already in LOG_DIR="
-                                          f"{hp.log_dir} (another run's); expected a new RUN_ID")  # fmt: skip
+        if rank > 0:
+            return
+        # two runs under one RUN_ID would merge their logs and overwrite each other's artifact
+        taken = [hp.run_id + s for s in RUN_FILES if (Path(hp.log_dir) / (hp.run_id + s)).exists()]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not taken:
+                self.path.open("x").close()
+        except FileExistsError:
+            taken = [self.path.name]
+        except OSError as e:
+            msg = f"LOG_DIR={hp.log_dir}: cannot write {self.path.name} there ({e.strerror})"
+            raise HyperparameterError(msg) from None
+        if taken:
+            msg = f"RUN_ID={hp.run_id}: {', '.join(taken)} already in LOG_DIR={hp.log_dir} (another run's)"
+            raise HyperparameterError(msg + "; expected a new RUN_ID")
 
-    def error(self, msg: str):
-        """An error line from any rank, into the log rank 0 made (the console's is printed where it is raised)."""
+    def write(self, msg: str):
+        """A line into the log rank 0 made, from any rank (an error's)."""
         if self.path.exists():
             with open(self.path, "a") as f:
                 f.write(msg + "\n")
 
     def __call__(self, msg: str, console: bool = True):
-        if self.rank != 0:
-            return
-        if console:
+        if self.rank == 0 and console:
             print(msg, flush=True)
-        with open(self.path, "a") as f:
-            f.write(msg + "\n")
+        if self.rank == 0:
+            self.write(msg)
 
 
 def setup_distributed():
@@ -1788,8 +1771,7 @@ def grad_accum_steps(hp: Hyperparameters, world: int) -> int:
 
 
 def sync_gradients(params: list[Tensor], world: int, average: bool = True):
-    """Average (or sum) gradients over ranks with one flat all-reduce (no DDP: Muon shards its own work). A
-    parameter unused this step (skip slots before looping) gets a zero gradient, which keeps ranks in step."""
+    """Gradients averaged (or summed) over ranks in one all-reduce; an unused parameter's are zeros (ranks in step)."""
     for p in params:
         p.grad = torch.zeros_like(p) if p.grad is None else p.grad
     if world == 1:
@@ -1825,8 +1807,7 @@ def train_step(model, step_model, optimizers, loader, seq_len, backend, hp, worl
 
 
 def shape_shares(hp: Hyperparameters) -> list[tuple[int, bool, float]]:
-    """(sequence length, looping, share of the run) for each pair the timed run meets: a length runs over its
-    share [start, end) of the run, looping from ENABLE_LOOPING_AT on."""
+    """(sequence length, looping, share of the run) for each pair the timed run meets."""
     shares, start, at = [], 0.0, hp.enable_looping_at if hp.num_loops else math.inf
     for length, end in hp.seq_len_schedule_parsed:
         shares += [(length, False, min(end, at) - start)] if start < at else []
@@ -1836,34 +1817,31 @@ def shape_shares(hp: Hyperparameters) -> list[tuple[int, bool, float]]:
 
 
 def warmup_shapes(hp: Hyperparameters) -> list[tuple[int, bool]]:
-    """The (sequence length, looping) pairs of shape_shares: the flagship meets 4 of the 6; a compile is ~70 s."""
+    """The (sequence length, looping) pairs to compile: the flagship meets 4 of the 6; a compile is ~70 s."""
     return [(length, looping) for length, looping, _ in shape_shares(hp)]
 
 
 def compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log) -> list | None:
-    """Runs WARMUP_STEPS steps over the shapes and modes training will meet (warmup_shapes), so compilation
-    happens before the clock; then restores the initial weights and optimizer state. Returns each shape's
-    median step in ms after its first (the compile), the slowest rank's (None unless every shape had one)."""
+    """WARMUP_STEPS steps round the warmup_shapes, then the initial state back: each shape's median step ms after
+    its first (the compile) on the slowest rank, or None."""
     if hp.warmup_steps == 0:
         return None
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
-    loader = TrainLoader(hp, rank, world, accum)
-    shapes, t0 = warmup_shapes(hp), time.perf_counter()
+    loader, shapes, t0 = TrainLoader(hp, rank, world, accum), warmup_shapes(hp), time.perf_counter()
     times = [[] for _ in shapes]
     for i in range(hp.warmup_steps):
         seq_len, model.looping = shapes[i % len(shapes)]
         t1 = time.perf_counter()
         train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device)
         times[i % len(shapes)].append(1000 * (time.perf_counter() - t1))
-        # a shape's first step includes its compile: the elapsed time shows what each compile cost
-        log(f"warmup_step:{i + 1}/{hp.warmup_steps} seq_len:{seq_len} looping:{int(model.looping)} "
-            f"elapsed_s:{time.perf_counter() - t0:.1f}")  # fmt: skip
+        shape = f"seq_len:{seq_len} looping:{int(model.looping)}"  # a shape's first step includes its compile
+        log(f"warmup_step:{i + 1}/{hp.warmup_steps} {shape} elapsed_s:{time.perf_counter() - t0:.1f}")
     loader.close()
     model.looping = False
     model.load_state_dict(weights)
-    for opt, s in zip(optimizers, states):
-        opt.load_state_dict(s)
+    for opt, state in zip(optimizers, states):
+        opt.load_state_dict(state)
     ms = torch.tensor([float(np.median(t[1:])) if len(t) > 1 else math.nan for t in times], device=device)
     if world > 1:  # NaN wins MAX: a shape unmeasured on any rank leaves no plan on every rank
         dist.all_reduce(ms, op=dist.ReduceOp.MAX)
@@ -1871,9 +1849,7 @@ def compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accu
 
 
 def planned_steps(hp: Hyperparameters, step_ms: list | None, budget_ms: float) -> int | None:
-    """The steps the run is projected to take, each shape's share of the cap at its warmup step time (None
-    without those times and a cap: the schedules then follow the run's time). The momentum warmup and the
-    EMA take their per-step constants from it: at the flagship's 4,900 steps, the records' 1,500 and 0.9965."""
+    """Steps in the cap at the warmup's step times (None without them), for the momentum warmup and the EMA."""
     if math.isinf(budget_ms):
         return hp.iterations
     if step_ms is None:
@@ -1882,23 +1858,15 @@ def planned_steps(hp: Hyperparameters, step_ms: list | None, budget_ms: float) -
     return max(1, min(hp.iterations, round(steps)))
 
 
-def projected_end(hp: Hyperparameters, step: int, train_ms: float, budget_ms: float) -> str:
-    """Seconds of the training cap left and the step training will stop at, at the mean step time so far."""
-    left_s = max(0.0, budget_ms - train_ms) / 1000
-    end = hp.iterations if math.isinf(left_s) else min(hp.iterations, step + int(1000 * left_s * step / train_ms))
-    return f"remaining_s:{left_s:.0f} projected_steps:{end}"
-
-
 class TrainingError(RuntimeError):
-    """Training that cannot go on (a non-finite loss)."""
+    """Training that cannot go on (a non-finite loss, replicas that drifted apart)."""
 
 
-def weights_finite(model: nn.Module) -> bool:
-    """One reduction over every parameter: an optimizer step can leave NaN weights behind a finite loss."""
-    return bool(torch.stack(torch._foreach_norm([p.detach() for p in model.parameters()])).sum().isfinite())
-
-
-def stop_on_bad_loss(hp: Hyperparameters, model: GPT, ema, step: int, loss: float, rank: int):
+def stop_if_not_finite(hp: Hyperparameters, model: GPT, ema, step: int, loss: float, rank: int):
+    """A non-finite loss, or non-finite weights behind a finite one, ends the run, the EMA's weights kept."""
+    norms = torch._foreach_norm([p.detach() for p in model.parameters()])
+    if math.isfinite(loss) and torch.stack(norms).sum().isfinite():
+        return
     kept = "nothing kept (EMA_HORIZON_FRAC=0: the weights are already damaged)"
     if ema is not None:
         ema.copy_to(model)
@@ -1911,9 +1879,7 @@ def stop_on_bad_loss(hp: Hyperparameters, model: GPT, ema, step: int, loss: floa
 
 
 def agreed_ms(since: float, device, world: int) -> float:
-    """Milliseconds since `since` (perf_counter) on the slowest rank's clock: one small all-reduce, the step's
-    only sync besides the gradients. Every schedule, the EMA and the stop read this one time, so the replicas
-    take the same learning rate, momentum, decay, switches and last step whatever each host's own clock says."""
+    """Milliseconds since `since` (perf_counter) on the slowest rank: one time for every rank's decisions."""
     ms = torch.tensor(1000 * (time.perf_counter() - since), dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(ms, op=dist.ReduceOp.MAX)
@@ -1921,8 +1887,7 @@ def agreed_ms(since: float, device, world: int) -> float:
 
 
 def check_replicas(model: nn.Module, step: int, world: int, log):
-    """The ranks' weights bit for bit: an exact integer checksum per tensor, compared in one all-reduce; a drift
-    is one error naming the step and the first tensor that differs (the replicas must be one model)."""
+    """The ranks' weights bit for bit (an exact integer checksum per tensor, in one all-reduce)."""
     if world == 1:
         return
     named = [(n, p.detach().float()) for n, p in model.named_parameters()]
@@ -1932,22 +1897,22 @@ def check_replicas(model: nn.Module, step: int, world: int, log):
     differ = (both[: len(sums)] != -both[len(sums) :]).tolist()
     log(f"replicas_check step:{step} ranks:{world} same:{int(not any(differ))}")
     if any(differ):
-        raise TrainingError(f"step {step}: the ranks' weights differ, first in {named[differ.index(True)][0]}; "
-                            "the replicas drifted apart (every rank must apply the same updates)")  # fmt: skip
+        msg = f"step {step}: the ranks' weights differ, first in {named[differ.index(True)][0]}; the replicas drifted"
+        raise TrainingError(msg + " apart (every rank must apply the same updates)")
 
 
-def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log, export_s=0.0,
-          step_ms=None) -> dict:  # fmt: skip
-    """The timed loop on one clock (agreed_ms): from the first step, validation excluded. Training stops before
-    one more step would cross the cap less the calibration reserve and export_s (making the artifact), and
-    calibration ends export_s before the cap. step_ms: compile_warmup's, for planned_steps."""
+def train(
+    hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log, export_s=0.0, step_ms=None
+) -> dict:
+    """The timed loop, validation excluded, then the calibration: both end export_s before the cap (the training
+    GPTQ_RESERVE_SECONDS before that)."""
     cap_ms = 1000 * (hp.max_wallclock_seconds - export_s) if hp.max_wallclock_seconds else math.inf
     budget_ms = cap_ms - 1000 * hp.gptq_reserve_seconds
     plan = planned_steps(hp, step_ms, budget_ms)
     if plan is not None:
         decay = ema_decay(hp, 1 / plan) if hp.ema_horizon_frac else 0.0  # (0: no EMA)
-        log(f"step_plan projected_steps:{plan} momentum_warmup_steps:{hp.muon_momentum_warmup_frac * plan:.0f} "
-            f"ema_decay:{decay:.5f}")  # fmt: skip
+        warmup = f"momentum_warmup_steps:{hp.muon_momentum_warmup_frac * plan:.0f}"
+        log(f"step_plan projected_steps:{plan} {warmup} ema_decay:{decay:.5f}")
     loader = TrainLoader(hp, rank, world, accum)
     ema = EMA(model) if hp.ema_horizon_frac > 0 else None
     step, train_ms, last_ms, seq_len, changed_at = 0, 0.0, 0.0, None, 0
@@ -1959,65 +1924,64 @@ def train(hp, model, step_model, optimizers, val, backend, rank, world, accum, d
         if hp.num_loops and not model.looping and frac >= hp.enable_looping_at:
             model.looping = True
             log(f"looping:on step:{step} train_time_ms:{train_ms:.0f} virtual_layers:{model.virtual_layers()}")
-        if seq_len not in (None, seq_len_at(hp.seq_len_schedule_parsed, frac)):  # longer context: LR ramps up again
+        length = seq_len_at(hp.seq_len_schedule_parsed, frac)
+        if seq_len not in (None, length):  # longer context: the LR ramps up again
             changed_at = step
-            log(f"seq_len_change: seq_len:{seq_len_at(hp.seq_len_schedule_parsed, frac)} step:{step} "
-                f"train_time_ms:{train_ms:.0f}")  # fmt: skip
-        seq_len = seq_len_at(hp.seq_len_schedule_parsed, frac)
+            log(f"seq_len_change: seq_len:{length} step:{step} train_time_ms:{train_ms:.0f}")
+        seq_len = length
         ramping = changed_at and hp.seq_len_warmup_steps
         ramp = min(1.0, (step - changed_at + 1) / hp.seq_len_warmup_steps) if ramping else 1.0
         mul = lr_multiplier(frac, hp.warmdown_frac, hp.min_lr) * ramp
-        for opt in optimizers:
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * mul
+        for group in [g for opt in optimizers for g in opt.param_groups]:
+            group["lr"] = group["base_lr"] * mul
         optimizers[0].param_groups[0]["momentum"] = muon_momentum_at(step / plan if plan else frac, hp)
         loss, grad_norm = train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device)
-        if not math.isfinite(loss) or not weights_finite(model):  # stop: the EMA holds the weights before it
-            stop_on_bad_loss(hp, model, ema, step + 1, loss, rank)
+        stop_if_not_finite(hp, model, ema, step + 1, loss, rank)
         now_ms = agreed_ms(t_start, device, world)
         step, last_ms, train_ms = step + 1, now_ms - train_ms, now_ms
         if ema is not None:  # this step's share of the run: of its planned steps, else of its time
             share = 1 / plan if plan else max(train_ms / budget_ms, step / hp.iterations) - frac
             ema.update(model, ema_decay(hp, share))
-        if step % hp.train_log_every == 0 or step <= 5:
-            log(f"step:{step}/{hp.iterations} train_loss:{loss:.6f} grad_norm:{grad_norm:.4f} lr_mul:{mul:.4f} "
-                f"seq_len:{seq_len} train_time_ms:{train_ms:.0f} step_avg_ms:{train_ms / step:.2f} "
-                f"tokens:{step * hp.train_batch_tokens} {projected_end(hp, step, train_ms, budget_ms)}")  # fmt: skip
+        at = f"step:{step}/{hp.iterations}"
+        if step % hp.train_log_every == 0 or step <= 5:  # with the cap left and the step it projects to stop at
+            left_s = max(0.0, budget_ms - train_ms) / 1000
+            end = (
+                hp.iterations if left_s == math.inf else min(hp.iterations, step + int(1000 * left_s * step / train_ms))
+            )
+            line = f"{at} train_loss:{loss:.6f} grad_norm:{grad_norm:.4f} lr_mul:{mul:.4f} seq_len:{seq_len}"
+            line += f" train_time_ms:{train_ms:.0f} step_avg_ms:{train_ms / step:.2f}"
+            log(f"{line} tokens:{step * hp.train_batch_tokens} remaining_s:{left_s:.0f} projected_steps:{end}")
         if hp.replica_check_every and step % hp.replica_check_every == 0:
             check_replicas(model, step, world, log)
         if hp.val_loss_every and step % hp.val_loss_every == 0:
             t0 = time.perf_counter()
             r = evaluate(step_model, val, hp, 0, backend, device, rank, world)
-            log(f"step:{step}/{hp.iterations} val_loss:{r['val_loss']:.6f} val_bpb:{r['val_bpb']:.6f} "
-                f"train_time_ms:{train_ms:.0f}")  # fmt: skip
+            log(f"{at} val_loss:{r['val_loss']:.6f} val_bpb:{r['val_bpb']:.6f} train_time_ms:{train_ms:.0f}")
             t_start += time.perf_counter() - t0
         if train_ms + last_ms > budget_ms:  # the same numbers on every rank: the same decision
-            log(f"stopping_early:wallclock_cap train_time_ms:{train_ms:.0f} step:{step}/{hp.iterations}")
+            log(f"stopping_early:wallclock_cap train_time_ms:{train_ms:.0f} {at}")
             break
     if ema is not None:
         ema.copy_to(model)
     check_replicas(model, step, world, log)  # the weights every rank will export and score
-    hessians, end_s = None, train_ms / 1000
+    hessians, end_s, tokens = None, train_ms / 1000, step * hp.train_batch_tokens
     if hp.gptq:  # the last read of training data: inside the cap, on the weights that will be exported
         end_len, deadline, last_s = seq_len_at(hp.seq_len_schedule_parsed, 1.0), t_start + cap_ms / 1000, last_ms / 1000
         hessians, batches = collect_hessians(model, loader, hp, end_len, deadline, backend, device, world, last_s)
         end_s = agreed_ms(t_start, device, world) / 1000
         log(f"gptq_calibration_batches:{batches} gptq_calibration_end_s:{end_s:.3f}")
     loader.close()
-    tokens = step * hp.train_batch_tokens
-    return dict(steps=step, train_ms=train_ms, tokens=tokens, step_avg_ms=train_ms / max(step, 1), hessians=hessians,
-                t_start=t_start, calibrated_s=end_s)  # fmt: skip
+    rate = f"tokens:{tokens} tokens_per_s:{tokens / max(train_ms, 1e-9) * 1000:.0f}"
+    log(f"train_done steps:{step} train_time_ms:{train_ms:.0f} {rate}")
+    if device.type == "cuda":
+        log(f"peak_memory_mib:{torch.cuda.max_memory_allocated() // 2**20}")
+    return dict(steps=step, train_ms=train_ms, tokens=tokens, hessians=hessians, t_start=t_start, calibrated_s=end_s)
 
 
 @torch.no_grad()
 def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, backend, device, world, batch_s=0.0):
-    """Sum of x x^T over the inputs of every quantized matrix (the LM head's input for the tied embedding),
-    from training batches only, every pass of a looped layer included; summed over ranks. Stops at
-    GPTQ_CALIBRATION_BATCHES or before the deadline (perf_counter seconds): a batch starts only if 1.5x the
-    slowest so far (at first batch_s, the last training step's time, more than a forward-only batch takes) ends
-    by it, since this is the last read of training data and a batch slower than the last must not cross the cap.
-    c_q, c_k and c_v read the same input: one sum, the same tensor under the three names (callers must not
-    mutate it)."""
+    """Sums of x x^T over each quantized matrix's inputs (c_q, c_k and c_v share one), over training batches and
+    ranks, while 1.5x the slowest batch so far (at first batch_s) ends by the deadline (perf_counter seconds)."""
     sums: dict[str, Tensor] = {}
 
     def add(name: str, x: Tensor):
@@ -2031,12 +1995,8 @@ def collect_hessians(model: GPT, loader: TrainLoader, hp, seq_len, deadline, bac
     hooks = [m.register_forward_hook(lambda m, inp, out, n=n: add(n, inp[0])) for n, m in linears]
     batches, slowest, precision = 0, batch_s, torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")  # TF32 x^T x on CUDA: GPTQ's error +0.004% (bench/hessian_precision.py)
-    while batches < hp.gptq_calibration_batches:
-        late = torch.tensor(float(time.perf_counter() + 1.5 * slowest > deadline), device=device)
-        if world > 1:
-            dist.all_reduce(late, op=dist.ReduceOp.MAX)
-        if late.item():
-            break
+    # a batch starts only if every rank expects it to end by the deadline: the last read of training data
+    while batches < hp.gptq_calibration_batches and agreed_ms(deadline - 1.5 * slowest, device, world) <= 0:
         t0 = time.perf_counter()
         for x, _ in loader.next_batch(seq_len, device):
             with autocast(device, hp):
@@ -2059,56 +2019,39 @@ class EvalError(RuntimeError):
 
 
 def log_eval(log, tag: str, r: dict, ms: float, val: ValData):
-    """The evaluation's line, with its scored targets and their bytes next to the validation set's totals: a
-    pass that scored any target twice or not at all is an error, not a score."""
+    """The evaluation's line, its scored targets and bytes beside the validation set's (any other count is an error)."""
     want_tokens, want_bytes = len(val.tokens) - 1, int(val.target_bytes[1:].sum())
-    log(f"{tag} val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f} tokens:{r['tokens']} expected_tokens:"
-        f"{want_tokens} bytes:{r['bytes']} expected_bytes:{want_bytes} eval_time_ms:{ms:.0f}")  # fmt: skip
+    counts = f"tokens:{r['tokens']} expected_tokens:{want_tokens} bytes:{r['bytes']} expected_bytes:{want_bytes}"
+    log(f"{tag} val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f} {counts} eval_time_ms:{ms:.0f}")
     if (r["tokens"], r["bytes"]) != (want_tokens, want_bytes):
-        raise EvalError(f"{tag.split()[0]} scored {r['tokens']} targets and {r['bytes']} bytes; the validation set "
-                        f"has {want_tokens} and {want_bytes}: every target must be scored exactly once")  # fmt: skip
+        msg = f"{tag.split()[0]} scored {r['tokens']} targets and {r['bytes']} bytes; the validation set has"
+        raise EvalError(f"{msg} {want_tokens} and {want_bytes}: every target must be scored exactly once")
 
 
 def evaluate_pass(model, val, hp, backend, rank, world, device, log, stage: str) -> str:
     """Logs the configured pass (sliding window if EVAL_STRIDE > 0, else doc-masked chunks); returns its final line."""
-    mode = "sliding" if hp.eval_stride else "chunked"
-    t0 = time.perf_counter()
+    t0, mode = time.perf_counter(), "sliding" if hp.eval_stride else "chunked"
     r = evaluate(model, val, hp, hp.eval_stride, backend, device, rank, world)
     log_eval(log, f"{stage}_eval mode:{mode} stride:{hp.eval_stride}", r, 1000 * (time.perf_counter() - t0), val)
     return f"final_{stage}_exact val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f}"
 
 
-def cpu_compiler_missing() -> str:
-    """Why inductor cannot build CPU kernels here ('' when it can: it needs a C++ compiler)."""
-    try:
-        from torch._inductor.cpp_builder import get_cpp_compiler
-
-        get_cpp_compiler()
-        return ""
-    except Exception as e:  # torch raises its own InvalidCxxCompiler, or whatever the probe hit
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
 def maybe_compile(model: GPT, hp: Hyperparameters, device, log=print):
-    """One compiled graph per shape and mode (training looped or not, eval, each TTT width, global SGD): more
-    than Dynamo's default of 8 per function, past which it would silently run the rest uncompiled. On CPU
-    (COMPILE=2) without a C++ compiler the model runs eager, with the same maths, and says so. The whole model
-    is compiled (on an H200 a TTT step at 512 tokens took 60.8 ms, compiled block by block 122.6 ms)."""
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
-    on = hp.compile == 2 or (hp.compile == 1 and device.type == "cuda")
-    missing = cpu_compiler_missing() if on and device.type == "cpu" else ""
-    if missing:
-        log(f"compile:off reason:inductor has no C++ compiler on this machine ({missing}); running eager")
-    return torch.compile(model, dynamic=False) if on and not missing else model
+    """The whole model compiled (COMPILE=1 on CUDA, 2 everywhere), eager where inductor has no C++ compiler (logged).
+    Whole: a TTT step at 512 tokens took 60.8 ms on an H200, 122.6 ms compiled block by block."""
+    torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)  # past it Dynamo runs eager
+    if not (hp.compile == 2 or (hp.compile == 1 and device.type == "cuda")):
+        return model
+    if device.type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
 
-
-def compiled_graphs() -> int:
-    """Graphs Dynamo has compiled in this process: a compile or recompile on the eval clock shows here."""
-    from torch._dynamo.utils import counters
-
-    return counters["stats"]["unique_graphs"]
+            get_cpp_compiler()
+        except Exception as e:  # torch raises its own InvalidCxxCompiler, or whatever the probe hit
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log(f"compile:off reason:inductor has no C++ compiler on this machine ({why}); running eager")
+            return model
+    return torch.compile(model, dynamic=False)
 
 
 RUN_ERRORS = (HyperparameterError, DataError, ArtifactError, TrainingError, EvalError)  # one line each, no traceback
@@ -2135,16 +2078,16 @@ def main():
     try:
         run(hp, rank, world, device, log)
     except BaseException as e:  # one line in the log, from the first rank to fail; the others stop quietly
-        if world > 1 and not isinstance(e, RUN_ERRORS) and count_failure(world, 0):
+        ours = isinstance(e, RUN_ERRORS)
+        if world > 1 and not ours and count_failure(world, 0):
             raise PeerFailed(f"rank {rank} stopped: another rank failed first (its error is in {log.path})") from None
-        first, where = count_failure(world) == 1, f"rank {rank}: " if world > 1 else ""
-        if first and isinstance(e, RUN_ERRORS):
-            log.error(f"error: {where}{e}")
-        elif first and isinstance(e, KeyboardInterrupt):  # the console too: no other line says what was kept
-            kept = ", ".join(sorted(p.name for p in Path(hp.log_dir).glob(hp.run_id + ".*")))
-            line = f"error: {where}interrupted; kept: {kept}"
-            log.error(line)
-            print(line, file=sys.stderr)
+        where = f"rank {rank}: " if world > 1 else ""
+        kept = ", ".join(sorted(p.name for p in Path(hp.log_dir).glob(hp.run_id + ".*")))
+        line = f"error: {where}{e}" if ours else f"error: {where}interrupted; kept: {kept}"
+        if count_failure(world) == 1 and (ours or isinstance(e, KeyboardInterrupt)):
+            log.write(line)
+            if not ours:  # the console too: no other line says what was kept
+                print(line, file=sys.stderr)
         raise
 
 
@@ -2172,14 +2115,14 @@ def adopt_artifact(hp: Hyperparameters, blob: bytes):
     hp.adopt(trained.get("hparams") or {}, hp.eval_only)
     want = trained.get("tokenizer_sha256")
     if want and os.path.isfile(hp.tokenizer_path) and file_sha256(hp.tokenizer_path) != want:
-        raise DataError(f"TOKENIZER_PATH={hp.tokenizer_path} is not the tokenizer EVAL_ONLY={hp.eval_only} was "
-                        f"trained with (sha256 {want[:16]})")  # fmt: skip
+        msg = f"TOKENIZER_PATH={hp.tokenizer_path} is not the tokenizer EVAL_ONLY={hp.eval_only} was trained with"
+        raise DataError(f"{msg} (sha256 {want[:16]})")
 
 
 def run(hp: Hyperparameters, rank: int, world: int, device, log):
-    clock = EvalClock(log) if hp.eval_only else None  # an EVAL_ONLY run's clock starts before the artifact is read
-    if hp.eval_only:
-        blob = Path(hp.eval_only).read_bytes()
+    """Train, make the artifact on the training clock and score it on the eval clock; or score EVAL_ONLY's."""
+    if hp.eval_only:  # its clock starts before the artifact is read
+        clock, blob = EvalClock(log), Path(hp.eval_only).read_bytes()
         adopt_artifact(hp, blob)
     source = Path(__file__).read_bytes()  # the file that runs is the counted code, read once at start
     log(source.decode(), console=False)
@@ -2189,70 +2132,55 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
         hp.cpu_bf16 = 0  # emulated bf16 ran a PRESET=cpu step 35x slower (12 s against 350 ms, AVX2 only)
         log(f"cpu_bf16:off reason:this CPU has no native bf16 ({torch.backends.cpu.get_cpu_capability()}); float32")
     torch.manual_seed(hp.seed)
-    backend = pick_backend(hp.attn_backend, device)
-    accum = grad_accum_steps(hp, world)
+    backend, accum = pick_backend(hp.attn_backend, device), grad_accum_steps(hp, world)
     val = load_validation(hp, load_tokenizer(hp.tokenizer_path, hp.vocab_size))
     check_lengths_fit(hp, len(val.tokens))
-    log(f"val_tokens:{len(val.tokens)} val_docs:{int((val.tokens == BOS_ID).sum())} "
-        f"val_bytes:{int(val.target_bytes[1:].sum())} byte_source:{val.byte_source} "
-        f"tokenizer_check:{val.tokenizer_check}")  # fmt: skip
+    counts = f"val_tokens:{len(val.tokens)} val_docs:{int((val.tokens == BOS_ID).sum())}"
+    counts += f" val_bytes:{int(val.target_bytes[1:].sum())} byte_source:{val.byte_source}"
+    log(f"{counts} tokenizer_check:{val.tokenizer_check}")
+    if hp.eval_only:
+        return finish(log, hp, clock, score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
     model = GPT(hp).to(device)
     if world > 1:
         for t in model.state_dict().values():
             dist.broadcast(t, 0)
-    step_model = maybe_compile(model, hp, device, log)
-    optimizers = build_optimizers(model, hp, rank, world, device)
-    n_params, estimate = sum(p.numel() for p in model.parameters()), estimate_model_bytes(model, hp)
-    log(f"model_bytes_estimate:{estimate} code_bytes:{len(source)}")
-    if estimate + len(source) > hp.artifact_max_bytes:
-        log(f"warning: {n_params} parameters at these bit widths likely compress to about {estimate} bytes, over "
-            f"the {hp.artifact_max_bytes}-byte budget with the code")  # fmt: skip
-    log(f"model_params:{n_params} attn_backend:{backend} grad_accum_steps:{accum} "
-        f"micro_batch_tokens:{hp.train_batch_tokens // (world * accum)} virtual_layers_looped:"
-        f"{virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops)}")  # fmt: skip
-    if hp.eval_only:  # score the saved artifact
-        return finish(log, hp, clock, score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
+    step_model, optimizers = maybe_compile(model, hp, device, log), build_optimizers(model, hp, rank, world, device)
+    n_params = sum(p.numel() for p in model.parameters())
+    looped = virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops)
+    batch = f"grad_accum_steps:{accum} micro_batch_tokens:{hp.train_batch_tokens // (world * accum)}"
+    log(f"model_params:{n_params} attn_backend:{backend} {batch} virtual_layers_looped:{looped}")
     step_ms = compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log)
     scorer = prepare_scorer(hp, backend, world, device, log)  # every graph the evaluation runs, before the clock
-    export_s = export_seconds(model, hp, rank, world, log)
+    export_s = from_rank0(lambda: export_seconds(model, hp, log), rank, world) if hp.max_wallclock_seconds else 0.0
     stats = train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log, export_s, step_ms)
-    log(f"train_done steps:{stats['steps']} train_time_ms:{stats['train_ms']:.0f} tokens:{stats['tokens']} "
-        f"tokens_per_s:{stats['tokens'] / max(stats['train_ms'], 1e-9) * 1000:.0f}")  # fmt: skip
-    if device.type == "cuda":
-        log(f"peak_memory_mib:{torch.cuda.max_memory_allocated() // 2**20}")
-    code, state = len(source), model.state_dict()
-
-    def make_artifact():  # on the training clock: the trained model outlives whatever the export does (rescue.py)
-        save_checkpoint(Path(hp.log_dir) / f"{hp.run_id}.float.pt", state, stats["hessians"])
-        return export_artifact(state, stats["hessians"], hp, code, log)
-
-    blob, artifact = from_rank0(make_artifact, rank, world)  # made and written once; every rank scores these bytes
-    made_s = time.perf_counter() - stats["t_start"]
-    log(f"artifact_production_s:{made_s:.2f} predicted_s:{stats['calibrated_s'] + export_s:.2f} "
-        f"cap_s:{hp.max_wallclock_seconds:g}")  # fmt: skip
+    code, state, hessians = len(source), model.state_dict(), stats["hessians"]
+    # made and written once, on the training clock; every rank scores these bytes
+    blob, artifact = from_rank0(lambda: export_artifact(state, hessians, hp, code, log, checkpoint=True), rank, world)
+    made_s, predicted_s = time.perf_counter() - stats["t_start"], stats["calibrated_s"] + export_s
+    log(f"artifact_production_s:{made_s:.2f} predicted_s:{predicted_s:.2f} cap_s:{hp.max_wallclock_seconds:g}")
     if hp.max_wallclock_seconds and made_s > hp.max_wallclock_seconds:
         log(f"train_time_violation: artifact on disk {made_s:.1f} s after the first step > MAX_WALLCLOCK_SECONDS")
-    clock = EvalClock(log)  # from the artifact on disk to the score
+    clock, finals = EvalClock(log), []  # from the artifact on disk to the score
     model.looping = hp.num_loops > 0
-    finals = []
     if hp.eval_diagnostics:
         with clock("ngram_hints"):
             val = with_hints(val, hp, device)
         with clock("prequant_eval"):
             finals.append(evaluate_pass(step_model, val, hp, backend, rank, world, device, log, "prequant"))
     finals += score_artifact(blob, hp, val, backend, rank, world, device, log, clock, scorer)
-    finals.append(f"artifact_bytes:{code + len(blob)} code_bytes:{code} model_bytes:{len(blob)} "
-                  f"bits_per_param:{8 * len(blob) / n_params:.3f} artifact:{artifact}")  # fmt: skip
-    finals.append(f"step_avg_ms:{stats['step_avg_ms']:.2f} steps:{stats['steps']} train_tokens:{stats['tokens']}")
+    sizes = f"artifact_bytes:{code + len(blob)} code_bytes:{code} model_bytes:{len(blob)}"
+    finals.append(f"{sizes} bits_per_param:{8 * len(blob) / n_params:.3f} artifact:{artifact}")
+    steps = stats["steps"]
+    finals.append(f"step_avg_ms:{stats['train_ms'] / max(steps, 1):.2f} steps:{steps} train_tokens:{stats['tokens']}")
     finish(log, hp, clock, finals, world)
 
 
 class EvalClock:
-    """Seconds by part since training stopped (or since an EVAL_ONLY run began); with a log, each part's start
-    is a line (eval_part:NAME elapsed_s:...), so a reader sees where the evaluation is."""
+    """Seconds by part since training stopped (or an EVAL_ONLY run began), each part's start a line with a log."""
 
     def __init__(self, log=None):
-        self.t0, self.parts, self.log, self.graphs = time.perf_counter(), {}, log, compiled_graphs()
+        self.t0, self.parts, self.log = time.perf_counter(), {}, log
+        self.graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # a compile on this clock shows
 
     @contextlib.contextmanager
     def __call__(self, part: str):
@@ -2278,26 +2206,25 @@ def save_checkpoint(path: Path, state: dict, hessians: dict | None):
 
 
 def from_rank0(make, rank: int, world: int):
-    """make() run on rank 0 alone and its result sent to every rank, or its error raised on every rank: one
-    artifact, one decision to fit it, and no rank left waiting in a collective for a rank that failed."""
+    """make() on rank 0 alone and its result, or its error, on every rank: no rank waits for one that failed."""
     if world == 1:
         return make()
     box, failed = [None], None
     if rank == 0:
         try:
-            box = [("ok", make())]
+            box = [make()]
         except Exception as e:  # raised on every rank, as a one-line error where it is not one of ours
-            failed, box = e, [("error", e if isinstance(e, RUN_ERRORS) else TrainingError(f"rank 0: {e!r}"))]
+            failed, box = e, [e if isinstance(e, RUN_ERRORS) else TrainingError(f"rank 0: {e!r}")]
     dist.broadcast_object_list(box, src=0)
-    if failed is not None:
-        raise failed
-    if box[0][0] == "error":
-        raise box[0][1]
-    return box[0][1]
+    if isinstance(box[0], Exception):
+        raise failed or box[0]
+    return box[0]
 
 
-def export_artifact(state, hessians, hp: Hyperparameters, code: int, log) -> tuple[bytes, Path]:
-    """Quantize, fit, write <RUN_ID>.ptz; still over: <RUN_ID>.over_budget.ptz and an ArtifactError."""
+def export_artifact(state, hessians, hp, code: int, log, checkpoint=False) -> tuple[bytes, Path]:
+    """[The float checkpoint,] quantized, fitted, written as <RUN_ID>.ptz, or .over_budget.ptz and an ArtifactError."""
+    if checkpoint:
+        save_checkpoint(Path(hp.log_dir) / f"{hp.run_id}.float.pt", state, hessians)
     t0 = time.perf_counter()
     blob, sizes = fit_to_budget(quantize_model(state, hessians, hp, log), state, hessians, hp, code, log)
     parts, over = " ".join(f"{k}:{v}" for k, v in sizes.items()), code + len(blob) > hp.artifact_max_bytes
@@ -2305,91 +2232,68 @@ def export_artifact(state, hessians, hp: Hyperparameters, code: int, log) -> tup
     artifact = Path(hp.log_dir) / f"{hp.run_id}{'.over_budget' if over else ''}.ptz"
     write_atomic(artifact, blob)
     if over:
-        raise ArtifactError(f"artifact {code + len(blob)} bytes > {hp.artifact_max_bytes}: code {code} + model "
-                            f"{len(blob)} ({parts}); kept as {artifact}")  # fmt: skip
+        msg = f"artifact {code + len(blob)} bytes > {hp.artifact_max_bytes}: code {code} + model {len(blob)}"
+        raise ArtifactError(f"{msg} ({parts}); kept as {artifact}")
     return blob, artifact
 
 
-def export_seconds(model: nn.Module, hp: Hyperparameters, rank: int, world: int, log) -> float:
-    """Seconds the artifact takes once calibration ends, predicted before the clock by a dry run at the model's size
-    on this machine: the checkpoint, GPTQ on identity Hessians (the solve's time does not depend on the values)
-    and a serialization, counted twice for a fit round, all x1.25. The same on every rank (rank 0's); 0 uncapped."""
-    if not hp.max_wallclock_seconds:
-        return 0.0
-
-    def dry_run() -> tuple[float, float, float]:
-        t0, state = time.perf_counter(), model.state_dict()
-        torch.save({k: v.detach().cpu() for k, v in state.items()}, io.BytesIO())
-        t1 = time.perf_counter()
-        eye = {n: torch.eye(t.size(1), device=t.device) for n, t in state.items() if quant_class(n)}
-        packed = quantize_model(state, eye if hp.gptq else None, hp, log=lambda _: None)
-        t2 = time.perf_counter()
-        serialize(packed, hp.export_compressor, artifact_run(hp))
-        return t1 - t0, t2 - t1, time.perf_counter() - t2
-
-    checkpoint, quantize, pack = from_rank0(dry_run, rank, world)
-    predicted = 1.25 * (checkpoint + quantize + 2 * pack)
-    log(f"artifact_reserve_s:{hp.gptq_reserve_seconds + predicted:.2f} calibration_s:{hp.gptq_reserve_seconds:.2f} "
-        f"export_s:{predicted:.2f} dry_run checkpoint_s:{checkpoint:.2f} quantize_s:{quantize:.2f} "
-        f"serialize_s:{pack:.2f}")  # fmt: skip
-    return predicted
+def export_seconds(model: nn.Module, hp: Hyperparameters, log) -> float:
+    """The artifact's seconds after calibration x1.25, timed on a dry run: the checkpoint, GPTQ on identity Hessians
+    (its time does not depend on the values) and a serialization, twice for a fit round."""
+    t0, state = time.perf_counter(), model.state_dict()
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, io.BytesIO())
+    t1 = time.perf_counter()
+    eye = {n: torch.eye(v.size(1), device=v.device) for n, v in state.items() if quant_class(n)}
+    packed = quantize_model(state, eye if hp.gptq else None, hp, log=lambda _: None)
+    t2 = time.perf_counter()
+    serialize(packed, hp.export_compressor, artifact_run(hp))
+    checkpoint, quantize, pack, reserve = t1 - t0, t2 - t1, time.perf_counter() - t2, hp.gptq_reserve_seconds
+    export_s = 1.25 * (checkpoint + quantize + 2 * pack)
+    parts = f"dry_run checkpoint_s:{checkpoint:.2f} quantize_s:{quantize:.2f} serialize_s:{pack:.2f}"
+    log(f"artifact_reserve_s:{reserve + export_s:.2f} calibration_s:{reserve:.2f} export_s:{export_s:.2f} {parts}")
+    return export_s
 
 
-@dataclass
-class Scorer:
-    model: GPT  # built before the artifact exists; its weights are the artifact's when it scores
-    runner: nn.Module  # the compiled model (or the model itself)
-    lora: LoRA | None
-
-
-def prepare_scorer(hp: Hyperparameters, backend: str, world: int, device, log, optional_until=math.inf) -> Scorer:
-    """The evaluation's model with every graph it will run compiled on random tokens (never validation ones): the
-    plain pass's shape when one runs, each TTT width and global SGD (ttt_warmup). A run prepares it before its
-    training clock; an EVAL_ONLY run or the rescue on its eval clock."""
+def prepare_scorer(hp: Hyperparameters, backend: str, world: int, device, log) -> tuple:
+    """(model, runner, lora) for the evaluation, every graph it runs compiled on random tokens (the weights later)."""
     model = GPT(hp).to(device).requires_grad_(False)  # only global SGD trains it, and says so
     model.looping = hp.num_loops > 0
     runner, lora = maybe_compile(model, hp, device, log), None
     if (not hp.ttt_enabled or hp.eval_diagnostics) and is_compiled(runner):
         with torch.no_grad(), autocast(device, hp):
-            x, y = torch.randint(
-                2, hp.vocab_size, (2, eval_rows(hp, hp.eval_seq_len, world), hp.eval_seq_len), device=device
-            )  # fmt: skip; two tensors: an aliased pair is another graph
+            shape = (2, eval_rows(hp, hp.eval_seq_len, world), hp.eval_seq_len)
+            x, y = torch.randint(2, hp.vocab_size, shape, device=device)  # two: an aliased pair is another graph
             runner(x, y, make_layout(x, backend, None, hp.doc_attention), None, no_hints(hp, y))
     if hp.ttt_enabled:
         lora = LoRA(hp, hp.ttt_batch_docs, len(model.virtual_layers()), hp.seed, device)
-        ttt_warmup(runner, model, lora, hp, backend, device, world, log, optional_until)
-    return Scorer(model, runner, lora)
+        ttt_warmup(runner, model, lora, hp, backend, device, world, log)
+    return model, runner, lora
 
 
 def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, clock, scorer=None) -> list[str]:
-    """The official evaluation: the scorer's model given the artifact's weights (every parameter and buffer from
-    its bytes), scored by score-first test-time training with TTT_ENABLED, else by the plain pass (also with TTT
-    under EVAL_DIAGNOSTICS), with the n-gram tilt's hints when NGRAM_TILT is on. Returns its final lines. Every
-    scorer of an artifact comes here (a run, EVAL_ONLY, the rescue); without a prepared scorer it compiles on
-    this clock."""
+    """An artifact's official score, its final lines: TTT with TTT_ENABLED, else (or also) the plain pass."""
     if val.hints is None:  # a run's diagnostics made them already, for the float model's pass
         with clock("ngram_hints"):
             val = with_hints(val, hp, device)
     if scorer is None:
-        log("compile_warmup:on_eval_clock reason:a separate process (EVAL_ONLY or the rescue) compiles its own")
-        with clock("compile_warmup"):  # the optional shapes while they end in the first half: the rest is TTT's
-            scorer = prepare_scorer(hp, backend, world, device, log, clock.t0 + hp.eval_max_seconds / 2)
+        log("compile_warmup:on_eval_clock reason:a separate process (EVAL_ONLY or the rescue) compiles every graph")
+        with clock("compile_warmup"):
+            scorer = prepare_scorer(hp, backend, world, device, log)
+    (model, runner, lora), finals = scorer, []
     with clock("load"):
         try:
-            scorer.model.load_state_dict(dequantize_model(deserialize(blob), device), strict=True)
+            model.load_state_dict(dequantize_model(deserialize(blob), device), strict=True)
         except RuntimeError as e:  # a shape or a tensor the configuration does not have
             detail = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
-            raise ArtifactError(
-                f"the artifact does not fit this configuration (same env as its run?): {detail}"
-            ) from None
-    finals = []
+            msg = f"the artifact does not fit this configuration (same env as its run?): {detail}"
+            raise ArtifactError(msg) from None
     if not hp.ttt_enabled or hp.eval_diagnostics:
         with clock("roundtrip_eval"):
-            finals.append(evaluate_pass(scorer.runner, val, hp, backend, rank, world, device, log, "roundtrip"))
+            finals.append(evaluate_pass(runner, val, hp, backend, rank, world, device, log, "roundtrip"))
     if hp.ttt_enabled:
+        kw = dict(log=log, runner=runner, lora=lora, deadline=clock.t0 + hp.eval_max_seconds)
         with clock("ttt_eval"):
-            ttt = ttt_evaluate(scorer.model, val, hp, backend, device, rank, world, log=log, runner=scorer.runner,
-                               lora=scorer.lora, deadline=clock.t0 + hp.eval_max_seconds)  # fmt: skip
+            ttt = ttt_evaluate(model, val, hp, backend, device, rank, world, **kw)
         log_eval(log, "ttt_eval", ttt, 1000 * clock.parts["ttt_eval"], val)
         finals.append(f"final_ttt_exact val_loss:{ttt['val_loss']:.8f} val_bpb:{ttt['val_bpb']:.8f}")
     return finals
@@ -2397,11 +2301,11 @@ def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, cloc
 
 def finish(log, hp, clock: EvalClock, finals: list[str], world: int):
     total = time.perf_counter() - clock.t0
-    for line in finals:
+    compiles = torch._dynamo.utils.counters["stats"]["unique_graphs"] - clock.graphs
+    for line in finals + [f"eval_world_size:{world}"]:  # with TTT_WARM_A=1 the score depends on the world size
         log(line)
-    log(f"eval_world_size:{world}")  # with TTT_WARM_A=1 the score depends on it: a replay must use the same
     parts = " ".join(f"{k}:{v:.2f}" for k, v in clock.parts.items())
-    log(f"eval_time_s:{total:.2f} eval_compiles:{compiled_graphs() - clock.graphs} {parts}")
+    log(f"eval_time_s:{total:.2f} eval_compiles:{compiles} {parts}")
     if total > hp.eval_max_seconds:
         log(f"eval_time_violation: {total:.1f} s after training > EVAL_MAX_SECONDS={hp.eval_max_seconds:g}")
     if world > 1:  # all is logged; skip interpreter teardown, where gloo ranks sometimes abort (torch 2.13, CPU)
