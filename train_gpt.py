@@ -972,17 +972,12 @@ def eval_segments(tokens: np.ndarray, seq_len: int, stride: int) -> list[tuple[i
         return [(s, min(seq_len, n_inputs - s), 0) for s in range(0, n_inputs, seq_len)]
     segs = []
     for a, n in doc_spans(tokens):
-        b, end = a + n, min(a + seq_len, a + n)
-        segs.append((a, end - a, 0))
-        while end < b:
-            new_end = min(end + stride, b)
-            start = max(a, new_end - seq_len)
-            segs.append((start, new_end - start, end - start))
-            end = new_end
+        ends = [*range(min(seq_len, n), n, stride), n]  # of the targets each window scores, relative to a
+        segs.append((a, ends[0], 0))
+        for done, end in zip(ends, ends[1:]):
+            start = max(0, end - seq_len)
+            segs.append((a + start, end - start, done - start))
     return segs
-
-
-NGRAM_HASH = 0x9E3779B97F4A7C15 - 2**64  # an odd 64-bit multiplier, as int64 (products wrap around)
 
 
 def earlier_occurrences(key: Tensor) -> tuple[Tensor, Tensor]:
@@ -999,20 +994,18 @@ def earlier_occurrences(key: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def ngram_hints(tokens: Tensor, order: int, threshold: float) -> Tensor:
-    """hints[j]: the token predicted for position j by the n-grams of tokens[:j], or -1. The context is the
-    `order` tokens before j; the hint is the token that followed its latest earlier occurrence, when that token
-    followed at least `threshold` of them all. Reads only tokens before j (C1) and never the target; computed for
-    the whole stream at once, with two sorts."""
-    t, n = tokens.long(), tokens.numel()
+    """hints[j]: the token that followed the latest earlier occurrence of the `order` tokens before j, when it
+    followed at least `threshold` of them all, else -1. Reads only tokens before j (C1), never the target."""
+    t, n, mult = tokens.long(), tokens.numel(), 0x9E3779B97F4A7C15 - 2**64  # odd; int64 products wrap around
     hints = torch.full((n,), -1, dtype=torch.long, device=t.device)
     if n <= order:
         return hints
     ctx = torch.zeros(n - order, dtype=torch.long, device=t.device)
     for k in range(order):  # ctx[i] hashes tokens[i : i + order], the context of position i + order
-        ctx = ctx * NGRAM_HASH + t[k : n - order + k] + 1
+        ctx = ctx * mult + t[k : n - order + k] + 1
     nxt = t[order:]
     seen, prev = earlier_occurrences(ctx)
-    same = earlier_occurrences(ctx * NGRAM_HASH + nxt)[0]  # earlier occurrences with the same next token
+    same = earlier_occurrences(ctx * mult + nxt)[0]  # earlier occurrences with the same next token
     p = prev.clamp_min(0)
     strong = (prev >= 0) & ((same[p] + 1).double() >= threshold * seen.double())
     hints[order:] = torch.where(strong, nxt[p], -1)
@@ -1043,40 +1036,32 @@ def pack_rows(segs: list[tuple[int, int, int]], seq_len: int) -> list[list[tuple
 
 
 def row_arrays(rows, val: ValData, seq_len: int, n_rows: int = 0):
-    """Inputs, targets, segment starts, score mask and target bytes for packed rows (padded with empty rows up
-    to n_rows). The padding after a row's segments is one unscored segment, so the layout's shape does not
-    depend on how much of a row is filled."""
-    R = max(len(rows), n_rows)
-    x, y = np.zeros((R, seq_len), np.int64), np.zeros((R, seq_len), np.int64)
-    starts, score = np.zeros((R, seq_len), bool), np.zeros((R, seq_len), bool)
-    nbytes, hints = np.zeros((R, seq_len), np.int64), np.full((R, seq_len), -1, np.int64)
+    """Inputs, targets, segment starts, score mask, target bytes and hints of packed rows, padded with empty rows
+    to n_rows; a row's unused tail is one unscored segment, so the layout's shape never depends on the fill."""
+    at = np.full((max(len(rows), n_rows), seq_len), -1)  # each column's input position (-1: padding)
+    starts, score = np.zeros(at.shape, bool), np.zeros(at.shape, bool)
     for r, row in enumerate(rows):
         col = 0
         for start, length, score_from in row:
-            sl, targets = slice(col, col + length), slice(start + 1, start + length + 1)
-            x[r, sl], y[r, sl] = val.tokens[start : start + length], val.tokens[targets]
-            nbytes[r, sl] = val.target_bytes[targets]
-            if val.hints is not None:
-                hints[r, sl] = val.hints[targets]
+            at[r, col : col + length] = np.arange(start, start + length)
             starts[r, col] = True
             score[r, col + score_from : col + length] = True
             col += length
         if col < seq_len:
             starts[r, col] = True
     starts[len(rows) :, 0] = True
+    pad = at < 0
+    x, y, nbytes = (np.where(pad, 0, a) for a in (val.tokens[at], val.tokens[at + 1], val.target_bytes[at + 1]))
+    hints = np.full(at.shape, -1, np.int64) if val.hints is None else np.where(pad, -1, val.hints[at + 1])
     return x, y, starts, score, nbytes, hints
 
 
 @torch.no_grad()
 def evaluate(model, val: ValData, hp: Hyperparameters, stride: int, backend: str, device, rank=0, world=1) -> dict:
-    """Loss and BPB from the sums of NLL (nats), scored targets and their original bytes over all ranks."""
+    """The plain pass: windows of EVAL_SEQ_LEN advancing by `stride` (eval_segments), over all ranks."""
     rows = pack_rows(eval_segments(val.tokens, hp.eval_seq_len, stride), hp.eval_seq_len)[rank::world]
     per_batch = eval_rows(hp, hp.eval_seq_len, world)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
-    for b in range(0, len(rows), per_batch):  # a compiled model sees one shape: the last batch is padded
-        sums += run_rows(model, rows[b : b + per_batch], val, hp.eval_seq_len, backend, device,
-                         n_rows=per_batch if is_compiled(model) else 0)[2]  # fmt: skip
-    return bpb_result(sums, world)
+    return bpb_result(score_rows(model, rows, val, hp.eval_seq_len, per_batch, backend, device), world)
 
 
 def eval_rows(hp: Hyperparameters, width: int, world: int) -> int:
@@ -1087,9 +1072,25 @@ def is_compiled(model) -> bool:
     return hasattr(model, "_orig_mod")
 
 
+def score_rows(runner, rows, val: ValData, width: int, per: int, backend, device, lora=None, record=None) -> Tensor:
+    """run_rows' sums over packed rows, `per` a forward: a compiled runner sees one shape (the last is padded).
+    With `lora` (fresh adapters add exactly zero), TTT's graph; record(segments, nll, None, None) sees each."""
+    sums, n_rows = torch.zeros(3, dtype=torch.float64, device=device), per if is_compiled(runner) else 0
+    for g in range(0, len(rows), per):
+        part = rows[g : g + per]
+        if lora is not None:
+            lora.rows = torch.zeros(max(n_rows, len(part)), dtype=torch.long, device=device)
+        nll, _, chunk = run_rows(runner, part, val, width, backend, device, lora, n_rows)
+        sums += chunk
+        for r, row in enumerate(part if record is not None else []):
+            for seg, col in zip(row, np.cumsum([0] + [length for _, length, _ in row]).tolist()):
+                record([seg], nll[r : r + 1, col : col + seg[1]].detach().cpu().numpy(), None, None)
+    return sums
+
+
 def run_rows(model, rows, val: ValData, width: int, backend: str, device, lora=None, n_rows: int = 0):
-    """Packed rows through the one model forward: per-token NLL, the score mask, and the float64 sums of the
-    scored targets' NLL (nats), their count and their original bytes."""
+    """Packed rows through the model: per-token NLL, the score mask, and float64 sums of the scored targets'
+    NLL (nats), their count and their original bytes."""
     x, y, starts, score, nbytes, hints = (torch.from_numpy(a).to(device) for a in row_arrays(rows, val, width, n_rows))
     with autocast(device, model.hp):
         layout = make_layout(x, backend, starts, model.hp.doc_attention)
@@ -1099,12 +1100,11 @@ def run_rows(model, rows, val: ValData, width: int, backend: str, device, lora=N
 
 
 def bpb_result(sums: Tensor, world: int) -> dict:
-    """Loss and BPB from the float64 sums (NLL in nats, scored targets, original bytes) over all ranks."""
+    """Loss and BPB from run_rows' sums, added over all ranks."""
     if world > 1:
         dist.all_reduce(sums)
-    loss_sum, count, byte_sum = sums.tolist()
-    bpb = loss_sum / math.log(2) / byte_sum
-    return dict(val_loss=loss_sum / count, val_bpb=bpb, tokens=int(count), bytes=int(byte_sum))
+    loss, count, nbytes = sums.tolist()
+    return dict(val_loss=loss / count, val_bpb=loss / math.log(2) / nbytes, tokens=int(count), bytes=int(nbytes))
 
 
 # A plain forward over TTT's windows, or a global SGD step, costs at most this share of TTT's seconds per token:
@@ -1114,87 +1114,74 @@ PLAIN_SHARE = 0.5
 
 def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, device, rank=0, world=1, record=None,
                  log=lambda msg: None, runner=None, lora=None, deadline=math.inf):  # fmt: skip
-    """Score-first test-time training over documents, longest first, in batches of TTT_BATCH_DOCS (one LoRA
-    set each; ranks take a phase's batches round-robin). At each phase boundary the base model takes global
-    SGD on the documents scored so far, then adapters start afresh; the base model is restored at the end.
-    `runner` is the forward to call (the compiled model on CUDA). Before each batch, when at this rank's own
-    seconds per target so far the batch and the plain scoring of everything after it (PLAIN_SHARE of that)
-    would not end by `deadline` (perf_counter seconds), this rank stops adapting: its remaining documents are
-    scored by the plain model at the end, still each target once and before any step. record(segments, nll,
-    lora, rows), when given, sees every scored chunk before any step on it (tests; lora and rows are None for
-    plainly scored documents)."""
+    """Score-first TTT: documents longest first in batches of TTT_BATCH_DOCS (one LoRA set each), round-robin over
+    ranks; after each phase, global SGD of the base model (`runner`: its compiled forward; restored at the end) on
+    what all ranks scored. Once this rank's pace says a batch and the plain scoring of the rest would end past
+    `deadline`, the rest is scored plainly at the end. record(segments, nll, lora, rows): every chunk as scored."""
     runner = model if runner is None else runner
     docs = doc_spans(val.tokens)
     order = ttt_order(docs)
-    batches = [order[i : i + hp.ttt_batch_docs] for i in range(0, len(order), hp.ttt_batch_docs)]
+    batches = [[docs[d] for d in order[i : i + hp.ttt_batch_docs]] for i in range(0, len(order), hp.ttt_batch_docs)]
     bounds = phase_boundaries(hp, len(docs), len(batches))
-    base = {k: v.detach().clone() for k, v in model.state_dict().items()} if bounds else None
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.requires_grad_(False)  # the adapters learn; the base model only in global SGD
     lora = LoRA(hp, hp.ttt_batch_docs, len(model.virtual_layers()), hp.seed, device) if lora is None else lora
-    ranges = list(zip([0] + [hi for hi, _ in bounds], [hi for hi, _ in bounds] + [len(batches)]))
-    mine = [b for lo, hi in ranges for b in range(lo + rank, hi, world)]  # this rank's batches, in order
-    tokens = {b: sum(docs[d][1] for d in batches[b]) for b in mine}
-    after = lambda b: sum(tokens[c] for c in mine if c > b)  # targets of this rank's batches after b
-    t_start, every, spent, adapted = time.perf_counter(), max(1, len(mine) // 10), 0.0, 0
-
-    def progress(b: int):  # about ten lines a run: where TTT is, and when it will end at its pace so far
-        done = mine.index(b) + 1
-        if done % every == 0 or done == len(mine):
-            spent, part = time.perf_counter() - t_start, sum(tokens[c] for c in mine[:done]) / sum(tokens.values())
-            log(f"ttt_progress rank_batches:{done}/{len(mine)} rank_tokens_done:{part:.3f} elapsed_s:{spent:.0f} "
-                f"projected_s:{spent / part:.0f} deadline_left_s:{deadline - time.perf_counter():.0f}")  # fmt: skip
-
-    sums, lo, scored, deferred, left_s = torch.zeros(3, dtype=torch.float64, device=device), 0, set(), [], None
-    for phase, (hi, n_docs) in enumerate([*bounds, (len(batches), None)]):
+    ends = [hi for hi, _ in bounds] + [len(batches)]
+    phases = [range(lo + rank, hi, world) for lo, hi in zip([0] + ends, ends)]  # this rank's batches per phase
+    size = [sum(n for _, n in batch) for batch in batches]
+    n_mine, total = sum(map(len, phases)), sum(size[b] for p in phases for b in p)
+    left, spent, adapted, t_start = total, 0.0, 0, time.perf_counter()  # this rank's targets after the batch, ...
+    sums, scored, deferred = torch.zeros(3, dtype=torch.float64, device=device), [], []
+    for phase, mine in enumerate(phases):
         lora.reset(hp.seed + phase)
-        for b in range(lo + rank, hi, world):
-            spans = [docs[d] for d in batches[b]]
+        for b in mine:
+            left -= size[b]
             now, rate = time.perf_counter(), spent / max(adapted, 1)  # this rank's TTT seconds per target so far
-            if left_s is None and now + rate * (tokens[b] + PLAIN_SHARE * after(b)) > deadline:
-                left_s = deadline - now
-            if left_s is not None:
+            if deferred or now + rate * (size[b] + PLAIN_SHARE * left) > deadline:
                 deferred.append(b)
                 continue
             lora.reset(None if hp.ttt_warm_a else hp.seed + 7919 * (b + 1))
-            sums += ttt_batch(runner, lora, val, spans, hp, backend, device, record)
-            spent, adapted = spent + time.perf_counter() - now, adapted + tokens[b]
-            scored.update(batches[b])
-            progress(b)
-        if n_docs is not None:  # every rank learns from the documents scored by all of them, cut to the boundary
-            t0 = time.perf_counter()
+            sums += ttt_batch(runner, lora, val, batches[b], hp, backend, device, record)
+            spent, adapted = spent + time.perf_counter() - now, adapted + size[b]
+            scored.append(b)
+            if len(scored) % max(1, n_mine // 10) == 0 or len(scored) == n_mine:  # about ten lines a run
+                t, part = time.perf_counter(), adapted / total
+                at = f"rank_batches:{len(scored)}/{n_mine} rank_tokens_done:{part:.3f} elapsed_s:{t - t_start:.0f}"
+                log(f"ttt_progress {at} projected_s:{(t - t_start) / part:.0f} deadline_left_s:{deadline - t:.0f}")
+        if phase < len(bounds):  # every rank learns from the documents all have scored, up to the boundary
+            t0, gathered = time.perf_counter(), [scored]
             if world > 1:
                 gathered = [None] * world
                 dist.all_gather_object(gathered, scored)
-                scored = set().union(*gathered)
-            done = [d for d in order if d in scored][:n_docs]
-            sgd_tokens = sum(docs[d][1] for d in done) / world  # split over the ranks
-            need_s = PLAIN_SHARE * spent / max(adapted, 1) * (sgd_tokens + after(hi - 1))
+            spans = [span for b in sorted(sum(gathered, [])) for span in batches[b]][: bounds[phase][1]]
+            need_s = PLAIN_SHARE * spent / max(adapted, 1) * (sum(n for _, n in spans) / world + left)
             fits = torch.tensor(float(t0 + need_s <= deadline), device=device)
             if world > 1:  # every rank takes the phase or none does
                 dist.all_reduce(fits, op=dist.ReduceOp.MIN)
-            steps = global_sgd(model, val, [docs[d] for d in done], hp, backend, device, rank, world, runner) if (
-                fits.item()) else "skipped:deadline"  # fmt: skip
-            log(f"ttt_phase:{phase + 1}/{len(bounds)} docs:{len(done)} sgd_steps:{steps} "
-                f"time_ms:{1000 * (time.perf_counter() - t0):.0f}")  # fmt: skip
-        lo = hi
-    if deferred:
-        sums += plain_score(runner, lora, val, [docs[d] for b in deferred for d in batches[b]], hp, backend, device,
-                            record)  # fmt: skip
-    if base is not None:
-        model.load_state_dict(base)
+            steps = "skipped:deadline"
+            if fits.item():
+                steps = global_sgd(model, val, spans, hp, backend, device, rank, world, runner)
+            took = f"sgd_steps:{steps} time_ms:{1000 * (time.perf_counter() - t0):.0f}"
+            log(f"ttt_phase:{phase + 1}/{len(bounds)} docs:{len(spans)} {took}")
+    if deferred:  # plainly, through TTT's widest graph (as warmed up: with gradients when compiled)
+        rows = pack_rows(plain_segments([s for b in deferred for s in batches[b]], hp), hp.ttt_context)
+        per, width = ttt_shape(hp, hp.ttt_context)
+        lora.reset(None)
+        with torch.set_grad_enabled(is_compiled(runner)):
+            sums += score_rows(runner, rows, val, width, per, backend, device, lora, record)
+    model.load_state_dict(base)
     model.requires_grad_(True)
-    counts = torch.tensor([len(docs) - sum(len(batches[b]) for b in deferred), float(left_s is not None)],
-                          device=device)  # fmt: skip
+    counts = torch.tensor([sum(len(batches[b]) for b in scored), float(bool(deferred))], device=device)
     if world > 1:
         dist.all_reduce(counts)
-    log(f"ttt_adapted_docs:{int(counts[0]) - (world - 1) * len(docs)}/{len(docs)}")
+    log(f"ttt_adapted_docs:{int(counts[0])}/{len(docs)}")
     if counts[1]:
         log(f"eval_deadline_hit: time_left_s:{deadline - time.perf_counter():.1f} ranks:{int(counts[1])}")
     return bpb_result(sums, world)
 
 
 def ttt_order(docs: list[tuple[int, int]]) -> list[int]:
-    """The order TTT scores documents in: longest first (ties in stream order), for full batches of similar shape."""
+    """Longest first (ties in stream order), for full batches of similar shape."""
     return sorted(range(len(docs)), key=lambda i: -docs[i][1])
 
 
@@ -1206,7 +1193,7 @@ def phase_boundaries(hp: Hyperparameters, n_docs: int, n_batches: int) -> list[t
 
 
 def ttt_widths(hp: Hyperparameters) -> list[int]:
-    """The row widths TTT runs at (few, so that a compiled model sees few shapes): TTT_CONTEXT / 2^k."""
+    """TTT_CONTEXT / 2^k: few row widths, so that a compiled model sees few shapes."""
     return sorted({max(1, hp.ttt_context >> k) for k in range(hp.ttt_width_buckets)})
 
 
@@ -1220,15 +1207,10 @@ def sgd_rows(hp: Hyperparameters, world: int) -> int:
     return -(-max(1, hp.ttt_sgd_batch_tokens // hp.ttt_context) // world)
 
 
-def chunk_size(hp: Hyperparameters, n: int) -> int:
-    """TTT_CHUNK, or the smaller chunk TTT_SHORT_CHUNKS gives a short document: more steps where there are few."""
-    return next((chunk for below, chunk in hp.ttt_short_chunks_parsed if n < below), hp.ttt_chunk)
-
-
 def doc_chunks(hp: Hyperparameters, a: int, n: int) -> list[tuple[int, int, int]]:
-    """(start, length, score_from) of a document's chunks, each with up to TTT_CONTEXT tokens of its own context;
-    the last one, partial or not, is always there."""
-    c, out = chunk_size(hp, n), []
+    """(start, length, score_from) of a document's chunks, each with up to TTT_CONTEXT tokens of its own context:
+    TTT_CHUNK tokens, or fewer for a short document (TTT_SHORT_CHUNKS: more steps where there are few)."""
+    c, out = next((chunk for below, chunk in hp.ttt_short_chunks_parsed if n < below), hp.ttt_chunk), []
     for c0 in range(0, n, c):
         end = min(c0 + c, n)
         lo = max(0, end - hp.ttt_context)
@@ -1239,134 +1221,73 @@ def doc_chunks(hp: Hyperparameters, a: int, n: int) -> list[tuple[int, int, int]
 def ttt_steps(hp: Hyperparameters, spans) -> list[list[tuple[int, tuple[int, int, int], bool]]]:
     """Per TTT step: (document, its chunk, whether it is its last) for every document of the batch not done yet."""
     chunks = [doc_chunks(hp, a, n) for a, n in spans]
-    return [[(j, cs[s], s == len(cs) - 1) for j, cs in enumerate(chunks) if s < len(cs)]
-            for s in range(max(map(len, chunks)))]  # fmt: skip
+    steps = range(max(map(len, chunks)))
+    return [[(j, cs[s], s == len(cs) - 1) for j, cs in enumerate(chunks) if s < len(cs)] for s in steps]
 
 
 def ttt_batch(runner, lora: LoRA, val: ValData, spans, hp, backend, device, record) -> Tensor:
-    """Each document walked in chunks (doc_chunks). A chunk's loss and bytes are added to the sums first; only
-    then does one AdamW step train the adapters on it, and never on a document's last chunk. A step's rows go
-    through in groups of at most TTT_MICRO_TOKENS, whose gradients add up before the one step. The optimizer
-    restarts with every batch."""
-    opt = torch.optim.AdamW(lora.parameters(), lr=hp.ttt_lr, betas=(0.0, hp.ttt_beta2), eps=1e-10,
-                            weight_decay=hp.ttt_wd, fused=device.type == "cuda")  # fmt: skip
+    """Each document in chunks (doc_chunks), each scored before one AdamW step (of a fresh optimizer) trains the
+    adapters on it, but the last; a step's rows go in groups of at most TTT_MICRO_TOKENS a forward."""
+    betas, fused = (0.0, hp.ttt_beta2), device.type == "cuda"
+    opt = torch.optim.AdamW(lora.parameters(), hp.ttt_lr, betas, eps=1e-10, weight_decay=hp.ttt_wd, fused=fused)
     sums, fixed = torch.zeros(3, dtype=torch.float64, device=device), is_compiled(runner)
     for step in ttt_steps(hp, spans):
-        alive, segs = [j for j, _, _ in step], [(seg, last) for _, seg, last in step]
-        per, width = ttt_shape(hp, max(s[1] for s, _ in segs))
-        stepped = False
-        for g in range(0, len(alive), per):
-            part, rows = segs[g : g + per], alive[g : g + per]
+        per, width = ttt_shape(hp, max(seg[1] for _, seg, _ in step))
+        for g in range(0, len(step), per):
+            rows, segs, lasts = (list(c) for c in zip(*step[g : g + per]))
             pad = per - len(rows) if fixed else 0  # a compiled model sees one row count per width
             lora.rows = torch.tensor(rows + rows[:1] * pad, device=device)
-            nll, score, chunk = run_rows(runner, [[seg] for seg, _ in part], val, width, backend, device, lora,
-                                         n_rows=len(rows) + pad)  # fmt: skip
+            nll, score, chunk = run_rows(runner, [[s] for s in segs], val, width, backend, device, lora, len(lora.rows))
             sums += chunk
             if record is not None:
-                record([seg for seg, _ in part], nll[: len(rows)].detach().cpu().numpy(), lora, rows)
-            learn = score & torch.tensor([not last for _, last in part] + [False] * pad, device=device)[:, None]
+                record(segs, nll[: len(rows)].detach().cpu().numpy(), lora, rows)
+            learn = score & torch.tensor([not last for last in lasts] + [False] * pad, device=device)[:, None]
             if learn.any():  # after scoring: the step only ever trains on targets already counted
                 ((nll * learn).sum(1) / learn.sum(1).clamp_min(1)).sum().backward()
-                stepped = True
-        if stepped:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        opt.step()  # a no-op when no group learned (no gradients)
+        opt.zero_grad(set_to_none=True)
     return sums
 
 
 def plain_segments(spans, hp: Hyperparameters) -> list[tuple[int, int, int]]:
-    """The windows TTT would score these documents with (each chunk with up to TTT_CONTEXT tokens of its own
-    context), the chunks that see their whole document prefix merged into one: the same context per target."""
+    """TTT's windows of these documents (doc_chunks), those that see their whole prefix merged into one."""
     segs = []
     for a, n in spans:
         chunks = doc_chunks(hp, a, n)
-        whole = [c for c in chunks if c[0] == a]  # the chunks that see their whole prefix: one segment
+        whole = [c for c in chunks if c[0] == a]
         segs += ([(a, whole[-1][1], 0)] if whole else []) + chunks[len(whole) :]
     return segs
 
 
-@torch.no_grad()
-def plain_score(runner, lora: LoRA, val: ValData, spans, hp, backend, device, record) -> Tensor:
-    """Documents the deadline left unadapted, scored by the base model through TTT's widest shape (fresh
-    adapters add exactly zero) with the contexts TTT would have given them."""
-    rows = pack_rows(plain_segments(spans, hp), hp.ttt_context)
-    per, width = ttt_shape(hp, hp.ttt_context)
-    lora.reset(None)
-    sums, fixed = torch.zeros(3, dtype=torch.float64, device=device), is_compiled(runner)
-    for g in range(0, len(rows), per):
-        part = rows[g : g + per]
-        lora.rows = torch.zeros(per if fixed else len(part), dtype=torch.long, device=device)
-        with torch.enable_grad() if fixed else contextlib.nullcontext():  # the compiled TTT graph, as warmed up
-            nll, _, chunk = run_rows(runner, part, val, width, backend, device, lora, n_rows=len(lora.rows))
-        sums += chunk
-        for r, row in enumerate(part if record is not None else []):
-            col = 0
-            for seg in row:
-                record([seg], nll[r : r + 1, col : col + seg[1]].detach().cpu().numpy(), None, None)
-                col += seg[1]
-    return sums
-
-
-def ttt_warmup(runner, model: GPT, lora: LoRA, hp: Hyperparameters, backend: str, device, world: int,
-               log=lambda msg: None, optional_until: float = math.inf):  # fmt: skip
-    """Compiles every shape TTT runs, on random tokens (never validation ones): each width's forward+backward
-    through the adapters, widest first (it also serves the plain forward), then a global SGD step's
-    forward+backward. Nothing steps and every gradient is dropped. A run does this before its training clock;
-    an EVAL_ONLY run on its eval clock, where only the widest shape is needed: the others are compiled while,
-    at the longest compile so far, they end by `optional_until` (perf_counter seconds; the slowest rank
-    decides). Past it, TTT runs with the shapes it has: TTT_WIDTH_BUCKETS and TTT_PHASES are lowered, and
-    logged (a compile was 100 s a shape on an H200)."""
-    first: list[float] = []
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-
-    def compile_shape(rows: int, width: int, adapters):
+def ttt_warmup(runner, model: GPT, lora: LoRA, hp: Hyperparameters, backend, device, world: int, log=lambda m: None):
+    """Compiles every graph TTT runs on random tokens: each width's forward+backward through the adapters (the
+    widest also serves the plain scoring), then global SGD's. Nothing steps; every gradient is dropped."""
+    shapes = [(ttt_shape(hp, width)[0], width, lora) for width in sorted(ttt_widths(hp), reverse=True)]
+    for rows, width, adapters in shapes + ([(sgd_rows(hp, world), hp.ttt_context, None)] if hp.ttt_phases else []):
+        model.requires_grad_(adapters is None)  # global SGD's graph: the base model's gradients, no adapters
+        lora.rows = torch.arange(rows, device=device) % hp.ttt_batch_docs
         x, y = torch.randint(2, hp.vocab_size, (2, rows, width), device=device)  # distinct, as in scoring
         t0 = time.perf_counter()
         with autocast(device, hp):
             nll = runner(x, y, make_layout(x, backend, None, hp.doc_attention), adapters, no_hints(hp, y))
         nll.mean().backward()
-        sync()
-        first.append(time.perf_counter() - t0)
-        log(f"ttt_warmup rows:{rows} width:{width} lora:{int(adapters is not None)} compile_s:{first[-1]:.2f}")
-
-    def out_of_time() -> bool:
-        late = torch.tensor(float(time.perf_counter() + max(first) > optional_until), device=device)
-        if world > 1:
-            dist.all_reduce(late, op=dist.ReduceOp.MAX)
-        return bool(late.item())
-
-    def cut(widths: list[int], skipped: list):
-        log(f"ttt_warmup_cut: widths:{','.join(map(str, widths))} skipped:{','.join(map(str, skipped))} "
-            f"left_to_optional_until_s:{optional_until - time.perf_counter():.1f}")  # fmt: skip
-        hp.ttt_width_buckets, hp.ttt_phases = len(widths), 0  # the widest: TTT_CONTEXT / 2^j, j < len(widths)
-
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        shape = f"rows:{rows} width:{width} lora:{int(adapters is not None)}"
+        log(f"ttt_warmup {shape} compile_s:{time.perf_counter() - t0:.2f}")
+    model.zero_grad(set_to_none=True)
     model.requires_grad_(False)
-    widths = sorted(ttt_widths(hp), reverse=True)
-    for k, width in enumerate(widths):
-        if k and out_of_time():
-            cut(widths[:k], widths[k:] + (["sgd"] if hp.ttt_phases else []))
-            break
-        lora.rows = torch.arange(ttt_shape(hp, width)[0], device=device) % hp.ttt_batch_docs
-        compile_shape(len(lora.rows), width, lora)
-    if hp.ttt_phases and out_of_time():
-        cut(widths, ["sgd"])
-    if hp.ttt_phases:
-        model.requires_grad_(True)
-        compile_shape(sgd_rows(hp, world), hp.ttt_context, None)
-        model.zero_grad(set_to_none=True)
-        model.requires_grad_(False)
     lora.zero_grad(set_to_none=True)
 
 
 def no_hints(hp: Hyperparameters, y: Tensor) -> Tensor | None:
-    """Hints that hint nothing, shaped like y, for a warmup with the tilt on: the graph scoring will run."""
+    """Hints that hint nothing, for a warmup with the tilt on: the graph scoring runs."""
     return torch.full_like(y, -1) if hp.ngram_tilt else None
 
 
 def with_hints(val: ValData, hp: Hyperparameters, device) -> ValData:
-    """The validation data with the tilt's hints when NGRAM_TILT is on, computed on the device on the eval clock,
-    over the documents in the order they are scored (TTT's order with TTT_ENABLED): a hint reads only what was
-    scored before it, as the adapters and the global SGD phases do."""
+    """The tilt's hints (with NGRAM_TILT), computed on the device over the documents in the order they are scored
+    (TTT's with TTT_ENABLED): a hint reads only what was scored before it, as the adapters and phases do."""
     if not hp.ngram_tilt:
         return val
     docs = doc_spans(val.tokens)
@@ -1380,28 +1301,22 @@ def with_hints(val: ValData, hp: Hyperparameters, device) -> ValData:
     return ValData(val.tokens, val.target_bytes, val.byte_source, hints, val.tokenizer_check)
 
 
-def sgd_row_list(spans, L: int):
-    return pack_rows([(a + o, min(L, n - o), 0) for a, n in spans for o in range(0, n, L)], L)
-
-
-def global_sgd(model: GPT, val: ValData, spans, hp: Hyperparameters, backend: str, device, rank: int, world: int,
-               runner=None):  # fmt: skip
+def global_sgd(model, val: ValData, spans, hp: Hyperparameters, backend, device, rank: int, world: int, runner=None):
     """One epoch of full-parameter SGD (momentum, cosine decay, clip 1.0) on already-scored documents, cut into
     doc-masked rows of TTT_CONTEXT tokens; each step's rows are split over ranks and gradients summed."""
     L, params, runner = hp.ttt_context, list(model.parameters()), model if runner is None else runner
-    rows = sgd_row_list(spans, L)
+    rows = pack_rows([(a + o, min(L, n - o), 0) for a, n in spans for o in range(0, n, L)], L)
     per_step = max(1, hp.ttt_sgd_batch_tokens // L)
     steps = -(-len(rows) // per_step)
     opt = torch.optim.SGD(params, lr=hp.ttt_sgd_lr, momentum=hp.ttt_sgd_momentum)
+    n_rows = sgd_rows(hp, world) if is_compiled(runner) else 0  # a compiled runner sees one row count: the warmup's
     model.requires_grad_(True)
     for s in range(steps):
         opt.param_groups[0]["lr"] = hp.ttt_sgd_lr * 0.5 * (1 + math.cos(math.pi * s / steps))
         step_rows = rows[s * per_step : (s + 1) * per_step]
         targets = sum(seg[1] for row in step_rows for seg in row)  # over all ranks: the loss is their mean
-        mine = step_rows[rank::world]
-        if mine:  # a compiled runner sees one row count: the warmup's
-            nll, score, _ = run_rows(runner, mine, val, L, backend, device,
-                                     n_rows=sgd_rows(hp, world) if is_compiled(runner) else 0)  # fmt: skip
+        if step_rows[rank::world]:
+            nll, score, _ = run_rows(runner, step_rows[rank::world], val, L, backend, device, n_rows=n_rows)
             ((nll * score).sum() / targets).backward()
         sync_gradients(params, world, average=False)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -1413,8 +1328,7 @@ def global_sgd(model: GPT, val: ValData, spans, hp: Hyperparameters, backend: st
 
 def autocast(device, hp: Hyperparameters):
     """bf16 matmuls on CUDA, and on CPU with CPU_BF16=1; else plain float32."""
-    enabled = device.type == "cuda" or bool(hp.cpu_bf16)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or bool(hp.cpu_bf16))
 
 
 # -----------------------------------------------------------------------------

@@ -150,7 +150,7 @@ def test_c3_each_chunk_is_scored_before_any_step_on_it(setup, variant):
     hp, val, _ = setup
     _, base, _, _, _ = run_ttt(setup, variant=variant)
     a, n = tg.doc_spans(val.tokens)[1]  # a 1,259-target document: many chunks
-    size = tg.chunk_size(tiny_hp(**{**TTT, **VARIANTS[variant]}), n)  # 32, or 24 with the short-document chunks
+    size = tg.doc_chunks(tiny_hp(**{**TTT, **VARIANTS[variant]}), a, n)[0][1]  # 32, or 24 for short documents
     last = a + 1 + 3 * size - 1  # the last target of its third chunk
     tokens = val.tokens.copy()
     tokens[last] = (tokens[last] + 1) % 1000 + 8
@@ -313,27 +313,6 @@ def test_a_deadline_too_short_for_ttt_ends_in_time_and_scores_the_rest_plainly(s
         assert counts[0] == 0 and (counts[1:] == 1).all() and result["tokens"] == len(val.tokens) - 1
         assert plain.any() and (share > 0 or plain[1:].all())
         assert np.allclose(losses[plain], frozen[plain], rtol=1e-5, atol=1e-5)
-
-
-def test_a_warmup_out_of_time_compiles_only_the_widest_shape_and_ttt_runs_with_it(setup):
-    """Past `optional_until` the warmup keeps the widest width (it serves every chunk, padded) and drops the
-    narrower ones and global SGD, and says so; TTT then scores as a run configured that way from the start."""
-    hp, val, model = setup
-    cut_hp = tiny_hp(DATA_PATH=hp.data_path, **{**TTT, "TTT_WIDTH_BUCKETS": 3})
-    lora, lines = tg.LoRA(cut_hp, cut_hp.ttt_batch_docs, len(model.virtual_layers()), cut_hp.seed, CPU), []
-    tg.ttt_warmup(model, model, lora, cut_hp, "sdpa", CPU, 1, lines.append, optional_until=0.0)
-    assert (cut_hp.ttt_width_buckets, cut_hp.ttt_phases) == (1, 0)
-    assert [line.split(" compile_s:")[0] for line in lines if line.startswith("ttt_warmup ")] == [
-        "ttt_warmup rows:2 width:256 lora:1"
-    ]
-    assert [line for line in lines if line.startswith("ttt_warmup_cut:")] == [
-        "ttt_warmup_cut: widths:256 skipped:128,64,sgd " + lines[-1].split(" ")[-1]
-    ]
-    cut = tg.ttt_evaluate(model, val, cut_hp, "sdpa", CPU, lora=lora)
-    planned = tg.ttt_evaluate(model, val, tiny_hp(DATA_PATH=hp.data_path, **{**TTT, "TTT_WIDTH_BUCKETS": 1,
-                                                                          "TTT_PHASES": 0}), "sdpa", CPU)  # fmt: skip
-    assert cut["tokens"] == planned["tokens"] == len(val.tokens) - 1
-    assert cut["val_loss"] == pytest.approx(planned["val_loss"], rel=1e-6)
 
 
 @pytest.mark.parametrize("short", ["", "50:4,200:8"])
