@@ -425,6 +425,66 @@ def check_tokenizer_of_data(hp: Hyperparameters) -> str:
     return "ok"
 
 
+def is_caseops(sp: spm.SentencePieceProcessor) -> bool:
+    return sp.vocab_size() > 7 and [sp.id_to_piece(i) for i in range(4, 8)] == [chr(0xE001 + i) for i in range(4)]
+
+
+def check_val_files(hp: Hyperparameters, paths: list[str]) -> str:
+    """'ok' when DATA_PATH's manifest.json lists exactly these validation shards and sidecars, each with the sha256
+    it has: a copy, a changed or a missing shard is refused; 'unverified' without a manifest or its checksums."""
+    manifest = Path(hp.data_path) / "manifest.json"
+    try:
+        shards = json.loads(manifest.read_text()).get("shards") if manifest.is_file() else None
+        listed = {k: v["sha256"] for k, v in (shards or {}).items() if k.startswith("fineweb_val_")}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise DataError(f"{manifest}: unreadable (expected the JSON manifest with each shard's sha256)") from None
+    if shards is None:
+        return "unverified"
+    found = {os.path.basename(p): p for p in paths}
+    if extra := sorted(found.keys() - listed) or sorted(listed.keys() - found):
+        what = "not listed in its manifest.json" if extra[0] in found else "listed in its manifest.json but missing"
+        raise DataError(f"DATA_PATH={hp.data_path}: validation files {what}: {', '.join(extra)} (remove or restore)")
+    for name, want in sorted(listed.items()):
+        if (have := file_sha256(found[name])) != want:
+            raise DataError(f"{found[name]}: sha256 {have}, but manifest.json records {want} (not the file written)")
+    return "ok"
+
+
+def original_bytes(sp: spm.SentencePieceProcessor, ids: np.ndarray, caseops: bool) -> int:
+    """UTF-8 bytes of a document's decoded original text. The CaseOps inverse drops one 3-byte operator per match
+    (ESC keeps what it escapes); its case changes touch ASCII letters only, which keep their one byte."""
+    import re  # the only user; re caches the pattern
+
+    text = sp.decode(ids.tolist())
+    return len(text.encode("utf-8")) - (3 * len(re.findall("\ue004.|[\ue001-\ue004]", text, re.S)) if caseops else 0)
+
+
+def prove_bytes(tokens: np.ndarray, charged: np.ndarray, sp: spm.SentencePieceProcessor, source: str):
+    """Each validation document is charged the UTF-8 bytes of its decoded original text (data/verify.py's check), so
+    a sidecar or byte table that lies is refused; rank r proves every world-th document, one all-reduce agrees."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    starts, caseops = np.flatnonzero(tokens == BOS_ID), is_caseops(sp)
+    ends, sums = [*starts[1:], len(tokens)], np.add.reduceat(np.r_[0, charged[1:]], starts)  # entry 0 is unused
+    have = {i: original_bytes(sp, tokens[starts[i] + 1 : ends[i]], caseops) for i in range(rank, len(starts), world)}
+    bad = [i for i, n in have.items() if n != sums[i]]
+    failed = torch.tensor([len(bad)], device="cuda" if world > 1 and dist.get_backend() == "nccl" else "cpu")
+    if world > 1:
+        dist.all_reduce(failed)
+    if failed.item():
+        e = f" (document {bad[0]}: {sums[bad[0]]} charged, {have[bad[0]]} in its decoded original text)" if bad else ""
+        raise DataError(f"{source} bytes are wrong in {failed.item()} of {len(starts)} validation documents{e}")
+
+
+# Tokens of the challenge's 50,000-document validation sets by (vocab, CaseOps), as (fewest, how many counts): the
+# whole CaseOps stream; the others known as the records log them, cut to a multiple of 2048 (1024) after the first
+OFFICIAL_VAL = {(8192, True): (47_853_343, 1), (8192, False): (40_540_161, 2048), (1024, False): (63_779_841, 1024)}
+
+
+def val_set(tokens: np.ndarray, sp: spm.SentencePieceProcessor) -> str:
+    first, k = OFFICIAL_VAL.get((sp.vocab_size(), is_caseops(sp)), (0, 0))
+    return "official" if int((tokens == BOS_ID).sum()) == 50_000 and first <= len(tokens) < first + k else "other"
+
+
 @dataclass
 class ValData:
     tokens: np.ndarray  # int64 stream, BOS before every document
@@ -432,10 +492,12 @@ class ValData:
     byte_source: str
     hints: np.ndarray | None = None  # int64, the n-gram tilt's hint for each target (-1: none); set at eval time
     tokenizer_check: str = ""  # check_tokenizer_of_data's verdict
+    val_check: str = ""  # check_val_files's: ok or unverified
+    val_set: str = ""  # official (the challenge's fingerprint) or other
 
 
 def load_validation(hp: Hyperparameters, sp: spm.SentencePieceProcessor) -> ValData:
-    paths = shard_paths(hp.data_path, "val")
+    paths, sidecars = shard_paths(hp.data_path, "val"), shard_paths(hp.data_path, "val_bytes")
     if not paths:
         raise DataError(f"DATA_PATH={hp.data_path}: no fineweb_val_*.bin shards")
     checked = check_tokenizer_of_data(hp)
@@ -443,14 +505,17 @@ def load_validation(hp: Hyperparameters, sp: spm.SentencePieceProcessor) -> ValD
     if not tokens.size or tokens[0] != BOS_ID:
         found = tokens[0] if tokens.size else "no tokens at all"
         raise DataError(f"{paths[0]}: the validation stream must start with BOS ({BOS_ID}), found {found}")
-    if sidecars := shard_paths(hp.data_path, "val_bytes"):  # transformed text (CaseOps): original bytes per token
-        nbytes = np.concatenate([load_shard(p) for p in sidecars]).astype(np.int64)
+    if sidecars:  # transformed text (CaseOps): original bytes per token
+        nbytes, source = np.concatenate([load_shard(p) for p in sidecars]).astype(np.int64), "sidecar"
         if nbytes.shape != tokens.shape:
             raise DataError(f"byte sidecars hold {nbytes.size} counts for {tokens.size} validation tokens")
-        return ValData(tokens, nbytes, "sidecar", tokenizer_check=checked)
-    if sp.vocab_size() > 7 and [sp.id_to_piece(i) for i in range(4, 8)] == [chr(0xE001 + i) for i in range(4)]:
+    elif is_caseops(sp):
         raise DataError(f"{hp.tokenizer_path} is a CaseOps tokenizer but {hp.data_path} has no fineweb_val_bytes_*")
-    return ValData(tokens, target_bytes_from_tables(sp, tokens), "tokenizer_tables", tokenizer_check=checked)
+    else:
+        nbytes, source = target_bytes_from_tables(sp, tokens), "tokenizer_tables"
+    files = check_val_files(hp, paths + sidecars)
+    prove_bytes(tokens, nbytes, sp, source)
+    return ValData(tokens, nbytes, source, None, checked, files, val_set(tokens, sp))
 
 
 def check_lengths_fit(hp: Hyperparameters, n_val: int):
@@ -2051,7 +2116,7 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
     check_lengths_fit(hp, len(val.tokens))
     counts = f"val_tokens:{len(val.tokens)} val_docs:{int((val.tokens == BOS_ID).sum())}"
     counts += f" val_bytes:{int(val.target_bytes[1:].sum())} byte_source:{val.byte_source}"
-    log(f"{counts} tokenizer_check:{val.tokenizer_check}")
+    log(f"{counts} tokenizer_check:{val.tokenizer_check} val_check:{val.val_check} val_set:{val.val_set}")
     if hp.eval_only:
         return finish(log, hp, clock, score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
     model = GPT(hp).to(device)

@@ -414,7 +414,7 @@ def ngram_hints(d: dict) -> list[str]:
 
 
 def probes(d: dict) -> list[str]:
-    """The hostile review of issue 20 (bench/probes.py): totals, then every probe not handled, with its message."""
+    """The hostile review (bench/probes.py): totals, then every probe not handled, with its message."""
     t, cell = d["totals"], lambda s: " ".join(str(s).split()).replace("|", "\\|")
     short = lambda s: cell(s) if len(cell(s)) <= 300 else cell(s)[:297] + "..."  # noqa: E731
     out = [f"{d['probes_n']} bad inputs and faults against `{d['repo']}` at {d['repo_version']}: training runs at "
@@ -434,6 +434,27 @@ def probes(d: dict) -> list[str]:
         out.append("")
     good = [f"`{r['name']}`" for r in d["probes"] if r["outcome"] == "error"]
     return out + [f"Handled ({len(good)}): {', '.join(good) or 'none'}."]
+
+
+def val_check(d: dict) -> list[str]:
+    """Issue 32's checks at full size: hashing the validation files, and the per-document byte proof."""
+    h, sec = d["hashing"], lambda t: f"{t['cpu_s']:.2f} ({t['wall_s']:.2f})"
+    best = min(h["runs"], key=lambda t: t["cpu_s"])
+    out = ["Seconds of CPU (wall in brackets: the machine is shared, see its load average above). The sha256 of "
+           f"the validation shard and its sidecar against manifest.json, {h['tokens']:,} tokens each "
+           f"({h['bytes'] / 1e6:.1f} MB, page cache warm): "
+           f"{sec(best)}, best of {len(h['runs'])}.", "",
+           "The per-document byte proof, every document decoded (50,000: the sample's replicated), in one process "
+           "and as rank 0 of 8; scaled linearly to the official set's tokens; then load_validation end to end "
+           "(reading, hashing, proving) on the replicated CaseOps set:", "",
+           "| set | bytes from | documents | tokens | one process | rank 0 of 8 | official size: one process "
+           "| official size: rank of 8 | load_validation |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in d["proof"].items():
+        whole = sec(r["load_validation"]) if "load_validation" in r else "—"
+        out.append(f"| {name} | {r['byte_source']} | {r['docs']:,} | {r['tokens']:,} | {sec(r['one_process'])} | "
+                   f"{sec(r['rank_0_of_8'])} | {r['projected_cpu_s']['one_process']:.1f} | "
+                   f"{r['projected_cpu_s']['rank_of_8']:.1f} | {whole} |")  # fmt: skip
+    return out
 
 
 # every row but the export's (GPTQ, LQER, AWQ-lite), whose schedules did not change
@@ -489,8 +510,11 @@ def main() -> None:
     ng_cmd = "python3 bench/ngram_hints.py --out bench/results/ngram_hints.json"
     lines += section("N-gram tilt: the hint precompute", ng_cmd, cpu, load("ngram_hints.json"), ngram_hints)
     hp = load("probes.json")
-    lines += section("Hostile probes (issue 20)", "python3 bench/probes.py --out bench/results/probes.json",
+    lines += section("Hostile probes (issues 20 and 32)", "python3 bench/probes.py --out bench/results/probes.json",
                      hp["machine"] if hp else cpu, hp, probes)  # fmt: skip
+    vc = load("val_check.json")
+    lines += section("Validation checks at full size (issue 32)", vc["command"] if vc else "python3 bench/val_check.py "
+                     "--out bench/results/val_check.json", vc["machine"] if vc else cpu, vc, val_check)  # fmt: skip
     gc = load("gpu_check.json")
     gc_cmd = gc["command"] if gc else "python3 bench/gpu_check.py --out <dir> (on the device: README, first GPU run)"
     gc_machine = gc["stages"]["env"]["gpu"] + " (device tool)" if gc else "one H100 or H200 (device tool)"

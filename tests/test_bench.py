@@ -85,14 +85,14 @@ def test_results_md_marks_what_was_not_measured(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
     report.main()
     empty = (tmp_path / "RESULTS.md").read_text().split(report.NOTEBOOK)[0]  # the generated part
-    assert empty.count("**Not measured yet.**") == 17
+    assert empty.count("**Not measured yet.**") == 18
     (tmp_path / "results").mkdir()
     classical = {"val_docs": 2, "val_bytes": 100, "train_bytes": 1000, "date": "2026-01-02",
                  "compressors": {"xz": {"setting": "s", "alone_bpb": 2.5, "marginal_bpb": 2.0}}}  # fmt: skip
     (tmp_path / "results" / "classical.json").write_text(json.dumps(classical))
     report.main()
     text = (tmp_path / "RESULTS.md").read_text().split(report.NOTEBOOK)[0]
-    assert text.count("**Not measured yet.**") == 16 and "| xz | s | 2.5000 | 2.0000 |" in text
+    assert text.count("**Not measured yet.**") == 17 and "| xz | s | 2.5000 | 2.0000 |" in text
     assert text.count("Date: ") == 1 and "Date: 2026-01-02" in text
 
 
@@ -373,3 +373,35 @@ def test_probes_section_lists_what_was_not_handled():
     text = "\n".join(report.probes(d))
     assert "**1 error, 1 traceback, 1 silent, 0 hang.**" in text and "Handled (1): `a`." in text
     assert "| `b` | w | traceback | 1.0 | ValueError: a\\|b |" in text and "| `c` |" in text and "| `a` |" not in text
+
+
+def test_val_check_bench_times_both_checks_through_train_gpt(tmp_path, sp1024_dataset, caseops_dataset):
+    """bench/val_check.py at a small size: the hashed files have the requested tokens, both samples are replicated
+    to the requested documents and proven (in one process and as rank 0 of 8), and the report renders it."""
+    import val_check
+
+    data = tmp_path / "datasets"
+    data.mkdir()
+    (data / "sample_sp1024").symlink_to(sp1024_dataset)
+    (data / "sample_caseops_sp8192").symlink_to(caseops_dataset)
+    args = [
+        "--data",
+        str(data),
+        "--docs",
+        "250",
+        "--hash-tokens",
+        "100000",
+        "--repeats",
+        "1",
+        "--out",
+        str(tmp_path / "v.json"),
+    ]
+    r = val_check.main(args)
+    assert r["hashing"]["bytes"] == 2 * (4 * 256 + 2 * 100_000) and r["hashing"]["runs"][0]["wall_s"] > 0
+    assert set(r["proof"]) == {"caseops", "sp1024"} and "load_validation" in r["proof"]["caseops"]
+    assert all(p["docs"] == 250 and p["one_process"]["cpu_s"] >= p["rank_0_of_8"]["cpu_s"] for p in r["proof"].values())
+    assert (
+        r["proof"]["caseops"]["byte_source"] == "sidecar" and r["proof"]["sp1024"]["byte_source"] == "tokenizer_tables"
+    )
+    assert json.loads((tmp_path / "v.json").read_text())["proof"]["sp1024"]["tokens"] == r["proof"]["sp1024"]["tokens"]
+    assert "| caseops | sidecar | 250 |" in "\n".join(report.val_check(r))

@@ -269,6 +269,32 @@ def test_a_run_that_cannot_fit_keeps_its_artifact_and_checkpoint_and_fails_namin
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_the_budget_is_kept_at_exactly_its_bytes_and_one_byte_over_is_refused(tmp_path, monkeypatch):
+    """The export's edge, without a run: an artifact of exactly ARTIFACT_MAX_BYTES is the natural blob, kept with no
+    fit; one byte less makes the fit move (and land under); one byte over with nothing left to coarsen is refused,
+    kept as over_budget.ptz. A comparison against the budget plus a margin fails one of the three."""
+    torch.manual_seed(0)
+    state = randomize(tg.GPT(tiny_hp())).state_dict()
+    hp = tiny_hp(LOG_DIR=tmp_path)
+    code = 12_345
+    natural = tg.serialize(tg.quantize_model(state, None, hp, log=lambda _: None), hp.export_compressor,
+                           tg.artifact_run(hp))[0]  # fmt: skip
+
+    def export(budget: int, run_id: str) -> tuple[bytes, list[str]]:
+        hp.artifact_max_bytes, hp.run_id, lines = budget, run_id, []
+        return tg.export_artifact(state, None, hp, code, lines.append)[0], lines
+
+    blob, lines = export(code + len(natural), "exact")
+    assert blob == natural and not any(line.startswith("fit_") for line in lines)
+    assert (tmp_path / "exact.ptz").read_bytes() == natural and not (tmp_path / "exact.over_budget.ptz").exists()
+    blob, lines = export(code + len(natural) - 1, "fitted")
+    assert code + len(blob) <= code + len(natural) - 1 and any(line.startswith("fit_round:1 ") for line in lines)
+    monkeypatch.setattr(tg, "plan_coarsening", lambda curves, ratio, need, pos: (pos, []))  # nothing left to move
+    with pytest.raises(tg.ArtifactError, match=rf"^artifact {code + len(natural)} bytes > {code + len(natural) - 1}:"):
+        export(code + len(natural) - 1, "over")
+    assert (tmp_path / "over.over_budget.ptz").read_bytes() == natural and not (tmp_path / "over.ptz").exists()
+
+
 def finals(log: str) -> dict[str, int]:
     m = re.search(r"^artifact_bytes:(\d+) code_bytes:(\d+) model_bytes:(\d+)", log, re.M)
     return dict(zip(("artifact_bytes", "code_bytes", "model_bytes"), map(int, m.groups())))

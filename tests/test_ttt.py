@@ -160,6 +160,46 @@ def test_c3_each_chunk_is_scored_before_any_step_on_it(setup, variant):
     assert not np.allclose(changed[last + 1 : a + 1 + n], base[last + 1 : a + 1 + n])
 
 
+def test_ttt_never_trains_on_a_documents_last_chunk(setup, monkeypatch):
+    """ttt_batch's promise: a document's last chunk is scored, never trained on. In every step, the gradient that
+    reaches the losses of a last chunk is exactly zero where an earlier chunk's is not; and rewriting the last
+    chunk of a document that ends mid-batch (its adapter slot's A kept by the next batch, TTT_WARM_A=1, no global
+    SGD) changes no loss outside that chunk."""
+    hp, val, model = setup
+    hp = tiny_hp(DATA_PATH=hp.data_path, **TTT)
+    docs = tg.doc_spans(val.tokens)
+    last = {tg.doc_chunks(hp, a, n)[-1] for a, n in docs}
+    grads, real = {True: [], False: []}, tg.run_rows
+
+    def run_rows(runner, rows, v, width, backend, device, lora=None, n_rows=0):
+        nll, score, sums = real(runner, rows, v, width, backend, device, lora, n_rows)
+
+        def seen(g):  # the gradient reaching each row's losses, from its first scored target on
+            for r, (_, n, frm) in enumerate(row[0] for row in rows):
+                grads[rows[r][0] in last].append(float(g[r, frm:n].abs().sum()))
+
+        if lora is not None and nll.requires_grad:  # TTT's adapters (global SGD passes none)
+            nll.register_hook(seen)
+        return nll, score, sums
+
+    monkeypatch.setattr(tg, "run_rows", run_rows)
+    tg.ttt_evaluate(model, val, hp, "sdpa", CPU)
+    monkeypatch.undo()
+    assert grads[True] and all(g == 0 for g in grads[True])  # last chunks in steps that trained others: untouched
+    assert grads[False] and all(g > 0 for g in grads[False])
+    first, second = (docs[d] for d in tg.ttt_order(docs)[:2])  # batch 0: the second ends while the first goes on
+    assert second[1] < first[1] and hp.ttt_warm_a
+    start, length, frm = tg.doc_chunks(hp, *second)[-1]
+    chunk = np.arange(start + 1 + frm, start + 1 + length)  # its targets (the last one the next document's BOS)
+    tokens = val.tokens.copy()
+    tokens[chunk[:-1]] = (tokens[chunk[:-1]] * 7 + 3) % 1000 + 8
+    _, base, *_ = run_ttt(setup, TTT_PHASES=0)
+    _, changed, *_ = run_ttt(setup, tokens, TTT_PHASES=0)
+    outside = np.ones(len(tokens), bool)
+    outside[chunk], outside[0] = False, False
+    assert np.array_equal(changed[outside], base[outside]) and not np.allclose(changed[chunk], base[chunk])
+
+
 def test_adapters_change_the_scores_and_zero_lr_is_the_plain_model(setup):
     hp, val, model = setup
     plain = tg.evaluate(model, val, tiny_hp(EVAL_SEQ_LEN=256, VAL_BATCH_SIZE=4096), 32, "sdpa", CPU)
