@@ -11,6 +11,7 @@ import pytest
 import train_gpt as tg
 from data import caseops, shards
 from tests.helpers import tiny_hp
+from tests.test_ranks import torchrun
 from tests.test_train import run_script
 
 
@@ -136,6 +137,21 @@ def test_each_rank_proves_every_world_th_document_and_all_stop(small_dataset, mo
         with pytest.raises(tg.DataError, match=message):
             tg.prove_bytes(val.tokens, lie, sp, "sidecar")
         assert decoded == lengths[rank::2]
+
+
+def test_two_ranks_both_stop_on_a_lie_only_one_of_them_proves(small_dataset, tmp_path):
+    """Under torchrun (2 gloo ranks): a sidecar one byte over in document 1 (rank 1's) ends the run before anything
+    trains, with one error line, the count all-reduced; no rank waits for the other."""
+    val = load(small_dataset)
+    lie = val.target_bytes.copy()
+    lie[np.flatnonzero(val.tokens == tg.BOS_ID)[1] + 1] += 1
+    data = dataset_copy(small_dataset, tmp_path / "data", True, fineweb_val_bytes_000000=lie)
+    p = torchrun(2, {}, data, tmp_path / "run", timeout=180)
+    assert p.returncode != 0 and 'train_gpt.py", line' not in p.stderr, p.stderr[-3000:]  # (torchrun's own aside)
+    log = (tmp_path / "run" / "run.txt").read_text()
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "\nstep:" not in log, errors
+    assert re.match(r"error: rank [01]: sidecar bytes are wrong in 1 of 8 validation documents", errors[0]), errors
 
 
 def test_original_bytes_is_the_utf8_length_of_the_caseops_inverse(caseops_dataset, caseops_model):
