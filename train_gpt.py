@@ -605,13 +605,11 @@ class DocLayout:
 
 
 def pick_backend(requested: str, device: torch.device) -> str:
-    if requested == "auto" and device.type == "cuda":
-        requested = "fa3" if FLASH_BACKEND == "fa3" else "flex" if flex_attention is not None else "sdpa"
     if requested == "fa3" and FLASH_BACKEND != "fa3":
         raise HyperparameterError("ATTN_BACKEND=fa3: FlashAttention 3 (flash_attn_interface) is not installed")
-    if requested == "flex" and flex_attention is None:
-        raise HyperparameterError("ATTN_BACKEND=flex: this torch has no flex attention")
-    return "sdpa" if requested == "auto" else requested
+    if requested == "auto":
+        return (FLASH_BACKEND or "flex") if device.type == "cuda" else "sdpa"
+    return requested
 
 
 def varlen_room(B: int, T: int, n_segments: int = 0) -> int:

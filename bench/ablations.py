@@ -2,7 +2,7 @@
 technique at a time, train for a fixed number of steps with each seed, and score the exported artifact.
 
 Every run is the script itself (`python3 train_gpt.py`), so what is ablated is exactly what the flagship runs.
-Training ablations change the model or optimizer; the quantization ablations (GPTQ, LQER, AWQ-lite) train the
+Training ablations change the model or optimizer; the quantization ablations (GPTQ, LQER) train the
 same model again (CPU training is deterministic for a seed, which the identical pre-quantization scores show)
 and differ only in the export; TTT is ablated by scoring each baseline artifact with `EVAL_ONLY` and TTT on.
 
@@ -41,7 +41,7 @@ FIXED = {
 }
 
 
-SWITCHED_ON = {"awq_lite", "ttt", "progressive_context", "short_chunks"}  # off in the baseline: rows switch them on
+SWITCHED_ON = {"ttt", "progressive_context", "short_chunks"}  # off in the baseline: rows switch them on
 
 
 def resolved(env: dict) -> Hyperparameters:
@@ -66,9 +66,8 @@ EVAL_ONLY = {"ttt": ("baseline", "roundtrip", "ttt"), "ngram_tilt": ("baseline",
 
 
 def ablations(env: dict) -> dict[str, tuple[str, dict]]:
-    """name -> (what changes against the baseline, env overrides). AWQ-lite is off in the flagship defaults,
-    so its row switches it on, at the fraction of the width suggested for the flagship (64 of 512 columns). The
-    progressive context takes a quarter, a half, then all of the length over the flagship's fractions (its thirds,
+    """name -> (what changes against the baseline, env overrides). The progressive context takes a quarter, a
+    half, then all of the length over the flagship's fractions (its thirds,
     1024 and 2048 of 3072, would not divide the CPU batch), its LR ramp scaled from 32 of about 4,900 steps; the
     short-document chunks are #2014's."""
     hp = resolved(env)
@@ -90,7 +89,6 @@ def ablations(env: dict) -> dict[str, tuple[str, dict]]:
         "ema": ("EMA off", {"EMA_HORIZON_FRAC": "0"}),
         "gptq": ("GPTQ off (round to nearest)", {"GPTQ": "0"}),
         "lqer": ("LQER off", {"LQER_TOP_K": "0"}),
-        "awq_lite": (f"AWQ-lite on ({dim // 8} int8 columns)", {"AWQ_GROUP": str(dim // 8)}),
         "ttt": ("TTT on: the baseline artifact scored with phased LoRA TTT", {"TTT_ENABLED": "1"}),
         "asym_logit": ("AsymLogit off (one fixed symmetric cap)", {"LOGIT_ASYM": "0"}) if hp.logit_softcap else (
             "logit cap on (AsymLogit from a cap of 30)", {"LOGIT_SOFTCAP": "30"}),

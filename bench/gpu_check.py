@@ -339,8 +339,7 @@ def parity_stage(hp, device) -> dict:
 
     ref = run("sdpa", torch.float32)
     low = torch.bfloat16 if device.type == "cuda" else torch.float32
-    backends = ["sdpa"] + (["flex"] if tg.flex_attention is not None else []) + [b for b in ("fa3", "fa2") if
-                                                                              b == tg.FLASH_BACKEND]  # fmt: skip
+    backends = ["sdpa", "flex"] + (["fa3"] if tg.FLASH_BACKEND == "fa3" else [])
     out = {"shape": [B, T, H, kv, D], "dtype": str(low)}
     for backend in backends:
         try:

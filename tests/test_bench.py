@@ -103,7 +103,7 @@ def test_each_ablation_changes_only_its_technique():
     switched = {"xsa": ("xsa_last_n", 0), "smear_gate": ("smear_gate", 0), "recurrence": ("num_loops", 2),
                 "parallel_residuals": ("parallel_start_layer", flag.num_layers - 1), "ema": ("ema_horizon_frac", 0.0),
                 "sparse_attn_gate": ("sparse_attn_gate", 0), "partial_rope": ("rope_dims", 8), "gptq": ("gptq", 0),
-                "lqer": ("lqer_top_k", 0), "awq_lite": ("awq_group", 16), "ttt": ("ttt_enabled", 1),
+                "lqer": ("lqer_top_k", 0), "ttt": ("ttt_enabled", 1),
                 "asym_logit": ("logit_softcap", 30.0), "ngram_tilt": ("ngram_tilt", 0)}  # fmt: skip
     assert set(table) == {"baseline", "muoneq_r_polar", "progressive_context", "short_chunks", *switched}
     assert {"recurrence", "parallel_residuals", "partial_rope", "asym_logit"} <= ablations.switched_on(env)  # the
@@ -183,7 +183,7 @@ def test_ablation_table_signs_and_effects(tmp_path):
             "xsa": {"change": "XSA off", "overrides": {"XSA_LAST_N": "0"}, "switches_on": False},
             "ema": {"change": "EMA off", "overrides": {"EMA_HORIZON_FRAC": "0"}, "switches_on": False},
             "lqer": {"change": "LQER off", "overrides": {"LQER_TOP_K": "0"}, "switches_on": False},
-            "awq_lite": {"change": "AWQ on", "overrides": {"AWQ_GROUP": "16"}, "switches_on": True},
+            "progressive_context": {"change": "on", "overrides": {"SEQ_LEN_WARMUP_STEPS": "2"}, "switches_on": True},
             "ttt": {"change": "TTT on", "overrides": {"TTT_ENABLED": "1"}, "switches_on": True},
             "ngram_tilt": {"change": "tilt off", "overrides": {}, "switches_on": False,
                            "eval_only": ["baseline", "roundtrip", "roundtrip"]},
@@ -193,7 +193,7 @@ def test_ablation_table_signs_and_effects(tmp_path):
                   "xsa": {"1": run(2.05, 2.06), "2": run(2.04, 2.05)},  # worse without XSA: it helps
                   "ema": {"1": run(2.0, 2.0), "2": run(2.002, 2.02)},  # mixed signs
                   "lqer": {"1": run(2.0, 2.0101), "2": run(2.002, 2.05)},  # one seed within the noise
-                  "awq_lite": {"1": run(2.0, 2.0), "2": run(2.002, 2.0)},  # better with AWQ on: it helps
+                  "progressive_context": {"1": run(2.0, 2.0), "2": run(2.002, 2.0)},  # better on: it helps
                   "ttt": {"1": run(2.0, 2.01, 1.9), "2": run(2.002, 2.012, 1.95)},
                   "ngram_tilt": {"1": {"stages": {"roundtrip": {"val_bpb": 2.03}}, "model_bytes": 100},
                                  "2": {"stages": {"roundtrip": {"val_bpb": 2.032}}, "model_bytes": 100}},
@@ -201,7 +201,7 @@ def test_ablation_table_signs_and_effects(tmp_path):
     rows = {r.split(" | ")[0][2:]: r.split(" | ") for r in report.ablation(d) if r.startswith("| ")}
     assert rows["xsa"][4] == "+0.04400" and rows["xsa"][-1] == "helps |"
     assert rows["ema"][-1] == "no clear effect |" and rows["lqer"][-1] == "no clear effect |"
-    assert rows["awq_lite"][4] == "+0.01100" and rows["awq_lite"][-1] == "helps |"
+    assert rows["progressive_context"][4] == "+0.01100" and rows["progressive_context"][-1] == "helps |"
     assert rows["ttt"][3] == "—" and rows["ttt"][5] == "+0.11000 / +0.06200"
     assert rows["ngram_tilt"][3] == "—" and rows["ngram_tilt"][5] == "+0.02000 / +0.02000"  # against the baseline
     assert rows["short_chunks"][5] == "+0.01000 / -0.01000"  # against the TTT row's TTT score
