@@ -289,7 +289,7 @@ def test_the_budget_is_kept_at_exactly_its_bytes_and_one_byte_over_is_refused(tm
     assert (tmp_path / "exact.ptz").read_bytes() == natural and not (tmp_path / "exact.over_budget.ptz").exists()
     blob, lines = export(code + len(natural) - 1, "fitted")
     assert code + len(blob) <= code + len(natural) - 1 and any(line.startswith("fit_round:1 ") for line in lines)
-    monkeypatch.setattr(tg, "plan_coarsening", lambda curves, ratio, need, pos: (pos, []))  # nothing left to move
+    monkeypatch.setattr(tg, "FIT_LADDER", (1.0,))  # no coarser grid: nothing left to move
     with pytest.raises(tg.ArtifactError, match=rf"^artifact {code + len(natural)} bytes > {code + len(natural) - 1}:"):
         export(code + len(natural) - 1, "over")
     assert (tmp_path / "over.over_budget.ptz").read_bytes() == natural and not (tmp_path / "over.ptz").exists()
