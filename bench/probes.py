@@ -334,9 +334,9 @@ def undecodable_stream(blob: bytes) -> bytes:
     decompress, compress = codec(blob[4])
     n = struct.unpack("<I", blob[5:9])[0]
     header = json.loads(decompress(blob[13 : 13 + n]))
-    name, clen, _, rawlen = header["streams"][-1]
+    name, clen, _, *rest = header["streams"][-1]  # rest: the raw length (and since rANS, the coder's tables)
     junk = random.Random(20).randbytes(clen)
-    header["streams"][-1] = [name, clen, zlib.crc32(junk), rawlen]
+    header["streams"][-1] = [name, clen, zlib.crc32(junk), *rest]
     head = compress(json.dumps(header).encode())
     return blob[:5] + struct.pack("<II", len(head), zlib.crc32(head)) + head + blob[13 + n : len(blob) - clen] + junk
 
