@@ -1,5 +1,5 @@
-"""Hostile review of issue 20: about sixty bad inputs and faults, each run on a tiny configuration and its outcome
-classified from what the process printed and left behind.
+"""Hostile review of issues 20 and 32: about sixty-five bad inputs and faults, each run on a tiny configuration and
+its outcome classified from what the process printed and left behind.
 
     python3 bench/probes.py [--repo PATH] [--only NAME ...] [--out bench/results/probes.json]
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -216,9 +217,11 @@ class Fixtures:
         return self.cache[key]
 
     # data -----------------------------------------------------------------
-    def dataset(self, name: str, val=None, train=None, extra: dict | None = None, source: Path | None = None) -> str:
+    def dataset(self, name: str, val=None, train=None, extra: dict | None = None, source: Path | None = None,
+                rehash: bool = False) -> str:  # fmt: skip
         """A copy of the sample folder (or source) with the tokenizer and manifest; val/train: {file: bytes} to
-        write instead of the sample's shards (None: the sample's, the train shard as a symlink)."""
+        write instead of the sample's shards (None: the sample's, the train shard as a symlink). rehash: the
+        manifest lists the validation files now there with their sha256 (a dataset rebuilt around them)."""
 
         def build():
             src, out = source or self.sample, self.tmp / "data" / name
@@ -238,6 +241,13 @@ class Fixtures:
                         (out / f).write_bytes(data)
             for f, data in (extra or {}).items():
                 (out / f).write_bytes(data)
+            if rehash:
+                m = json.loads((out / "manifest.json").read_text())
+                kept = {k: v for k, v in m["shards"].items() if not k.startswith("fineweb_val_")}
+                m["shards"] = {**kept, **{p.name: {"tokens": (p.stat().st_size - 4 * HEADER_INTS) // 2,
+                                                   "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                                          for p in sorted(out.glob("fineweb_val_*.bin"))}}  # fmt: skip
+                (out / "manifest.json").write_text(json.dumps(m, indent=1))
             return str(out)
 
         return self.once(f"data:{name}", build)
@@ -254,7 +264,7 @@ class Fixtures:
     def tiny_val(self) -> str:
         """The sample with only the first validation document (a few hundred tokens)."""
         t = self.val_tokens()
-        return self.dataset("tiny_val", val=self.val(t[: int(np.flatnonzero(t == 1)[1])]))
+        return self.dataset("tiny_val", val=self.val(t[: int(np.flatnonzero(t == 1)[1])]), rehash=True)
 
     def changed_token(self) -> tuple[np.ndarray, int]:
         """The validation tokens with one in-vocabulary id changed (a word piece to its neighbour)."""
@@ -324,9 +334,9 @@ def undecodable_stream(blob: bytes) -> bytes:
     decompress, compress = codec(blob[4])
     n = struct.unpack("<I", blob[5:9])[0]
     header = json.loads(decompress(blob[13 : 13 + n]))
-    name, clen, _, rawlen = header["streams"][-1]
+    name, clen, _, *rest = header["streams"][-1]  # rest: the raw length (and since rANS, the coder's tables)
     junk = random.Random(20).randbytes(clen)
-    header["streams"][-1] = [name, clen, zlib.crc32(junk), rawlen]
+    header["streams"][-1] = [name, clen, zlib.crc32(junk), *rest]
     head = compress(json.dumps(header).encode())
     return blob[:5] + struct.pack("<II", len(head), zlib.crc32(head)) + head + blob[13 + n : len(blob) - clen] + junk
 
@@ -485,6 +495,45 @@ def tokenizers() -> list[Probe]:
     ]  # fmt: skip
 
 
+def validation_set() -> list[Probe]:
+    """Issue 32's two hostile cases, on the CaseOps sample: a byte sidecar that lies, and a validation shard that is
+    not in the set; and a record on a validation set that is not the challenge's."""
+
+    def caseops(name, files, rehash=False):
+        def setup(fx, d):
+            src = fx.caseops
+            if not (src / "fineweb_val_bytes_000000.bin").is_file():
+                raise FixtureError("silent", f"fixture: no CaseOps sample at {src} (data/prepare.py --variant caseops)")
+            path = fx.dataset(name, val=files(src), source=src, rehash=rehash)
+            return {"DATA_PATH": path, "TOKENIZER_PATH": f"{path}/tokenizer.model", "VOCAB_SIZE": "8192"}
+
+        return setup
+
+    side, val = "fineweb_val_bytes_000000.bin", "fineweb_val_000000.bin"
+    lie = lambda src: {val: (src / val).read_bytes(), side: shard_bytes(read_tokens(src / side) + 1)}
+    copy = lambda src: {f: (src / g).read_bytes() for f, g in ((val, val), (side, side),
+                        ("fineweb_val_000001.bin", val), ("fineweb_val_bytes_000001.bin", side))}  # fmt: skip
+
+    def record_other(fx, d):
+        a = str(fx.run_a().with_suffix(".txt"))
+        return {"argv": ["tools/record.py", "build", a, a, "--name", d.name, "--records", str(d / "records")]}
+
+    return [
+        Probe("sidecar_plus_one", "the CaseOps byte sidecar with +1 on every count (same length; the manifest as "
+              "written)", expect=rf"{side}: sha256 [0-9a-f]{{64}}, but manifest.json records",
+              setup=caseops("sidecar_plus_one", lie)),
+        Probe("sidecar_plus_one_rehashed", "the same lying sidecar, its sha256 written into the manifest (the "
+              "per-document proof)", expect="sidecar bytes are wrong in 108 of 108 validation documents",
+              setup=caseops("sidecar_plus_one_rehashed", lie, rehash=True)),
+        Probe("val_copy_in_data_path", "a second copy of the validation shard and its sidecar in DATA_PATH (the "
+              "tilt's hints would find every document of the copy)",
+              expect="not listed in its manifest.json: fineweb_val_000001.bin, fineweb_val_bytes_000001.bin",
+              setup=caseops("val_copy", copy)),
+        Probe("record_other_val", "tools/record.py build on logs of the sample (val_set:other, not the challenge's "
+              "validation set)", expect="val_set not official", tool=True, setup=record_other),
+    ]  # fmt: skip
+
+
 def eval_only() -> list[Probe]:
     def artifact(name=None, damage=None, path=None):
         def setup(fx, d):
@@ -626,8 +675,8 @@ def tools() -> list[Probe]:
 
 
 def all_probes(repo: Path) -> list[Probe]:
-    return [*values(), *names(), *shapes(), *lengths(), *data(), *tokenizers(), *eval_only(), *logs(), *endings(repo),
-            *tools()]  # fmt: skip
+    return [*values(), *names(), *shapes(), *lengths(), *data(), *tokenizers(), *validation_set(), *eval_only(),
+            *logs(), *endings(repo), *tools()]  # fmt: skip
 
 
 # -----------------------------------------------------------------------------

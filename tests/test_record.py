@@ -43,7 +43,8 @@ def real_logs(small_dataset, tmp_path_factory):
 
 def build_args(tmp_path, **over):
     args = dict(name="tiny", author="t", github_id="t", track="non_record_test", hardware=None, date="2026-11-24",
-                reference=None, notes=None, expect_val=None, allow_failed_checks=False, overwrite=False)  # fmt: skip
+                reference=None, notes=None, expect_val=None, allow_failed_checks=False, overwrite=False,
+                allow_unverified_val=False, allow_other_val=False)  # fmt: skip
     return SimpleNamespace(**{**args, **over})
 
 
@@ -58,6 +59,7 @@ def test_parse_log_reads_every_stable_line_of_a_real_run(real_logs):
     assert r.artifact_bytes == r.code_bytes + r.model_bytes
     assert [s for s, *_ in r.curve] == [1, 2, 3, 4] and [s for s, *_ in r.val_curve] == [2, 4]
     assert r.curve[-1][3] == r.train_tokens and r.val_docs == 8 and r.val_tokens > 0
+    assert (r.val_check, r.val_set) == ("ok", "other")  # the sample's manifest checked; not the challenge's set
     assert r.eval_s >= sum(r.eval_parts.values()) - 0.05 and {"load", "roundtrip_eval", "ttt_eval"} <= set(r.eval_parts)
     assert r.train_with_calibration_s >= r.train_s and r.device == "cpu" and r.world_size == r.eval_world_size == 1
     made = float(re.search(r"^artifact_production_s:([\d.]+)", text, re.M).group(1))
@@ -75,9 +77,8 @@ def test_build_writes_a_complete_record(real_logs, tmp_path):
     runs = [record.parse_log(p) for p in real_logs]
     worse = [r.score["val_bpb"] + 0.5 + d for r in runs for d in (0.0, 0.01)][:3]
     fp = (runs[0].val_docs, runs[0].val_tokens)
-    folder = record.build_record(
-        real_logs, tmp_path, build_args(tmp_path, reference=[str(v) for v in worse], expect_val=fp)
-    )
+    args = build_args(tmp_path, reference=[str(v) for v in worse], expect_val=fp, allow_other_val=True)
+    folder = record.build_record(real_logs, tmp_path, args)
     assert folder == tmp_path / "non_record_test" / "2026-11-24_tiny"
     assert (folder / "train_gpt.py").read_bytes() == (ROOT / "train_gpt.py").read_bytes()
     assert (folder / "requirements.txt").read_text() == (ROOT / "requirements.txt").read_text()
@@ -88,6 +89,7 @@ def test_build_writes_a_complete_record(real_logs, tmp_path):
     assert sub["val_bpb"] == pytest.approx(np.mean([r.score["val_bpb"] for r in runs]))
     assert sub["val_bpb_std"] == pytest.approx(np.std([r.score["val_bpb"] for r in runs], ddof=1))
     assert set(sub["seeds"]) == {"1", "2"} and sub["artifact_bytes"] == max(r.artifact_bytes for r in runs)
+    assert sub["val_fingerprint"] == {"val_docs": 8, "val_tokens": fp[1], "val_check": "ok", "val_set": "other"}
     assert all(sub["checks"].values()) and sub["significance"]["passes"] and sub["improvement_bpb"] > 0.5
     readme = (folder / "README.md").read_text()
     assert "| 1 | 4 |" in readme and "| 2 | 4 |" in readme and "meets the bar" in readme
@@ -108,6 +110,28 @@ def test_an_artifact_over_budget_is_refused_and_nothing_is_written(real_logs, tm
                         "--name", "x", "--records", str(out)], capture_output=True, text=True)  # fmt: skip
     assert p.returncode == 2 and "error: artifact over the 16,000,000-byte budget" in p.stderr
     assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_logs_of_unverified_or_other_validation_data_are_refused_unless_told(real_logs, tmp_path):
+    """val_set:other (the sample) is refused without --allow-other-val; val_check:unverified (no manifest), and a
+    log from before the check (no val_check on its line), without --allow-unverified-val; on the command line too."""
+    unverified, older = tmp_path / "unverified.txt", tmp_path / "older.txt"
+    text = real_logs[1].read_text()
+    unverified.write_text(text.replace(" val_check:ok ", " val_check:unverified ", 1))
+    older.write_text(re.sub(r" tokenizer_check:\S+ val_check:ok val_set:other$", "", text, count=1, flags=re.M))
+    cli = lambda *a: subprocess.run([sys.executable, str(ROOT / "tools" / "record.py"), "build", *map(str, a),
+                                     "--name", "v", "--records", str(tmp_path / "r"), "--overwrite"],
+                                    capture_output=True, text=True)  # fmt: skip
+    p = cli(*real_logs)
+    other = r"error: not the challenge's validation set \(val_set not official; 8 documents, [\d,]+ tokens\) in "
+    assert p.returncode == 2 and re.match(other + r"seed1\.txt, seed2\.txt: --allow-other-val", p.stderr), p.stderr
+    assert not (tmp_path / "r").exists()
+    for log in (unverified, older):
+        p = cli(real_logs[0], log, "--allow-other-val")
+        refused = f"error: validation data not checked against its manifest.json (val_check not ok) in {log.name}: "
+        assert p.returncode == 2 and p.stderr.startswith(refused), p.stderr
+        assert cli(real_logs[0], log, "--allow-other-val", "--allow-unverified-val").returncode == 0
+    assert record.parse_log(older).val_check == "unverified" and record.parse_log(older).val_set == "unknown"
 
 
 def test_code_that_differs_from_what_ran_is_caught(real_logs, tmp_path):

@@ -11,8 +11,10 @@ begin with the source), requirements.txt, every log, submission.json, plots and 
 the data. Significance: the mean improvement over the reference in nats and BPB and a one-sided Welch
 t-test of "better by at least 0.005 nats" (scipy), against the challenge's bar of p < 0.01.
 An artifact over 16,000,000 bytes is always refused, and so are logs of different code or of different
-hyperparameters (all but SEED, RUN_ID and LOG_DIR); other failed checks refuse the record unless
---allow-failed-checks (e.g. a non-record track on other hardware). Nothing is left half-written.
+hyperparameters (all but SEED, RUN_ID and LOG_DIR); so are logs whose validation data was not checked against
+its manifest.json (val_check:unverified) unless --allow-unverified-val, or is not the challenge's validation set
+(val_set:other) unless --allow-other-val; other failed checks refuse the record unless --allow-failed-checks (e.g. a
+non-record track on other hardware). Nothing is left half-written.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class RunLog:
     torch_version: str
     artifact_production_s: float = 0.0  # first step to artifact on disk (training, calibration, export)
     eval_world_size: int = 1  # the ranks the score was computed on (the TTT score depends on it, TTT_WARM_A=1)
+    val_check: str = "unverified"  # ok: the validation files are those of DATA_PATH's manifest.json (none: older code)
+    val_set: str = "unknown"  # official: the challenge's fingerprint; other
     curve: list[tuple[int, float, float, int]] = field(default_factory=list)  # step, loss, train s, tokens
     val_curve: list[tuple[int, float, float, float]] = field(default_factory=list)  # step, loss, bpb, train s
 
@@ -126,6 +130,7 @@ def parse_log(path: Path) -> RunLog:
     if clock is None:
         raise RecordError(f"{path}: no `eval_time_s:` line (did the run finish? is it a train_gpt.py log?)")
     val = _need(r"^val_tokens:(\d+) val_docs:(\d+) val_bytes:(\d+)", text, path, "val_tokens:")
+    proven = re.search(r"^val_tokens:.* val_check:(\w+) val_set:(\w+)$", text, re.M)
     env = _need(r"^python:\S+ torch:(\S+) device:(\w+) world_size:(\d+)", text, path, "python:")
     hparams = dict(re.findall(r"^hparam (\w+)=(.*)$", text, re.M))
     train_s = int(done.group(1)) / 1000
@@ -138,6 +143,7 @@ def parse_log(path: Path) -> RunLog:
         eval_s=clock[0], eval_parts=clock[1],
         eval_violation="\neval_time_violation:" in text, train_violation="\ntrain_time_violation:" in text,
         val_tokens=int(val.group(1)), val_docs=int(val.group(2)), val_bytes=int(val.group(3)),
+        **({"val_check": proven.group(1), "val_set": proven.group(2)} if proven else {}),
         device=env.group(2), world_size=int(env.group(3)), torch_version=env.group(1),
         artifact_production_s=float(made.group(1)) if (made := re.search(rf"^artifact_production_s:{NUM}", text, re.M))
         else trained_s + clock[1].get("checkpoint", 0) + clock[1].get("quantize", 0),  # before: on the eval clock
@@ -207,6 +213,20 @@ def check_one_configuration(runs: list[RunLog]) -> None:
         values = lambda k: ", ".join(f"{r.hparams.get(k, 'unset')} in {n}" for r, n in zip(runs, names))
         listed = ", ".join(f"{k} ({values(k)})" for k in differing)
         raise RecordError(f"logs differ in {listed}: a record's seeds must share one configuration")
+
+
+def check_validation(runs: list[RunLog], allow_unverified: bool, allow_other: bool) -> None:
+    """A record is scored on the challenge's validation set, as DATA_PATH's manifest.json lists it: a log whose
+    files were not checked against one (or that predates the check), or on another set, is refused unless told."""
+    named = lambda ok: ", ".join(n for r, n in zip(runs, log_names(runs)) if not ok(r))
+    if (logs := named(lambda r: r.val_check == "ok")) and not allow_unverified:
+        raise RecordError(f"validation data not checked against its manifest.json (val_check not ok) in {logs}: "
+                          "run on a dataset with its manifest (data/prepare.py, data/download.py), or "
+                          "--allow-unverified-val")  # fmt: skip
+    if (logs := named(lambda r: r.val_set == "official")) and not allow_other:
+        counts = ", ".join(sorted({f"{r.val_docs:,} documents, {r.val_tokens:,} tokens" for r in runs}))
+        raise RecordError(f"not the challenge's validation set (val_set not official; {counts}) in {logs}: "
+                          "--allow-other-val to write it anyway")  # fmt: skip
 
 
 def run_checks(runs: list[RunLog], code: bytes, expect_val: tuple[int, int] | None) -> list[tuple[str, bool, str]]:
@@ -406,6 +426,7 @@ def build_record(logs: list[Path], out_root: Path, args) -> Path:
     if over:
         sizes = [f"seed {r.seed} {r.artifact_bytes:,} (code {r.code_bytes:,} + model {r.model_bytes:,})" for r in over]
         raise RecordError(f"artifact over the 16,000,000-byte budget: {', '.join(sizes)}")
+    check_validation(runs, args.allow_unverified_val, args.allow_other_val)
     checks = run_checks(runs, code, args.expect_val)
     failed = [name for name, ok, _ in checks if not ok]
     if failed and not args.allow_failed_checks:
@@ -431,7 +452,8 @@ def build_record(logs: list[Path], out_root: Path, args) -> Path:
         "seeds": {str(r.seed): {**{f"{k}_{m}": v[m] for k, v in r.stages.items() for m in v}, **r.score,
                                 "artifact_bytes": r.artifact_bytes, "steps": r.steps, "train_seconds":
                                 r.train_with_calibration_s, "eval_seconds": r.eval_s} for r in runs},
-        "val_fingerprint": {"val_docs": runs[0].val_docs, "val_tokens": runs[0].val_tokens},
+        "val_fingerprint": {"val_docs": runs[0].val_docs, "val_tokens": runs[0].val_tokens,
+                            "val_check": runs[0].val_check, "val_set": runs[0].val_set},
         "significance": sig, "improvement_bpb": meta["improvement_bpb"],
         "checks": {name: ok for name, ok, _ in checks},
     }  # fmt: skip
@@ -529,6 +551,8 @@ def main(argv=None) -> int:
                        help="the validation fingerprint every log must show (e.g. 50000:47851520)")  # fmt: skip
         p.add_argument("--records", type=Path, default=ROOT / "records")
         p.add_argument("--allow-failed-checks", action="store_true")
+        p.add_argument("--allow-unverified-val", action="store_true", help="accept logs of val_check:unverified")
+        p.add_argument("--allow-other-val", action="store_true", help="accept logs of val_set:other (not official)")
         p.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     try:
