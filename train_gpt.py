@@ -1178,9 +1178,9 @@ PLAIN_SHARE = 0.5
 def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, device, rank=0, world=1, record=None,
                  log=lambda msg: None, runner=None, lora=None, deadline=math.inf):  # fmt: skip
     """Score-first TTT: documents longest first in batches of TTT_BATCH_DOCS (one LoRA set each), round-robin over
-    ranks; after each phase, global SGD of the base model (`runner`: its compiled forward; restored at the end) on
-    what all ranks scored. Once this rank's pace says a batch and the plain scoring of the rest would end past
-    `deadline`, the rest is scored plainly at the end. record(segments, nll, lora, rows): every chunk as scored."""
+    ranks; after each phase the base model (restored at the end) takes global SGD on what all ranks scored. Once
+    this rank's pace says a batch and the plain scoring of the rest would end past `deadline` (perf_counter), the
+    rest is scored plainly at the end. `runner`: the forward to call; record(segments, nll, lora, rows): each chunk."""
     runner = model if runner is None else runner
     docs = doc_spans(val.tokens)
     order = ttt_order(docs)
@@ -1193,7 +1193,7 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
     phases = [range(lo + rank, hi, world) for lo, hi in zip([0] + ends, ends)]  # this rank's batches per phase
     size = [sum(n for _, n in batch) for batch in batches]
     n_mine, total = sum(map(len, phases)), sum(size[b] for p in phases for b in p)
-    left, spent, adapted, t_start = total, 0.0, 0, time.perf_counter()  # this rank's targets after the batch, ...
+    left, spent, adapted, t_start = total, 0.0, 0, time.perf_counter()  # targets ahead; TTT seconds and targets so far
     sums, scored, deferred = torch.zeros(3, dtype=torch.float64, device=device), [], []
     for phase, mine in enumerate(phases):
         lora.reset(hp.seed + phase)
