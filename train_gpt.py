@@ -929,8 +929,8 @@ def orthogonalize(G: Tensor, steps: int, coeffs=POLAR_EXPRESS) -> Tensor:
 
 
 class Muon(torch.optim.Optimizer):
-    """Nesterov momentum, MuonEq-R's row norm, orthogonalised, scaled by sqrt(max(1, rows/cols)); decoupled weight
-    decay. Gradients come averaged over ranks; rank r updates every world-th matrix, one all_gather shares them."""
+    """Nesterov momentum, optional row norm (MuonEq-R), orthogonalised, scaled by sqrt(max(1, rows/cols)), decoupled
+    weight decay. Gradients come rank-averaged; rank r updates every world-th matrix, an all_gather shares them."""
 
     def __init__(self, params, lr, momentum, weight_decay, ns_steps, coeffs, row_norm, rank=0, world=1):
         params = sorted(params, key=lambda p: (tuple(p.shape), -p.numel()))
