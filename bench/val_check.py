@@ -37,7 +37,7 @@ SAMPLES = {"caseops": ("sample_caseops_sp8192", 8192, CASEOPS_TOKENS), "sp1024":
 def timed(fn, *args) -> dict:
     w, c = time.perf_counter(), time.process_time()
     fn(*args)
-    return {"wall_s": round(time.perf_counter() - w, 3), "cpu_s": round(time.process_time() - c, 3)}
+    return {"wall_s": round(time.perf_counter() - w, 6), "cpu_s": round(time.process_time() - c, 6)}
 
 
 def as_rank(rank: int, world: int):
