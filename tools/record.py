@@ -548,7 +548,7 @@ def main(argv=None) -> int:
         p.add_argument("--reference", nargs="+", help="reference BPB values, or a record folder")
         p.add_argument("--notes", help="a paragraph for the README: what this record is and why")
         p.add_argument("--expect-val", type=lambda s: tuple(int(x) for x in s.split(":")), metavar="DOCS:TOKENS",
-                       help="the validation fingerprint every log must show (e.g. 50000:47851520)")  # fmt: skip
+                       help="the validation fingerprint every log must show (CaseOps: 50000:47853343)")  # fmt: skip
         p.add_argument("--records", type=Path, default=ROOT / "records")
         p.add_argument("--allow-failed-checks", action="store_true")
         p.add_argument("--allow-unverified-val", action="store_true", help="accept logs of val_check:unverified")
