@@ -15,6 +15,7 @@ import json
 import math
 import os
 import queue
+import re
 import signal
 import struct
 import sys
@@ -453,8 +454,6 @@ def check_val_files(hp: Hyperparameters, paths: list[str]) -> str:
 def original_bytes(sp: spm.SentencePieceProcessor, ids: np.ndarray, caseops: bool) -> int:
     """UTF-8 bytes of a document's decoded original text. The CaseOps inverse drops one 3-byte operator per match
     (ESC keeps what it escapes); its case changes touch ASCII letters only, which keep their one byte."""
-    import re  # the only user; re caches the pattern
-
     text = sp.decode(ids.tolist())
     return len(text.encode("utf-8")) - (3 * len(re.findall("\ue004.|[\ue001-\ue004]", text, re.S)) if caseops else 0)
 
