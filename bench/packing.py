@@ -291,7 +291,7 @@ def projection(gpu_export: dict, rans_gain: dict[str, float]) -> dict:
     bpp = {c: 8 * gpu_export["streams"][c] / base[c] for c in CLASSES}
     fixed = gpu_export["streams"]["header"] + gpu_export["streams"]["rest"]
     code = {"source": len((tg.Path(tg.__file__)).read_bytes()),
-            "packed": len(pack.pack(tg.Path(tg.__file__).read_text()).encode())}  # fmt: skip
+            "packed": len(pack.pack(tg.Path(tg.__file__).read_text()))}  # fmt: skip
     rows = {}
     for name, env in PROJECTION.items():
         p = class_params(env)

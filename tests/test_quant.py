@@ -237,14 +237,16 @@ def run(script: Path, env: dict, dataset: Path, cwd: Path, *args: str):
 def test_packed_script_runs_like_the_source_and_counts_its_own_size(small_dataset, tmp_path):
     packed = tmp_path / "packed" / "train_gpt.py"
     packed.parent.mkdir()
-    packed.write_text(pack.pack((ROOT / "train_gpt.py").read_text()))
+    packed.write_bytes(pack.pack((ROOT / "train_gpt.py").read_text()))
     assert packed.stat().st_size < (ROOT / "train_gpt.py").stat().st_size / 2
     logs = {}
     for name, script in (("source", ROOT / "train_gpt.py"), ("packed", packed)):
         (tmp_path / name).mkdir(exist_ok=True)
         p = run(script, {"ITERATIONS": "3"}, small_dataset, tmp_path / name)
         assert p.returncode == 0, p.stderr[-3000:]
-        logs[name] = (tmp_path / name / "run.txt").read_text()
+        logs[name] = (tmp_path / name / "run.txt").read_bytes()  # the packed log begins with latin-1 code
+    assert logs["packed"].startswith(packed.read_bytes() + b"\npython:")  # the exact bytes that ran, as record.py reads
+    logs = {k: v.decode("utf-8", "replace") for k, v in logs.items()}
     losses = {k: re.findall(r"(?:train_loss|val_loss):([\d.]+)", v) for k, v in logs.items()}
     assert losses["source"] == losses["packed"] and len(losses["source"]) >= 5
     code = {k: int(re.search(r"artifact_bytes:\d+ code_bytes:(\d+)", v).group(1)) for k, v in logs.items()}

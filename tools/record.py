@@ -516,7 +516,7 @@ def run_seeds(seeds: list[int], nproc: int, workdir: Path) -> list[Path]:
     from tools.pack import pack
 
     script = workdir / "train_gpt.py"
-    script.write_text(pack((ROOT / "train_gpt.py").read_text(encoding="utf-8")), encoding="utf-8")
+    script.write_bytes(pack((ROOT / "train_gpt.py").read_text(encoding="utf-8")))  # latin-1, not UTF-8
     launch = [sys.executable] if nproc == 1 else ["torchrun", "--standalone", f"--nproc_per_node={nproc}"]
     logs = []
     for seed in seeds:
