@@ -77,3 +77,21 @@ def small_dataset(tmp_path_factory, sp1024_model) -> Path:
     out = tmp_path_factory.mktemp("small_sp1024")
     export.export_dataset(docs, out, tokenizer=sp1024_model, val_docs=8, overwrite=True, log=lambda _: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(small_dataset, tmp_path_factory) -> Path:
+    """One real run of train_gpt.py (TINY, 3 steps, chunked evaluation) in its own folder: tiny_run / "run.txt" and
+    "run.ptz". Shared by the tests that only read a finished run's log or artifact: read it, never write there."""
+    import subprocess
+    import sys
+
+    from tests.helpers import TINY
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    data = {"DATA_PATH": str(small_dataset), "TOKENIZER_PATH": str(small_dataset / "tokenizer.model")}
+    env = {**os.environ, **TINY, **data, "LOG_DIR": str(out), "RUN_ID": "run", "EVAL_STRIDE": "0", "ITERATIONS": "3"}
+    script = Path(__file__).resolve().parents[1] / "train_gpt.py"
+    p = subprocess.run([sys.executable, str(script)], env=env, cwd=out, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out
