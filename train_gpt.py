@@ -1708,13 +1708,13 @@ class Logger:
             msg = f"RUN_ID={hp.run_id}: {', '.join(taken)} already in LOG_DIR={hp.log_dir} (another run's)"
             raise HyperparameterError(msg + "; expected a new RUN_ID")
 
-    def write(self, msg: str):
-        """A line into the log rank 0 made, from any rank (an error's)."""
+    def write(self, msg: str | bytes):
+        """A line into the log rank 0 made, from any rank (an error's); bytes go in as they are (the packed code)."""
         if self.path.exists():
-            with open(self.path, "a") as f:
-                f.write(msg + "\n")
+            with open(self.path, "ab") as f:
+                f.write((msg if isinstance(msg, bytes) else msg.encode()) + b"\n")
 
-    def __call__(self, msg: str, console: bool = True):
+    def __call__(self, msg: str | bytes, console: bool = True):
         if self.rank == 0 and console:
             print(msg, flush=True)
         if self.rank == 0:
@@ -2101,7 +2101,7 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
         clock, blob = EvalClock(log), Path(hp.eval_only).read_bytes()
         adopt_artifact(hp, blob)
     source = Path(__file__).read_bytes()  # the file that runs is the counted code, read once at start
-    log(source.decode(), console=False)
+    log(source, console=False)  # as bytes: the packed file is latin-1
     log(f"python:{sys.version.split()[0]} torch:{torch.__version__} device:{device.type} world_size:{world}")
     log("\n".join(f"hparam {name}={getattr(hp, name.lower())}" for name, *_ in HPARAMS), console=False)
     if hp.cpu_bf16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():

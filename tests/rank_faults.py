@@ -61,7 +61,7 @@ log_call = tg.Logger.__call__
 
 
 def logged(self, msg, console=True):
-    if msg.startswith(("looping:on", "seq_len_change:", "stopping_early")):
+    if isinstance(msg, str) and msg.startswith(("looping:on", "seq_len_change:", "stopping_early")):
         SEEN["switches"].append(msg.split(" train_time_ms")[0])
     return log_call(self, msg, console)
 
