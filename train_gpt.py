@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import functools
 import glob
 import hashlib
 import io
@@ -375,9 +376,7 @@ def load_tokenizer(path: str, vocab_size: int) -> spm.SentencePieceProcessor:
     try:
         sp = spm.SentencePieceProcessor(model_file=path)
     except RuntimeError:
-        raise DataError(
-            f"TOKENIZER_PATH={path}: not a SentencePiece model (expected the .model of the shards)"
-        ) from None
+        raise DataError(f"TOKENIZER_PATH={path}: not a SentencePiece model (expected the shards' .model)") from None
     if sp.vocab_size() != vocab_size or sp.bos_id() != BOS_ID:
         raise DataError(f"{path}: vocab {sp.vocab_size()}, bos {sp.bos_id()}; expected VOCAB_SIZE={vocab_size}, bos 1")
     return sp
@@ -407,40 +406,30 @@ def file_sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def check_tokenizer_of_data(hp: Hyperparameters) -> str:
-    """'ok' when DATA_PATH's manifest.json names TOKENIZER_PATH's sha256 as the tokenizer the shards were made
-    with; a tokenizer of the same vocabulary size but another model would charge the wrong bytes per token."""
-    manifest = Path(hp.data_path) / "manifest.json"
-    if not manifest.is_file() or not os.path.isfile(hp.tokenizer_path):  # (load_tokenizer refuses a missing one)
-        return "unchecked_no_manifest" if os.path.isfile(hp.tokenizer_path) else "unchecked"
-    try:
-        made_with = json.loads(manifest.read_text())["tokenizer"]
-        want = made_with["sha256"]
-    except (ValueError, KeyError, TypeError):
-        raise DataError(f"{manifest}: unreadable (expected the JSON manifest with tokenizer.sha256)") from None
-    have = file_sha256(hp.tokenizer_path)
-    if have != want:
-        named = made_with.get("source") or made_with.get("file")
-        raise DataError(f"TOKENIZER_PATH={hp.tokenizer_path} (sha256 {have[:16]}) did not make the shards in "
-                        f"DATA_PATH={hp.data_path}: their manifest.json names {named} ({want[:16]})")  # fmt: skip
-    return "ok"
-
-
 def is_caseops(sp: spm.SentencePieceProcessor) -> bool:
     return sp.vocab_size() > 7 and [sp.id_to_piece(i) for i in range(4, 8)] == [chr(0xE001 + i) for i in range(4)]
 
 
-def check_val_files(hp: Hyperparameters, paths: list[str]) -> str:
-    """'ok' when DATA_PATH's manifest.json lists exactly these validation shards and sidecars, each with the sha256
-    it has: a copy, a changed or a missing shard is refused; 'unverified' without a manifest or its checksums."""
-    manifest = Path(hp.data_path) / "manifest.json"
+def check_manifest(hp: Hyperparameters, paths: list[str]) -> tuple[str, str]:
+    """DATA_PATH's manifest.json, read once: (tokenizer_check, val_check). TOKENIZER_PATH must be the tokenizer it names
+    (another of the same vocabulary charges other bytes per token); the validation shards and sidecars `paths` must be
+    exactly those it lists, each with its sha256 (a copy, a change or a gap is refused); 'unverified' without them."""
+    manifest, have_tokenizer = Path(hp.data_path) / "manifest.json", os.path.isfile(hp.tokenizer_path)
+    tokenizer = "ok" if have_tokenizer else "unchecked"  # (load_tokenizer refuses a missing one)
+    if not manifest.is_file():
+        return "unchecked_no_manifest" if have_tokenizer else tokenizer, "unverified"
     try:
-        shards = json.loads(manifest.read_text()).get("shards") if manifest.is_file() else None
+        m = json.loads(manifest.read_text())
+        want, shards = m["tokenizer"]["sha256"] if have_tokenizer else None, m.get("shards")
         listed = {k: v["sha256"] for k, v in (shards or {}).items() if k.startswith("fineweb_val_")}
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise DataError(f"{manifest}: unreadable (expected the JSON manifest with each shard's sha256)") from None
+        raise DataError(f"{manifest}: unreadable (expected JSON with tokenizer.sha256 and shards' sha256)") from None
+    if have_tokenizer and (have := file_sha256(hp.tokenizer_path)) != want:
+        named = m["tokenizer"].get("source") or m["tokenizer"].get("file")
+        raise DataError(f"TOKENIZER_PATH={hp.tokenizer_path} (sha256 {have[:16]}) did not make the shards in "
+                        f"DATA_PATH={hp.data_path}: their manifest.json names {named} ({want[:16]})")  # fmt: skip
     if shards is None:
-        return "unverified"
+        return tokenizer, "unverified"
     found = {os.path.basename(p): p for p in paths}
     if extra := sorted(found.keys() - listed) or sorted(listed.keys() - found):
         what = "not listed in its manifest.json" if extra[0] in found else "listed in its manifest.json but missing"
@@ -448,7 +437,7 @@ def check_val_files(hp: Hyperparameters, paths: list[str]) -> str:
     for name, want in sorted(listed.items()):
         if (have := file_sha256(found[name])) != want:
             raise DataError(f"{found[name]}: sha256 {have}, but manifest.json records {want} (not the file written)")
-    return "ok"
+    return tokenizer, "ok"
 
 
 def original_bytes(sp: spm.SentencePieceProcessor, ids: np.ndarray, caseops: bool) -> int:
@@ -490,8 +479,8 @@ class ValData:
     target_bytes: np.ndarray  # int64, bytes charged when tokens[i] is predicted (entry 0 unused)
     byte_source: str
     hints: np.ndarray | None = None  # int64, the n-gram tilt's hint for each target (-1: none); set at eval time
-    tokenizer_check: str = ""  # check_tokenizer_of_data's verdict
-    val_check: str = ""  # check_val_files's: ok or unverified
+    tokenizer_check: str = ""  # check_manifest's verdicts
+    val_check: str = ""  # ok or unverified
     val_set: str = ""  # official (the challenge's fingerprint) or other
 
 
@@ -499,7 +488,6 @@ def load_validation(hp: Hyperparameters, sp: spm.SentencePieceProcessor) -> ValD
     paths, sidecars = shard_paths(hp.data_path, "val"), shard_paths(hp.data_path, "val_bytes")
     if not paths:
         raise DataError(f"DATA_PATH={hp.data_path}: no fineweb_val_*.bin shards")
-    checked = check_tokenizer_of_data(hp)
     tokens = np.concatenate([load_shard(p, hp.vocab_size) for p in paths]).astype(np.int64)
     if not tokens.size or tokens[0] != BOS_ID:
         found = tokens[0] if tokens.size else "no tokens at all"
@@ -512,63 +500,46 @@ def load_validation(hp: Hyperparameters, sp: spm.SentencePieceProcessor) -> ValD
         raise DataError(f"{hp.tokenizer_path} is a CaseOps tokenizer but {hp.data_path} has no fineweb_val_bytes_*")
     else:
         nbytes, source = target_bytes_from_tables(sp, tokens), "tokenizer_tables"
-    files = check_val_files(hp, paths + sidecars)
+    checks = check_manifest(hp, paths + sidecars)
     prove_bytes(tokens, nbytes, sp, source)
-    return ValData(tokens, nbytes, source, None, checked, files, val_set(tokens, sp))
+    return ValData(tokens, nbytes, source, None, *checks, val_set(tokens, sp))
 
 
 def check_lengths_fit(hp: Hyperparameters, n_val: int):
-    """Every window length at most the validation stream: a longer one is padding (and on CPU a dense T x T mask
-    that runs for hours), never more context."""
-    lengths = {"EVAL_SEQ_LEN": hp.eval_seq_len, **({"TTT_CONTEXT": hp.ttt_context} if hp.ttt_enabled else {}),
-               **{"SEQ_LEN_SCHEDULE" if hp.seq_len_schedule else "TRAIN_SEQ_LEN": n for n, _ in
-                  hp.seq_len_schedule_parsed}}  # fmt: skip
-    for name, n in lengths.items():
-        if n > n_val:
-            raise HyperparameterError(f"{name}: length {n} is longer than all {n_val} validation tokens "
-                                      f"(DATA_PATH={hp.data_path}); expected at most {n_val}")  # fmt: skip
-
-
-class TokenStream:
-    """The training shards in order, wrapping around; take(n) returns the next n tokens."""
-
-    def __init__(self, paths: list[str], vocab_size: int):
-        if not paths:
-            raise DataError("no fineweb_train_*.bin shards found in DATA_PATH")
-        self.paths, self.vocab_size, self.index, self.pos = paths, vocab_size, 0, 0
-        for p in paths[1:]:  # every header and size now (cheap), not a damaged shard minutes into the run
-            shard_tokens(p)
-        self.tokens = load_shard(paths[0], vocab_size)
-
-    def take(self, n: int) -> np.ndarray:
-        parts = []
-        while n > 0:
-            if self.pos == len(self.tokens):
-                self.index = (self.index + 1) % len(self.paths)
-                self.tokens, self.pos = load_shard(self.paths[self.index], self.vocab_size), 0
-            k = min(n, len(self.tokens) - self.pos)
-            parts.append(self.tokens[self.pos : self.pos + k])
-            self.pos, n = self.pos + k, n - k
-        return np.concatenate(parts)
+    """A window longer than the validation stream is padding (on CPU a dense T x T mask for hours), not context."""
+    train = "SEQ_LEN_SCHEDULE" if hp.seq_len_schedule else "TRAIN_SEQ_LEN"
+    lengths = [("EVAL_SEQ_LEN", hp.eval_seq_len)] + [("TTT_CONTEXT", hp.ttt_context)] * hp.ttt_enabled
+    for name, n in lengths + [(train, n) for n, _ in hp.seq_len_schedule_parsed]:
+        error = f"{name}: length {n} is longer than all {n_val} validation tokens (DATA_PATH={hp.data_path})"
+        require(n <= n_val, error)
 
 
 class TrainLoader:
-    """Each step reads one global batch of the stream; this rank keeps its own contiguous slice of
-    `accum` micro-batches. A background thread reads ahead, so shard IO overlaps the step."""
+    """The training shards in order, wrapping around: each step reads one global batch, of which this rank keeps its
+    contiguous slice of `accum` micro-batches. A background thread reads ahead, so shard IO overlaps the step."""
 
     def __init__(self, hp: Hyperparameters, rank: int, world: int, accum: int):
-        self.stream = TokenStream(shard_paths(hp.data_path, "train"), hp.vocab_size)
+        self.paths, self.vocab_size = shard_paths(hp.data_path, "train"), hp.vocab_size
+        if not self.paths:
+            raise DataError("no fineweb_train_*.bin shards found in DATA_PATH")
+        for p in self.paths[1:]:  # every header and size now (cheap), not a damaged shard minutes into the run
+            shard_tokens(p)
+        first = load_shard(self.paths[0], self.vocab_size)
         self.total, self.micro = hp.train_batch_tokens, hp.train_batch_tokens // (world * accum)
         self.mine = slice(rank * accum * self.micro, (rank + 1) * accum * self.micro + 1)  # + 1: the last target
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.closed = False
-        threading.Thread(target=self._produce, daemon=True).start()
+        threading.Thread(target=self._produce, args=(first,), daemon=True).start()
 
-    def _produce(self):
+    def _produce(self, buffer: np.ndarray):
         try:
+            index, n = 0, self.total + 1
             while not self.closed:
-                chunk = self.stream.take(self.total + 1)
+                while len(buffer) < n:
+                    index = (index + 1) % len(self.paths)
+                    buffer = np.concatenate([buffer, load_shard(self.paths[index], self.vocab_size)])
+                chunk, buffer = buffer[:n], buffer[n:]
                 self.queue.put(torch.from_numpy(chunk[self.mine].astype(np.int64)))
         except BaseException as e:  # surfaced to the training loop, which would otherwise wait forever
             self.error = e
@@ -639,14 +610,10 @@ def make_layout(tokens: Tensor, backend: str, seg_starts: Tensor | None = None, 
     return layout
 
 
-_COMPILED_FLEX = []
-
-
+@functools.cache
 def compiled_flex_attention():
     """For the uncompiled callers on CUDA (TTT, global SGD): eager flex materialises every B x H x T x T score."""
-    if not _COMPILED_FLEX:
-        _COMPILED_FLEX.append(torch.compile(flex_attention))
-    return _COMPILED_FLEX[0]
+    return torch.compile(flex_attention)
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, layout: DocLayout) -> Tensor:

@@ -401,7 +401,7 @@ def test_a_damaged_later_train_shard_is_refused_at_start(small_dataset, tmp_path
     raw = (small_dataset / "fineweb_train_000000.bin").read_bytes()
     (data / "fineweb_train_000001.bin").write_bytes(raw[: len(raw) // 2])  # a later shard, truncated
     with pytest.raises(tg.DataError, match="fineweb_train_000001.bin: header declares"):
-        tg.TokenStream(tg.shard_paths(str(data), "train"), 1024)
+        tg.TrainLoader(tiny_hp(DATA_PATH=data), 0, 1, 1)
 
 
 def test_a_non_finite_loss_stops_training_at_once_and_keeps_the_ema_weights(small_dataset, tmp_path):
