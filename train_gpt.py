@@ -3,8 +3,6 @@ bytes, trained in 600 s on 8xH100 and scored in bits per byte on FineWeb validat
     torchrun --standalone --nproc_per_node=8 train_gpt.py   # the flagship (defaults); every knob is an env var
 """
 
-from __future__ import annotations
-
 import contextlib
 import copy
 import difflib
@@ -259,9 +257,8 @@ class Hyperparameters:
         for name, typ, default, allowed, _ in HPARAMS:
             setattr(self, name.lower(), _parse(name, typ, env[name], allowed) if name in env else default)
         self.run_id = self.run_id or uuid.uuid4().hex[:12]
-        name_ok = self.run_id.replace("-", "").replace("_", "").replace(".", "").isalnum() and self.run_id[0] != "."
-        error = "a file name of letters, digits, '-', '_' and '.' (the run's files go in LOG_DIR, nowhere else)"
-        require(name_ok, f"RUN_ID={self.run_id!r}: expected {error}")
+        name_ok = re.fullmatch(r"[\w.-]+", self.run_id) and self.run_id[0] != "."  # its files go in LOG_DIR only
+        require(name_ok, f"RUN_ID={self.run_id!r}: expected a file name of letters, digits, '-', '_' and '.'")
         if "TRAIN_SEQ_LEN" in env and "SEQ_LEN_SCHEDULE" not in env:  # the default schedule is the flagship's
             self.seq_len_schedule = ""
         if "NUM_LAYERS" in env:  # at another depth, the flagship's places scale with it
@@ -275,8 +272,7 @@ class Hyperparameters:
         hd = self.model_dim // self.num_heads
         chunk = max([self.ttt_chunk] + [c for _, c in self.ttt_short_chunks_parsed])
         require(self.model_dim % self.num_heads == 0, f"MODEL_DIM={self.model_dim} must be divisible by NUM_HEADS")
-        error = f"NUM_HEADS={self.num_heads} must be a multiple of NUM_KV_HEADS"
-        require(self.num_heads % self.num_kv_heads == 0, error)
+        require(self.num_heads % self.num_kv_heads == 0, f"NUM_HEADS={self.num_heads}: not a multiple of NUM_KV_HEADS")
         require(self.rope_dims % 2 == 0 and self.rope_dims <= hd, f"ROPE_DIMS={self.rope_dims}: expected even, <= {hd}")
         require(self.gate_window <= self.model_dim, f"GATE_WINDOW={self.gate_window}: expected <= MODEL_DIM")
         error = f"EVAL_STRIDE={self.eval_stride} must be <= EVAL_SEQ_LEN={self.eval_seq_len}: a window can score"
@@ -383,8 +379,7 @@ def load_tokenizer(path: str, vocab_size: int) -> spm.SentencePieceProcessor:
 
 
 def target_bytes_from_tables(sp: spm.SentencePieceProcessor, tokens: np.ndarray) -> np.ndarray:
-    """Original UTF-8 bytes charged to each token as a target: the piece's bytes, plus its leading space
-    unless the previous token is a boundary (BOS), where decoding drops it."""
+    """Each target's bytes: its piece's UTF-8, plus its leading space unless after a boundary (BOS), which drops it."""
     n = sp.vocab_size()
     base, space, boundary = np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n, bool)
     for i in range(n):
@@ -411,25 +406,24 @@ def is_caseops(sp: spm.SentencePieceProcessor) -> bool:
 
 
 def check_manifest(hp: Hyperparameters, paths: list[str]) -> tuple[str, str]:
-    """DATA_PATH's manifest.json, read once: (tokenizer_check, val_check). TOKENIZER_PATH must be the tokenizer it names
-    (another of the same vocabulary charges other bytes per token); the validation shards and sidecars `paths` must be
-    exactly those it lists, each with its sha256 (a copy, a change or a gap is refused); 'unverified' without them."""
-    manifest, have_tokenizer = Path(hp.data_path) / "manifest.json", os.path.isfile(hp.tokenizer_path)
-    tokenizer = "ok" if have_tokenizer else "unchecked"  # (load_tokenizer refuses a missing one)
+    """(tokenizer_check, val_check) from DATA_PATH's manifest.json: TOKENIZER_PATH must be the one it names (another of
+    one vocabulary charges other bytes), `paths` exactly the validation files it lists, each with its sha256."""
+    manifest = Path(hp.data_path) / "manifest.json"
     if not manifest.is_file():
-        return "unchecked_no_manifest" if have_tokenizer else tokenizer, "unverified"
+        return "unchecked_no_manifest", "unverified"
     try:
         m = json.loads(manifest.read_text())
-        want, shards = m["tokenizer"]["sha256"] if have_tokenizer else None, m.get("shards")
+        made_with, shards = m["tokenizer"], m.get("shards")
+        want = made_with["sha256"]
         listed = {k: v["sha256"] for k, v in (shards or {}).items() if k.startswith("fineweb_val_")}
     except (ValueError, KeyError, TypeError, AttributeError):
         raise DataError(f"{manifest}: unreadable (expected JSON with tokenizer.sha256 and shards' sha256)") from None
-    if have_tokenizer and (have := file_sha256(hp.tokenizer_path)) != want:
-        named = m["tokenizer"].get("source") or m["tokenizer"].get("file")
+    if (have := file_sha256(hp.tokenizer_path)) != want:
+        named = made_with.get("source") or made_with.get("file")
         raise DataError(f"TOKENIZER_PATH={hp.tokenizer_path} (sha256 {have[:16]}) did not make the shards in "
                         f"DATA_PATH={hp.data_path}: their manifest.json names {named} ({want[:16]})")  # fmt: skip
     if shards is None:
-        return tokenizer, "unverified"
+        return "ok", "unverified"
     found = {os.path.basename(p): p for p in paths}
     if extra := sorted(found.keys() - listed) or sorted(listed.keys() - found):
         what = "not listed in its manifest.json" if extra[0] in found else "listed in its manifest.json but missing"
@@ -437,7 +431,7 @@ def check_manifest(hp: Hyperparameters, paths: list[str]) -> tuple[str, str]:
     for name, want in sorted(listed.items()):
         if (have := file_sha256(found[name])) != want:
             raise DataError(f"{found[name]}: sha256 {have}, but manifest.json records {want} (not the file written)")
-    return tokenizer, "ok"
+    return "ok", "ok"
 
 
 def original_bytes(sp: spm.SentencePieceProcessor, ids: np.ndarray, caseops: bool) -> int:
@@ -515,8 +509,8 @@ def check_lengths_fit(hp: Hyperparameters, n_val: int):
 
 
 class TrainLoader:
-    """The training shards in order, wrapping around: each step reads one global batch, of which this rank keeps its
-    contiguous slice of `accum` micro-batches. A background thread reads ahead, so shard IO overlaps the step."""
+    """Each step's global batch of the training shards (in order, wrapping), of which this rank keeps its slice; a
+    background thread reads ahead, so shard IO overlaps the step."""
 
     def __init__(self, hp: Hyperparameters, rank: int, world: int, accum: int):
         self.paths, self.vocab_size = shard_paths(hp.data_path, "train"), hp.vocab_size
@@ -527,9 +521,7 @@ class TrainLoader:
         first = load_shard(self.paths[0], self.vocab_size)
         self.total, self.micro = hp.train_batch_tokens, hp.train_batch_tokens // (world * accum)
         self.mine = slice(rank * accum * self.micro, (rank + 1) * accum * self.micro + 1)  # + 1: the last target
-        self.queue: queue.Queue = queue.Queue(maxsize=2)
-        self.error: BaseException | None = None
-        self.closed = False
+        self.queue, self.error, self.closed = queue.Queue(maxsize=2), None, False
         threading.Thread(target=self._produce, args=(first,), daemon=True).start()
 
     def _produce(self, buffer: np.ndarray):
@@ -575,11 +567,9 @@ class DocLayout:
 
 
 def pick_backend(requested: str, device: torch.device) -> str:
-    if requested == "fa3" and FLASH_BACKEND != "fa3":
-        raise HyperparameterError("ATTN_BACKEND=fa3: FlashAttention 3 (flash_attn_interface) is not installed")
-    if requested == "auto":
-        return (FLASH_BACKEND or "flex") if device.type == "cuda" else "sdpa"
-    return requested
+    require(requested != "fa3" or FLASH_BACKEND, "ATTN_BACKEND=fa3: FlashAttention 3 (flash_attn_interface) is missing")
+    auto = (FLASH_BACKEND or "flex") if device.type == "cuda" else "sdpa"
+    return auto if requested == "auto" else requested
 
 
 def varlen_room(B: int, T: int, n_segments: int = 0) -> int:

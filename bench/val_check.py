@@ -51,18 +51,22 @@ def as_rank(rank: int, world: int):
 
 
 def hashing(tmp: Path, n_tokens: int, repeats: int) -> dict:
-    """check_manifest on a synthetic shard and sidecar of n_tokens each, listed in a manifest (page cache warm:
-    the files were just written, as on a machine that downloaded or read them before the run)."""
+    """check_manifest on a synthetic shard and sidecar of n_tokens each (and a stand-in tokenizer), listed in a
+    manifest (page cache warm: the files were just written, as on a machine that downloaded or read them before the
+    run)."""
     folder = tmp / "hash"
     folder.mkdir()
     rng = np.random.default_rng(0)
     shards.write_shard(folder / "fineweb_val_000000.bin", rng.integers(0, 8192, n_tokens, dtype=np.uint16))
     shards.write_shard(folder / "fineweb_val_bytes_000000.bin", rng.integers(0, 8, n_tokens, dtype=np.uint16))
     paths = [str(folder / "fineweb_val_000000.bin"), str(folder / "fineweb_val_bytes_000000.bin")]
-    (folder / "manifest.json").write_text(json.dumps({"shards": shards.checksums([Path(p) for p in paths])}))
-    hp = SimpleNamespace(data_path=str(folder), tokenizer_path=str(folder / "none.model"))  # only the files checked
+    hp = SimpleNamespace(data_path=str(folder), tokenizer_path=str(folder / "tokenizer.model"))
+    Path(hp.tokenizer_path).write_bytes(b"a stand-in tokenizer: only its sha256 is read")
+    tokenizer = {"sha256": tg.file_sha256(hp.tokenizer_path)}
+    manifest = {"tokenizer": tokenizer, "shards": shards.checksums([Path(p) for p in paths])}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     runs = [timed(tg.check_manifest, hp, paths) for _ in range(repeats)]
-    assert tg.check_manifest(hp, paths) == ("unchecked", "ok")
+    assert tg.check_manifest(hp, paths) == ("ok", "ok")
     size = sum(os.path.getsize(p) for p in paths)
     shutil.rmtree(folder)
     return {"tokens": n_tokens, "files": 2, "bytes": size, "runs": runs}
