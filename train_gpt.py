@@ -509,8 +509,7 @@ def check_lengths_fit(hp: Hyperparameters, n_val: int):
 
 
 class TrainLoader:
-    """Each step's global batch of the training shards (in order, wrapping), of which this rank keeps its slice; a
-    background thread reads ahead, so shard IO overlaps the step."""
+    """Global batches of the training shards in order (wrapping), this rank's slice each, read ahead by a thread."""
 
     def __init__(self, hp: Hyperparameters, rank: int, world: int, accum: int):
         self.paths, self.vocab_size = shard_paths(hp.data_path, "train"), hp.vocab_size
