@@ -927,12 +927,11 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            params, mom, updates = group["params"], group["momentum"], {}
-            by_shape: dict[tuple, dict] = {}  # this rank's matrices' Nesterov updates, by shape
+            params, mom, updates, by_shape = group["params"], group["momentum"], {}, {}
             for p in params[self.rank :: self.world]:
                 buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
                 buf.mul_(mom).add_(p.grad)
-                by_shape.setdefault(tuple(p.shape), {})[p] = p.grad.add(buf, alpha=mom)
+                by_shape.setdefault(tuple(p.shape), {})[p] = p.grad.add(buf, alpha=mom)  # Nesterov, by shape
             for same in by_shape.values():
                 G = torch.stack(list(same.values()))
                 if self.row_norm:
@@ -1137,8 +1136,7 @@ def score_rows(runner, rows, val: ValData, width: int, per: int, backend, device
 
 
 def run_rows(model, rows, val: ValData, width: int, backend: str, device, lora=None, n_rows: int = 0):
-    """Packed rows through the model: per-token NLL, the score mask, and float64 sums of the scored targets'
-    NLL (nats), their count and their original bytes."""
+    """Packed rows through the model: per-token NLL, the score mask, float64 sums of scored NLL (nats), count, bytes."""
     x, y, starts, score, nbytes, hints = (torch.from_numpy(a).to(device) for a in row_arrays(rows, val, width, n_rows))
     with autocast(device, model.hp):
         layout = make_layout(x, backend, starts, model.hp.doc_attention)
@@ -1209,11 +1207,10 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
             log(f"ttt_phase:{phase + 1}/{len(bounds)} docs:{len(spans)} {took}")
     if deferred:  # plainly, through TTT's widest graph (as warmed up: with gradients when compiled)
         segs = [seg for b in deferred for a, n in batches[b] for seg in doc_chunks(hp, a, n, plain=True)]
-        rows = pack_rows(segs, hp.ttt_context)
         per, width = ttt_shape(hp, hp.ttt_context)
         lora.reset(None)
         with torch.set_grad_enabled(is_compiled(runner)):
-            sums += score_rows(runner, rows, val, width, per, backend, device, lora, record)
+            sums += score_rows(runner, pack_rows(segs, width), val, width, per, backend, device, lora, record)
     model.load_state_dict(base)
     model.requires_grad_(True)
     counts = torch.tensor([sum(len(batches[b]) for b in scored), float(bool(deferred))], device=device)
