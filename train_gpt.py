@@ -631,12 +631,6 @@ def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
-def rope_tables(rope_dims: int, base: float, max_len: int) -> tuple[Tensor, Tensor]:
-    inv_freq = base ** (-torch.arange(0, rope_dims, 2, dtype=torch.float64) / rope_dims)
-    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
-    return angles.cos().float(), angles.sin().float()
-
-
 def apply_partial_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotates the first 2*cos.size(-1) dims of each head of x [B,T,H,D]; the rest pass through untouched."""
     half = cos.size(-1)
@@ -740,24 +734,15 @@ class Attention(nn.Module):
         return with_lora(self.proj(y.reshape(B, T, d)), x, adapters, "o")  # O's adapter reads x, as the records'
 
 
-class MLP(nn.Module):
-    def __init__(self, hp: Hyperparameters):
-        super().__init__()
-        hidden = int(hp.mlp_mult * hp.model_dim)
-        self.fc, self.proj = Linear(hp.model_dim, hidden, hp.linear_init), Linear(hidden, hp.model_dim, init="zero")
-        self.slope = 0.5 if hp.mlp_act == "leaky_relu2" else 0.0
-
-    def forward(self, x: Tensor, adapters=None) -> Tensor:
-        return with_lora(self.proj(F.leaky_relu(self.fc(x), self.slope).square()), x, adapters, "mlp")
-
-
 class Block(nn.Module):
     """x = mix(x, x0); x += attn(norm(x)); x += mlp(norm(x)); parallel: attn reads lane 0, the MLP lane 1, 2x2 out."""
 
     def __init__(self, hp: Hyperparameters, layer: int):
         super().__init__()
-        d = hp.model_dim
-        self.attn, self.mlp = Attention(hp, layer), MLP(hp)
+        d, hidden = hp.model_dim, int(hp.mlp_mult * hp.model_dim)
+        self.attn = Attention(hp, layer)
+        self.mlp = nn.ModuleDict(dict(fc=Linear(d, hidden, hp.linear_init), proj=Linear(hidden, d, init="zero")))
+        self.slope = 0.5 if hp.mlp_act == "leaky_relu2" else 0.0
         self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(d)), nn.Parameter(torch.ones(d))
         self.resid_mix = nn.Parameter(torch.stack([torch.ones(d), torch.zeros(d)]))
         # a tensor, not a float: a float would be a constant baked into each layer's compiled code
@@ -770,9 +755,12 @@ class Block(nn.Module):
         x = self.resid_mix[0] * x + self.resid_mix[1] * x0
         a = self.attn_scale * self.attn(rms_norm(x) * self.ln_scale, rope, layout, adapters)
         if not self.parallel:
-            x = x + a
-            return x + self.mlp_scale * self.mlp(rms_norm(x) * self.ln_scale, adapters), None
-        m = self.mlp_scale * self.mlp(rms_norm(lane1) * self.ln_scale, adapters)
+            x = lane1 = x + a  # sequential: the MLP reads the attention's output
+        h = rms_norm(lane1) * self.ln_scale
+        m = with_lora(self.mlp.proj(F.leaky_relu(self.mlp.fc(h), self.slope).square()), h, adapters, "mlp")
+        m = self.mlp_scale * m
+        if not self.parallel:
+            return x + m, None
         p, r = self.lane_post, self.lane_resid
         return r[0] * x + p[0, 0] * a + p[0, 1] * m, r[1] * lane1 + p[1, 0] * a + p[1, 1] * m
 
@@ -804,9 +792,10 @@ class GPT(nn.Module):
         # AsymLogit: caps LOGIT_SOFTCAP * exp(s) for positive and negative logits; weight decay pulls s to 0
         self.logit_caps = nn.Parameter(torch.zeros(2)) if hp.logit_asym and hp.logit_softcap else None
         longest = max(hp.train_seq_len, *(n for n, _ in hp.seq_len_schedule_parsed), hp.eval_seq_len, hp.ttt_context)
-        cos, sin = rope_tables(hp.rope_dims, hp.rope_base, max(longest, 4096))
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        inv_freq = hp.rope_base ** (-torch.arange(0, hp.rope_dims, 2, dtype=torch.float64) / hp.rope_dims)
+        angles = torch.outer(torch.arange(max(longest, 4096), dtype=torch.float64), inv_freq)
+        self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
+        self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
 
     def virtual_layers(self) -> list[int]:
         hp = self.hp
@@ -866,8 +855,7 @@ POLAR_EXPRESS = (  # per-iteration minimax (a, b, c) of Polar Express, for a 2% 
 QUINTIC = ((3.4445, -4.7750, 2.0315),) * 5  # the naive baseline's fixed Newton-Schulz coefficients
 
 
-def ns_dtype(device: torch.device) -> torch.dtype:
-    """Newton-Schulz's dtype, in which Muon also exchanges its updates (losslessly)."""
+def ns_dtype(device: torch.device) -> torch.dtype:  # Muon also exchanges its updates in it (losslessly)
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
@@ -895,12 +883,11 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            params, mom, updates = group["params"], group["momentum"], {}
-            by_shape: dict[tuple, dict] = {}  # this rank's matrices' Nesterov updates, by shape
+            params, mom, updates, by_shape = group["params"], group["momentum"], {}, {}
             for p in params[self.rank :: self.world]:
                 buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
                 buf.mul_(mom).add_(p.grad)
-                by_shape.setdefault(tuple(p.shape), {})[p] = p.grad.add(buf, alpha=mom)
+                by_shape.setdefault(tuple(p.shape), {})[p] = p.grad.add(buf, alpha=mom)  # Nesterov, by shape
             for same in by_shape.values():
                 G = torch.stack(list(same.values()))
                 if self.row_norm:
@@ -943,9 +930,7 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world: int, dev
 
 def lr_multiplier(frac: float, warmdown_frac: float, min_lr: float) -> float:
     """1 until the warmdown starts, then linear towards 0 at the end, floored at min_lr."""
-    if frac < 1 - warmdown_frac or warmdown_frac == 0:
-        return 1.0
-    return max((1 - frac) / warmdown_frac, min_lr)
+    return 1.0 if frac < 1 - warmdown_frac or warmdown_frac == 0 else max((1 - frac) / warmdown_frac, min_lr)
 
 
 # Schedules are shares of the run, so a 300-step CPU run and the flagship's 4,900 steps follow the same shape; the
@@ -962,9 +947,7 @@ def ema_decay(hp: Hyperparameters, share: float) -> float:
     return max(0.0, 1.0 - share / hp.ema_horizon_frac)
 
 
-class EMA:
-    """shadow <- decay * shadow + (1 - decay) * weights, in fp32, after every step (decay: ema_decay)."""
-
+class EMA:  # shadow <- decay * shadow + (1 - decay) * weights, in fp32, after every step (decay: ema_decay)
     def __init__(self, model: nn.Module):
         self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
 
@@ -1030,12 +1013,14 @@ def ngram_hints(tokens: Tensor, order: int, threshold: float) -> Tensor:
     return hints
 
 
-def doc_spans(tokens: np.ndarray) -> list[tuple[int, int]]:
-    """(first input position, number of targets) per document: its tokens after BOS, then the next BOS."""
+def doc_spans(tokens: np.ndarray, longest_first: bool = False) -> list[tuple[int, int]]:
+    """(first input position, number of targets) per document: its tokens after BOS, then the next BOS. Longest
+    first (ties in stream order) is TTT's scoring order: full batches of similar shape."""
     n = len(tokens) - 1
     starts = np.flatnonzero(tokens[:n] == BOS_ID).tolist()
     starts = ([0] if not starts or starts[0] != 0 else []) + starts
-    return [(a, b - a) for a, b in zip(starts, starts[1:] + [n])]
+    spans = [(a, b - a) for a, b in zip(starts, starts[1:] + [n])]
+    return sorted(spans, key=lambda s: -s[1]) if longest_first else spans
 
 
 def pack_rows(segs: list[tuple[int, int, int]], seq_len: int) -> list[list[tuple[int, int, int]]]:
@@ -1107,8 +1092,7 @@ def score_rows(runner, rows, val: ValData, width: int, per: int, backend, device
 
 
 def run_rows(model, rows, val: ValData, width: int, backend: str, device, lora=None, n_rows: int = 0):
-    """Packed rows through the model: per-token NLL, the score mask, and float64 sums of the scored targets'
-    NLL (nats), their count and their original bytes."""
+    """Packed rows through the model: per-token NLL, the score mask, float64 sums of scored NLL (nats), count, bytes."""
     x, y, starts, score, nbytes, hints = (torch.from_numpy(a).to(device) for a in row_arrays(rows, val, width, n_rows))
     with autocast(device, model.hp):
         layout = make_layout(x, backend, starts, model.hp.doc_attention)
@@ -1137,9 +1121,8 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
     this rank's pace says a batch and the plain scoring of the rest would end past `deadline` (perf_counter), the
     rest is scored plainly at the end. `runner`: the forward to call; record(segments, nll, lora, rows): each chunk."""
     runner = model if runner is None else runner
-    docs = doc_spans(val.tokens)
-    order = ttt_order(docs)
-    batches = [[docs[d] for d in order[i : i + hp.ttt_batch_docs]] for i in range(0, len(order), hp.ttt_batch_docs)]
+    docs = doc_spans(val.tokens, longest_first=True)
+    batches = [docs[i : i + hp.ttt_batch_docs] for i in range(0, len(docs), hp.ttt_batch_docs)]
     bounds = phase_boundaries(hp, len(docs), len(batches))
     base = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.requires_grad_(False)  # the adapters learn; the base model only in global SGD
@@ -1173,20 +1156,17 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
                 dist.all_gather_object(gathered, scored)
             spans = [span for b in sorted(sum(gathered, [])) for span in batches[b]][: bounds[phase][1]]
             need_s = PLAIN_SHARE * spent / max(adapted, 1) * (sum(n for _, n in spans) / world + left)
-            fits = torch.tensor(float(t0 + need_s <= deadline), device=device)
-            if world > 1:  # every rank takes the phase or none does
-                dist.all_reduce(fits, op=dist.ReduceOp.MIN)
             steps = "skipped:deadline"
-            if fits.item():
+            if agreed_ms(deadline - need_s, device, world) <= 0:  # it fits on every rank: all take the phase or none
                 steps = global_sgd(model, val, spans, hp, backend, device, rank, world, runner)
             took = f"sgd_steps:{steps} time_ms:{1000 * (time.perf_counter() - t0):.0f}"
             log(f"ttt_phase:{phase + 1}/{len(bounds)} docs:{len(spans)} {took}")
     if deferred:  # plainly, through TTT's widest graph (as warmed up: with gradients when compiled)
-        rows = pack_rows(plain_segments([s for b in deferred for s in batches[b]], hp), hp.ttt_context)
+        segs = [seg for b in deferred for a, n in batches[b] for seg in doc_chunks(hp, a, n, plain=True)]
         per, width = ttt_shape(hp, hp.ttt_context)
         lora.reset(None)
         with torch.set_grad_enabled(is_compiled(runner)):
-            sums += score_rows(runner, rows, val, width, per, backend, device, lora, record)
+            sums += score_rows(runner, pack_rows(segs, width), val, width, per, backend, device, lora, record)
     model.load_state_dict(base)
     model.requires_grad_(True)
     counts = torch.tensor([sum(len(batches[b]) for b in scored), float(bool(deferred))], device=device)
@@ -1196,11 +1176,6 @@ def ttt_evaluate(model: GPT, val: ValData, hp: Hyperparameters, backend: str, de
     if counts[1]:
         log(f"eval_deadline_hit: time_left_s:{deadline - time.perf_counter():.1f} ranks:{int(counts[1])}")
     return bpb_result(sums, world)
-
-
-def ttt_order(docs: list[tuple[int, int]]) -> list[int]:
-    """Longest first (ties in stream order), for full batches of similar shape."""
-    return sorted(range(len(docs)), key=lambda i: -docs[i][1])
 
 
 def phase_boundaries(hp: Hyperparameters, n_docs: int, n_batches: int) -> list[tuple[int, int]]:
@@ -1225,14 +1200,18 @@ def sgd_rows(hp: Hyperparameters, world: int) -> int:
     return -(-max(1, hp.ttt_sgd_batch_tokens // hp.ttt_context) // world)
 
 
-def doc_chunks(hp: Hyperparameters, a: int, n: int) -> list[tuple[int, int, int]]:
+def doc_chunks(hp: Hyperparameters, a: int, n: int, plain: bool = False) -> list[tuple[int, int, int]]:
     """(start, length, score_from) of a document's chunks, each with up to TTT_CONTEXT tokens of its own context:
-    TTT_CHUNK tokens, or fewer for a short document (TTT_SHORT_CHUNKS: more steps where there are few)."""
+    TTT_CHUNK tokens, or fewer for a short document (TTT_SHORT_CHUNKS: more steps where there are few). plain:
+    the same contexts for a plain forward, the chunks that see their whole prefix merged into one."""
     c, out = next((chunk for below, chunk in hp.ttt_short_chunks_parsed if n < below), hp.ttt_chunk), []
     for c0 in range(0, n, c):
         end = min(c0 + c, n)
         lo = max(0, end - hp.ttt_context)
-        out.append((a + lo, end - lo, c0 - lo))
+        if plain and lo == 0:  # sees its whole prefix: one window for it and the chunks before it
+            out = [(a, end, 0)]
+        else:
+            out.append((a + lo, end - lo, c0 - lo))
     return out
 
 
@@ -1267,16 +1246,6 @@ def ttt_batch(runner, lora: LoRA, val: ValData, spans, hp, backend, device, reco
     return sums
 
 
-def plain_segments(spans, hp: Hyperparameters) -> list[tuple[int, int, int]]:
-    """TTT's windows of these documents (doc_chunks), those that see their whole prefix merged into one."""
-    segs = []
-    for a, n in spans:
-        chunks = doc_chunks(hp, a, n)
-        whole = [c for c in chunks if c[0] == a]
-        segs += ([(a, whole[-1][1], 0)] if whole else []) + chunks[len(whole) :]
-    return segs
-
-
 def ttt_warmup(runner, model: GPT, lora: LoRA, hp: Hyperparameters, backend, device, world: int, log=lambda m: None):
     """Compiles every graph TTT runs on random tokens: each width's forward+backward through the adapters (the
     widest also serves the plain scoring), then global SGD's. Nothing steps; every gradient is dropped."""
@@ -1308,11 +1277,10 @@ def with_hints(val: ValData, hp: Hyperparameters, device) -> ValData:
     (TTT's with TTT_ENABLED): a hint reads only what was scored before it, as the adapters and phases do."""
     if not hp.ngram_tilt:
         return val
-    docs = doc_spans(val.tokens)
-    order = ttt_order(docs) if hp.ttt_enabled else range(len(docs))
-    at = np.concatenate([np.arange(docs[d][0], docs[d][0] + docs[d][1] + 1) for d in order])  # each doc's inputs
+    docs = doc_spans(val.tokens, longest_first=hp.ttt_enabled)
+    at = np.concatenate([np.arange(a, a + n + 1) for a, n in docs])  # each doc's inputs
     target = np.ones(len(at), bool)  # and targets, where the first (its BOS) is not one of its targets
-    target[np.cumsum([0] + [docs[d][1] + 1 for d in order])[:-1]] = False
+    target[np.cumsum([0] + [n + 1 for _, n in docs])[:-1]] = False
     scored = ngram_hints(torch.from_numpy(val.tokens[at]).to(device), hp.ngram_order, hp.ngram_threshold)
     hints = np.full(len(val.tokens), -1, np.int64)
     hints[at[target]] = scored.cpu().numpy()[target]

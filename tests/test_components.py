@@ -87,7 +87,8 @@ def test_xsa_inside_attention_module():
     x = torch.randn(B, T, hp.model_dim, generator=gen)
     tokens = packed_tokens(gen, B, T, hp.vocab_size, [0, 9])
     layout = tg.make_layout(tokens, "sdpa")
-    cos, sin = tg.rope_tables(hp.rope_dims, hp.rope_base, T)
+    gpt = tg.GPT(hp)
+    cos, sin = gpt.rope_cos[:T], gpt.rope_sin[:T]
     shape = (B, T, xsa.h, xsa.hd)
     with torch.no_grad():
         y = plain(x, (cos, sin), layout).view(shape)
@@ -215,7 +216,8 @@ def test_gpt_virtual_layers_switch_with_looping():
 
 
 def _rope_inputs(T=12):
-    cos, sin = tg.rope_tables(16, 10000.0, T)
+    gpt = tg.GPT(small_hp(ROPE_DIMS=16, ROPE_BASE=10000.0))
+    cos, sin = gpt.rope_cos[:T], gpt.rope_sin[:T]
     assert cos.shape == (T, 8)
     return cos, sin  # rope_dims // 2 frequencies, as GPT holds them
 

@@ -87,16 +87,14 @@ def test_c4_every_target_is_scored_exactly_once(setup, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_c1_later_tokens_never_change_earlier_losses(setup, variant):
-    """Causal in the order of scoring: documents longest first (tg.ttt_order), each left to right. Adapters'
+    """Causal in the order of scoring: documents longest first (tg.doc_spans), each left to right. Adapters'
     A stay warm across batches and the base model takes global SGD, on documents scored before; with the tilt,
     the hints are computed from the rewritten stream. Rewriting every token from t on (in that order) changes
     no loss scored before it."""
     hp, val, _ = setup
     _, base, _, _, _ = run_ttt(setup, variant=variant)
-    docs = tg.doc_spans(val.tokens)
     rank = np.zeros(len(val.tokens), int)  # each target's place in the scoring order
-    for place, d in enumerate(tg.ttt_order(docs)):
-        a, n = docs[d]
+    for place, (a, n) in enumerate(tg.doc_spans(val.tokens, longest_first=True)):
         rank[a + 1 : a + n + 1] = place * len(val.tokens) + np.arange(1, n + 1)
     starts = np.flatnonzero(val.tokens == tg.BOS_ID)
     for t in (starts[1] + 40, starts[3] + 100, starts[0] + 300)[: 3 if variant == "plain" else 2]:  # in 3 docs
@@ -187,7 +185,7 @@ def test_ttt_never_trains_on_a_documents_last_chunk(setup, monkeypatch):
     monkeypatch.undo()
     assert grads[True] and all(g == 0 for g in grads[True])  # last chunks in steps that trained others: untouched
     assert grads[False] and all(g > 0 for g in grads[False])
-    first, second = (docs[d] for d in tg.ttt_order(docs)[:2])  # batch 0: the second ends while the first goes on
+    first, second = tg.doc_spans(val.tokens, longest_first=True)[:2]  # batch 0: the second ends while the first goes on
     assert second[1] < first[1] and hp.ttt_warm_a
     start, length, frm = tg.doc_chunks(hp, *second)[-1]
     chunk = np.arange(start + 1 + frm, start + 1 + length)  # its targets (the last one the next document's BOS)
@@ -330,8 +328,7 @@ def test_a_deadline_too_short_for_ttt_ends_in_time_and_scores_the_rest_plainly(s
     t0 = tg.time.perf_counter()
     tg.ttt_evaluate(model, val, thp, "sdpa", CPU, lora=lora, deadline=math.inf)
     full_s = tg.time.perf_counter() - t0
-    docs = tg.doc_spans(val.tokens)
-    first = [docs[d] for d in tg.ttt_order(docs)[: thp.ttt_batch_docs]]  # the batch that runs before any rate
+    first = tg.doc_spans(val.tokens, longest_first=True)[: thp.ttt_batch_docs]  # the batch that runs before any rate
     t0 = tg.time.perf_counter()
     tg.ttt_batch(model, lora, val, first, thp, "sdpa", CPU, None)
     first_s = tg.time.perf_counter() - t0
@@ -354,10 +351,10 @@ def test_a_deadline_too_short_for_ttt_ends_in_time_and_scores_the_rest_plainly(s
 
 
 @pytest.mark.parametrize("short", ["", "50:4,200:8"])
-def test_plain_segments_give_every_target_the_context_ttt_gives_it(short):
+def test_plain_chunks_give_every_target_the_context_ttt_gives_it(short):
     hp = tiny_hp(TTT_CHUNK=32, TTT_CONTEXT=100, TTT_SHORT_CHUNKS=short)
     spans = [(0, 10), (11, 96), (108, 250)]
-    segs = tg.plain_segments(spans, hp)
+    segs = [seg for a, n in spans for seg in tg.doc_chunks(hp, a, n, plain=True)]
     context = {}  # target position -> first input position it sees
     for start, length, frm in segs:
         for p in range(start + frm, start + length):
