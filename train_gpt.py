@@ -2071,7 +2071,7 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
     counts += f" val_bytes:{int(val.target_bytes[1:].sum())} byte_source:{val.byte_source}"
     log(f"{counts} tokenizer_check:{val.tokenizer_check} val_check:{val.val_check} val_set:{val.val_set}")
     if hp.eval_only:
-        return finish(log, hp, clock, score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
+        return clock.finish(hp, score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
     model = GPT(hp).to(device)
     if world > 1:
         for t in model.state_dict().values():
@@ -2104,7 +2104,7 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
     finals.append(f"{sizes} bits_per_param:{8 * len(blob) / n_params:.3f} artifact:{artifact}")
     steps = stats["steps"]
     finals.append(f"step_avg_ms:{stats['train_ms'] / max(steps, 1):.2f} steps:{steps} train_tokens:{stats['tokens']}")
-    finish(log, hp, clock, finals, world)
+    clock.finish(hp, finals, world)
 
 
 class EvalClock:
@@ -2122,19 +2122,27 @@ class EvalClock:
         yield
         self.parts[part] = self.parts.get(part, 0.0) + time.perf_counter() - t
 
-
-def write_atomic(path: Path, data: bytes):
-    """Written under a temporary name, then renamed: a reader never sees half a file."""
-    path.with_name(path.name + ".tmp").write_bytes(data)
-    path.with_name(path.name + ".tmp").replace(path)
+    def finish(self, hp: Hyperparameters, finals: list[str], world: int):
+        """The final lines and the clock's; with several ranks, the end of the process."""
+        total = time.perf_counter() - self.t0
+        compiles = torch._dynamo.utils.counters["stats"]["unique_graphs"] - self.graphs
+        for line in finals + [f"eval_world_size:{world}"]:  # with TTT_WARM_A=1 the score depends on the world size
+            self.log(line)
+        parts = " ".join(f"{k}:{v:.2f}" for k, v in self.parts.items())
+        self.log(f"eval_time_s:{total:.2f} eval_compiles:{compiles} {parts}")
+        if total > hp.eval_max_seconds:
+            self.log(f"eval_time_violation: {total:.1f} s after training > EVAL_MAX_SECONDS={hp.eval_max_seconds:g}")
+        if world > 1:  # all is logged; skip interpreter teardown, where gloo ranks sometimes abort (torch 2.13, CPU)
+            dist.destroy_process_group()
+            os._exit(0)
 
 
 def save_checkpoint(path: Path, state: dict, hessians: dict | None):
     """The float (EMA) weights and the GPTQ Hessians, tensors only; a Hessian shared by several names is kept once."""
-    cpu, buf = {}, io.BytesIO()
+    cpu, tmp = {}, path.with_name(path.name + ".tmp")  # written, then renamed: a reader never sees half a file
     move = lambda d: {k: cpu.setdefault(id(t), t.detach().cpu()) for k, t in d.items()} if d else None
-    torch.save({"state": move(state), "hessians": move(hessians)}, buf)
-    write_atomic(path, buf.getvalue())
+    torch.save({"state": move(state), "hessians": move(hessians)}, tmp)
+    tmp.replace(path)
 
 
 def from_rank0(make, rank: int, world: int):
@@ -2162,7 +2170,8 @@ def export_artifact(state, hessians, hp, code: int, log, checkpoint=False) -> tu
     parts, over = " ".join(f"{k}:{v}" for k, v in sizes.items()), code + len(blob) > hp.artifact_max_bytes
     log(f"quantize_time_ms:{1000 * (time.perf_counter() - t0):.0f} model_bytes:{len(blob)} streams {parts}")
     artifact = Path(hp.log_dir) / f"{hp.run_id}{'.over_budget' if over else ''}.ptz"
-    write_atomic(artifact, blob)
+    artifact.with_name(artifact.name + ".tmp").write_bytes(blob)  # then renamed: a reader never sees half a file
+    artifact.with_name(artifact.name + ".tmp").replace(artifact)
     if over:
         msg = f"artifact {code + len(blob)} bytes > {hp.artifact_max_bytes}: code {code} + model {len(blob)}"
         raise ArtifactError(f"{msg} ({parts}); kept as {artifact}")
@@ -2229,20 +2238,6 @@ def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, cloc
         log_eval(log, "ttt_eval", ttt, 1000 * clock.parts["ttt_eval"], val)
         finals.append(f"final_ttt_exact val_loss:{ttt['val_loss']:.8f} val_bpb:{ttt['val_bpb']:.8f}")
     return finals
-
-
-def finish(log, hp, clock: EvalClock, finals: list[str], world: int):
-    total = time.perf_counter() - clock.t0
-    compiles = torch._dynamo.utils.counters["stats"]["unique_graphs"] - clock.graphs
-    for line in finals + [f"eval_world_size:{world}"]:  # with TTT_WARM_A=1 the score depends on the world size
-        log(line)
-    parts = " ".join(f"{k}:{v:.2f}" for k, v in clock.parts.items())
-    log(f"eval_time_s:{total:.2f} eval_compiles:{compiles} {parts}")
-    if total > hp.eval_max_seconds:
-        log(f"eval_time_violation: {total:.1f} s after training > EVAL_MAX_SECONDS={hp.eval_max_seconds:g}")
-    if world > 1:  # all is logged; skip interpreter teardown, where gloo ranks sometimes abort (torch 2.13, CPU)
-        dist.destroy_process_group()
-        os._exit(0)
 
 
 if __name__ == "__main__":
