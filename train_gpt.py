@@ -1960,22 +1960,22 @@ class EvalError(RuntimeError):
     """An evaluation that did not score every validation target exactly once (C4)."""
 
 
-def log_eval(log, tag: str, r: dict, ms: float, val: ValData):
-    """The evaluation's line, its scored targets and bytes beside the validation set's (any other count is an error)."""
+def log_eval(log, tag: str, r: dict, ms: float, val: ValData) -> str:
+    """Logs the pass with its counts beside the validation set's (any other is an error); returns its final line."""
     want_tokens, want_bytes = len(val.tokens) - 1, int(val.target_bytes[1:].sum())
     counts = f"tokens:{r['tokens']} expected_tokens:{want_tokens} bytes:{r['bytes']} expected_bytes:{want_bytes}"
     log(f"{tag} val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f} {counts} eval_time_ms:{ms:.0f}")
     if (r["tokens"], r["bytes"]) != (want_tokens, want_bytes):
         msg = f"{tag.split()[0]} scored {r['tokens']} targets and {r['bytes']} bytes; the validation set has"
         raise EvalError(f"{msg} {want_tokens} and {want_bytes}: every target must be scored exactly once")
+    return f"final_{tag.split('_eval')[0]}_exact val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f}"
 
 
 def evaluate_pass(model, val, hp, backend, rank, world, device, log, stage: str) -> str:
     """Logs the configured pass (sliding window if EVAL_STRIDE > 0, else doc-masked chunks); returns its final line."""
     t0, mode = time.perf_counter(), "sliding" if hp.eval_stride else "chunked"
     r = evaluate(model, val, hp, hp.eval_stride, backend, device, rank, world)
-    log_eval(log, f"{stage}_eval mode:{mode} stride:{hp.eval_stride}", r, 1000 * (time.perf_counter() - t0), val)
-    return f"final_{stage}_exact val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f}"
+    return log_eval(log, f"{stage}_eval mode:{mode} stride:{hp.eval_stride}", r, 1000 * (time.perf_counter() - t0), val)
 
 
 def maybe_compile(model: GPT, hp: Hyperparameters, device):
@@ -2235,8 +2235,7 @@ def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, cloc
         kw = dict(log=log, runner=runner, lora=lora, deadline=clock.t0 + hp.eval_max_seconds)
         with clock("ttt_eval"):
             ttt = ttt_evaluate(model, val, hp, backend, device, rank, world, **kw)
-        log_eval(log, "ttt_eval", ttt, 1000 * clock.parts["ttt_eval"], val)
-        finals.append(f"final_ttt_exact val_loss:{ttt['val_loss']:.8f} val_bpb:{ttt['val_bpb']:.8f}")
+        finals.append(log_eval(log, "ttt_eval", ttt, 1000 * clock.parts["ttt_eval"], val))
     return finals
 
 
