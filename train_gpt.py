@@ -1671,15 +1671,14 @@ def deserialize(blob: bytes, header_only: bool = False) -> dict:
 # Training
 # -----------------------------------------------------------------------------
 class Logger:
-    """key:value lines to the console (rank 0) and LOG_DIR/RUN_ID.txt, which the run claims by creating it: two runs
-    under one RUN_ID would merge their logs and overwrite each other's artifact."""
+    """key:value lines to the console (rank 0) and LOG_DIR/RUN_ID.txt, which the run claims by creating it."""
 
     def __init__(self, hp: Hyperparameters, rank: int):
         self.rank, self.path = rank, Path(hp.log_dir) / f"{hp.run_id}.txt"
         try:
             if rank == 0:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.path.open("x").close()
+                self.path.open("x").close()  # two runs under one RUN_ID would mix logs and overwrite artifacts
         except FileExistsError:
             msg = f"RUN_ID={hp.run_id}: {self.path.name} already in LOG_DIR={hp.log_dir} (another run's)"
             raise HyperparameterError(f"{msg}; expected a new RUN_ID") from None
@@ -1763,8 +1762,7 @@ def train_step(model, step_model, optimizers, loader, seq_len, backend, hp, worl
 
 
 def warmup_shapes(hp: Hyperparameters) -> list[tuple[int, bool, float]]:
-    """(sequence length, looping, share of the run) for each pair the timed run meets, the shapes to compile: the
-    flagship meets 4 of the 6; a compile is ~70 s."""
+    """(length, looping, share of the run) per shape the run meets, each a compile (~70 s): the flagship's 4 of 6."""
     shares, start, at = [], 0.0, hp.enable_looping_at if hp.num_loops else math.inf
     for length, end in hp.seq_len_schedule_parsed:
         shares += [(length, False, min(end, at) - start)] if start < at else []
@@ -1979,8 +1977,7 @@ def evaluate_pass(model, val, hp, backend, rank, world, device, log, stage: str)
 
 
 def maybe_compile(model: GPT, hp: Hyperparameters, device):
-    """The whole model compiled (COMPILE=1 on CUDA, 2 everywhere): a TTT step at 512 tokens took 60.8 ms on an H200
-    compiled whole, 122.6 ms compiled block by block."""
+    """Compiled whole (COMPILE=1 on CUDA, 2 anywhere): a 512-token TTT step took 60.8 ms on an H200, 122.6 by block."""
     torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)  # past it Dynamo runs eager
     on = hp.compile == 2 or (hp.compile == 1 and device.type == "cuda")
     return torch.compile(model, dynamic=False) if on else model
