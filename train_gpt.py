@@ -120,7 +120,6 @@ HPARAMS = (
     ("COMPILE", int, 1, (0, 2), "torch.compile the model: 1 on CUDA, 2 on CPU too (inductor), 0 never"),
     ("CPU_BF16", int, 0, (0, 1), "bf16 autocast on CPU too, as on CUDA (AMX: matmuls about 4x float32's speed)"),
     # evaluation, export, logging
-    ("VAL_LOSS_EVERY", int, 0, (0, 10**9), "validate every N steps during training (0: only at the end)"),
     ("TRAIN_LOG_EVERY", int, 100, (1, 10**9), "log the training loss every N steps"),
     ("VAL_BATCH_SIZE", int, 524288, (1, 2**31), "evaluation tokens per forward over all ranks"),
     ("EVAL_SEQ_LEN", int, 2560, (2, 65536), "evaluation window length"),
@@ -1326,10 +1325,6 @@ def quant_class(name: str) -> str | None:
     return "attn" if ".attn.c_" in name or ".attn.proj" in name else "mlp" if ".mlp." in name else None
 
 
-def class_bits(hp: Hyperparameters, cls: str) -> tuple[int, float]:
-    return getattr(hp, f"{cls}_bits"), getattr(hp, f"{cls}_clip_sigmas")
-
-
 def gptq_quantize(W: Tensor, H: Tensor | None, qmax: int, clip_sigmas: float, damp: float):
     """(q, fp16 row scales): q = round(W / scale), each column's rounding error pushed onto the columns not yet
     quantized (weighted by the inverse Hessian), in descending diag(H) order, blocks of 128; no H: to nearest."""
@@ -1401,10 +1396,9 @@ def quantize_model(state: dict[str, Tensor], hessians: dict | None, hp: Hyperpar
     for name, t in state.items():
         W, cls = t.detach().float(), quant_class(name)
         if cls is not None:
-            bits, sigmas = class_bits(hp, cls)
-            H = hessians.get(name) if hessians and hp.gptq else None
+            bits, H = getattr(hp, f"{cls}_bits"), hessians.get(name) if hessians and hp.gptq else None
             damp = hp.gptq_embed_damp if cls == "embed" else hp.gptq_damp  # the head's H ignores the input role
-            q, scale = gptq_quantize(W, H, 2 ** (bits - 1) - 1, sigmas, damp)
+            q, scale = gptq_quantize(W, H, 2 ** (bits - 1) - 1, getattr(hp, f"{cls}_clip_sigmas"), damp)
             arrays = {"q": q.to(torch.int8).cpu().numpy(), "scale": scale.half().cpu().numpy()}
             packed[name] = ("gptq", arrays, {"cls": cls, "bits": bits})
             residual[name] = W - dequantize_entry(*packed[name], device=W.device)
@@ -1442,15 +1436,6 @@ def coarsen(entry: tuple, f: float, W: Tensor | None = None, hp: Hyperparameters
     return kind, arrays, meta
 
 
-def coarsen_curve(q: np.ndarray, weight: float) -> list[tuple[float, float]]:
-    """(entropy bytes, weight x sum of squared level changes) on each grid f of FIT_LADDER: l -> round(l / f)."""
-    levels, counts = np.arange(-128, 128), np.bincount(q.ravel().astype(np.int64) + 128, minlength=256)
-    ent = lambda c: float(-(c[c > 0] * np.log2(c[c > 0] / c.sum())).sum() / 8)
-    err = lambda f, new: weight * float(counts @ (levels - f * new) ** 2)
-    grids = [(f, np.round(levels / f)) for f in FIT_LADDER]
-    return [(ent(np.bincount(new.astype(np.int64) + 128, counts, 256)), err(f, new)) for f, new in grids]
-
-
 def fit_to_budget(packed: dict, state: dict, hessians: dict | None, hp: Hyperparameters, code: int, log=print):
     """(blob, stream sizes), within ARTIFACT_MAX_BYTES where possible: while over, GPTQ matrices move one grid at a
     time, each to the coarser grid adding least Hessian-weighted error per byte saved, bytes estimated from entropy
@@ -1460,10 +1445,17 @@ def fit_to_budget(packed: dict, state: dict, hessians: dict | None, hp: Hyperpar
     if code + len(blob) <= hp.artifact_max_bytes:
         return blob, sizes
     base, curves, base_err, pos = {n: e for n, e in packed.items() if e[0] == "gptq"}, {}, 0.0, {}
+    levels, ent = np.arange(-128, 128), lambda c: float(-(c[c > 0] * np.log2(c[c > 0] / c.sum())).sum() / 8)
+    grids = [(f, np.round(levels / f)) for f in FIT_LADDER]  # level l on grid f: round(l / f)
     for name, (_, arrays, meta) in base.items():
         H = hessians.get(name) if hessians else None  # reads diag(H) only: H may be shared, never written
         w = (float(H.diag().mean()) if H is not None else 1.0) * float(np.mean(arrays["scale"].astype(np.float32) ** 2))
-        curves[name] = (meta["cls"], coarsen_curve(arrays["q"], w))
+        counts = np.bincount(arrays["q"].ravel().astype(np.int64) + 128, minlength=256)
+        curve = [  # on each grid: (entropy bytes, w x the sum of squared level changes)
+            (ent(np.bincount(new.astype(np.int64) + 128, counts, 256)), w * float(counts @ (levels - f * new) ** 2))
+            for f, new in grids
+        ]
+        curves[name] = (meta["cls"], curve)
         base_err += w * arrays["q"].size / 12  # GPTQ's own rounding error, as uniform noise: the unit of est_err
     for r in range(1, FIT_ROUNDS + 1):
         ent = {c: sum(cv[pos.get(n, 0)][0] for n, (k, cv) in curves.items() if k == c) for c, _ in curves.values()}
@@ -1566,8 +1558,8 @@ def serialize(packed: dict, method: str, run: dict | None = None) -> tuple[bytes
     return prefix + head + b"".join(blobs), {"header": len(prefix) + len(head), **{k: n for k, n, *_ in table}}
 
 
-def read_header(blob: bytes) -> tuple[dict, int]:
-    """(header, where the streams begin), after checking magic, compressor, length and checksum."""
+def deserialize(blob: bytes, header_only: bool = False) -> dict:
+    """The tensors (or only the header), after checking magic, compressor, lengths and checksums."""
     if len(blob) < 13 or blob[:4] != ARTIFACT_MAGIC or blob[4] >= len(COMPRESSORS):
         expected = f"expected magic {ARTIFACT_MAGIC!r} and a compressor below {len(COMPRESSORS)}, found {blob[:5]!r}"
         raise ArtifactError(f"not a model artifact of this train_gpt.py ({expected})")
@@ -1575,20 +1567,15 @@ def read_header(blob: bytes) -> tuple[dict, int]:
     head = blob[13 : 13 + n]
     if len(head) != n or zlib.crc32(head) != crc:
         raise ArtifactError("artifact header is truncated or corrupt (length or checksum mismatch)")
+    decompress, pos = list(COMPRESSORS.values())[blob[4]][1], 13 + n
     try:
-        return json.loads(list(COMPRESSORS.values())[blob[4]][1](head)), 13 + n
+        header = json.loads(decompress(head))
     except Exception as e:  # a checksum collision, or a blob from another tool: still a clear refusal
         raise ArtifactError(f"artifact header does not decode: {e}") from None
-
-
-def deserialize(blob: bytes) -> dict:
-    """Checks magic, compressor, lengths and checksums before trusting a byte."""
-    header, pos = read_header(blob)
-    decompress = list(COMPRESSORS.values())[blob[4]][1]
+    if header_only:
+        return header
     if pos + sum(clen for _, clen, *_ in header["streams"]) != len(blob):
         raise ArtifactError(f"artifact is {len(blob)} bytes, its header declares a different length (truncated?)")
-    if any(meta.get("group", -1) >= 0 for _, _, meta, _ in header["tensors"]):  # written with AWQ_GROUP set
-        raise ArtifactError("artifact has AWQ-lite int8 column groups, which this train_gpt.py no longer reads")
     raw = {}
     for name, clen, scrc, rawlen, tables in header["streams"]:
         data = blob[pos : pos + clen]
@@ -1607,30 +1594,22 @@ def deserialize(blob: bytes) -> dict:
 # -----------------------------------------------------------------------------
 # Training
 # -----------------------------------------------------------------------------
-RUN_FILES = (".txt", ".ptz", ".over_budget.ptz", ".float.pt")  # what a run writes as LOG_DIR/<RUN_ID><suffix>
-
-
 class Logger:
     """key:value lines to the console (rank 0) and LOG_DIR/RUN_ID.txt, which the run claims by creating it."""
 
     def __init__(self, hp: Hyperparameters, rank: int):
         self.rank, self.path = rank, Path(hp.log_dir) / f"{hp.run_id}.txt"
-        if rank > 0:
-            return
-        # two runs under one RUN_ID would merge their logs and overwrite each other's artifact
-        taken = [hp.run_id + s for s in RUN_FILES if (Path(hp.log_dir) / (hp.run_id + s)).exists()]
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not taken:
-                self.path.open("x").close()
+            if rank == 0:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.open("x").close()  # two runs under one RUN_ID would mix logs and overwrite artifacts
         except FileExistsError:
-            taken = [self.path.name]
+            msg = f"RUN_ID={hp.run_id}: {self.path.name} already in LOG_DIR={hp.log_dir} (another run's)"
+            raise HyperparameterError(f"{msg}; expected a new RUN_ID") from None
         except OSError as e:
-            msg = f"LOG_DIR={hp.log_dir}: cannot write {self.path.name} there ({e.strerror})"
-            raise HyperparameterError(msg) from None
-        if taken:
-            msg = f"RUN_ID={hp.run_id}: {', '.join(taken)} already in LOG_DIR={hp.log_dir} (another run's)"
-            raise HyperparameterError(msg + "; expected a new RUN_ID")
+            raise HyperparameterError(
+                f"LOG_DIR={hp.log_dir}: cannot write {self.path.name} there ({e.strerror})"
+            ) from None
 
     def write(self, msg: str | bytes):
         """A line into the log rank 0 made, from any rank (an error's); bytes go in as they are (the packed code)."""
@@ -1706,19 +1685,14 @@ def train_step(model, step_model, optimizers, loader, seq_len, backend, hp, worl
     return total.item(), grad_norm.item()
 
 
-def shape_shares(hp: Hyperparameters) -> list[tuple[int, bool, float]]:
-    """(sequence length, looping, share of the run) for each pair the timed run meets."""
+def warmup_shapes(hp: Hyperparameters) -> list[tuple[int, bool, float]]:
+    """(length, looping, share of the run) per shape the run meets, each a compile (~70 s): the flagship's 4 of 6."""
     shares, start, at = [], 0.0, hp.enable_looping_at if hp.num_loops else math.inf
     for length, end in hp.seq_len_schedule_parsed:
         shares += [(length, False, min(end, at) - start)] if start < at else []
         shares += [(length, True, end - max(start, at))] if end > at else []
         start = end
     return shares
-
-
-def warmup_shapes(hp: Hyperparameters) -> list[tuple[int, bool]]:
-    """The (sequence length, looping) pairs to compile: the flagship meets 4 of the 6; a compile is ~70 s."""
-    return [(length, looping) for length, looping, _ in shape_shares(hp)]
 
 
 def compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log) -> list | None:
@@ -1731,7 +1705,7 @@ def compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accu
     loader, shapes, t0 = TrainLoader(hp, rank, world, accum), warmup_shapes(hp), time.perf_counter()
     times = [[] for _ in shapes]
     for i in range(hp.warmup_steps):
-        seq_len, model.looping = shapes[i % len(shapes)]
+        seq_len, model.looping, _ = shapes[i % len(shapes)]
         t1 = time.perf_counter()
         train_step(model, step_model, optimizers, loader, seq_len, backend, hp, world, device)
         times[i % len(shapes)].append(1000 * (time.perf_counter() - t1))
@@ -1754,7 +1728,7 @@ def planned_steps(hp: Hyperparameters, step_ms: list | None, budget_ms: float) -
         return hp.iterations
     if step_ms is None:
         return None
-    steps = sum(share * budget_ms / ms for (_, _, share), ms in zip(shape_shares(hp), step_ms))
+    steps = sum(share * budget_ms / ms for (_, _, share), ms in zip(warmup_shapes(hp), step_ms))
     return max(1, min(hp.iterations, round(steps)))
 
 
@@ -1801,11 +1775,8 @@ def check_replicas(model: nn.Module, step: int, world: int, log):
         raise TrainingError(msg + " apart (every rank must apply the same updates)")
 
 
-def train(
-    hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log, export_s=0.0, step_ms=None
-) -> dict:
-    """The timed loop, validation excluded, then the calibration: both end export_s before the cap (the training
-    GPTQ_RESERVE_SECONDS before that)."""
+def train(hp, model, step_model, optimizers, backend, rank, world, accum, device, log, export_s=0.0, step_ms=None):
+    """The timed loop, then the calibration: both end export_s before the cap (the loop GPTQ_RESERVE_SECONDS before)."""
     cap_ms = 1000 * (hp.max_wallclock_seconds - export_s) if hp.max_wallclock_seconds else math.inf
     budget_ms = cap_ms - 1000 * hp.gptq_reserve_seconds
     plan = planned_steps(hp, step_ms, budget_ms)
@@ -1813,12 +1784,11 @@ def train(
         decay = ema_decay(hp, 1 / plan) if hp.ema_horizon_frac else 0.0  # (0: no EMA)
         warmup = f"momentum_warmup_steps:{hp.muon_momentum_warmup_frac * plan:.0f}"
         log(f"step_plan projected_steps:{plan} {warmup} ema_decay:{decay:.5f}")
-    loader = TrainLoader(hp, rank, world, accum)
-    ema = EMA(model) if hp.ema_horizon_frac > 0 else None
+    loader, ema = TrainLoader(hp, rank, world, accum), EMA(model) if hp.ema_horizon_frac > 0 else None
     step, train_ms, last_ms, seq_len, changed_at = 0, 0.0, 0.0, None, 0
     if world > 1:  # the clock starts when the slowest rank is ready, not while the others wait for it
         dist.barrier()
-    t_start = time.perf_counter()  # moved forward by the time validation takes
+    t_start = time.perf_counter()
     while step < hp.iterations:
         frac = max(train_ms / budget_ms, step / hp.iterations)
         if hp.num_loops and not model.looping and frac >= hp.enable_looping_at:
@@ -1845,19 +1815,13 @@ def train(
         at = f"step:{step}/{hp.iterations}"
         if step % hp.train_log_every == 0 or step <= 5:  # with the cap left and the step it projects to stop at
             left_s = max(0.0, budget_ms - train_ms) / 1000
-            end = (
-                hp.iterations if left_s == math.inf else min(hp.iterations, step + int(1000 * left_s * step / train_ms))
-            )
+            more = int(1000 * left_s * step / train_ms) if left_s < math.inf else hp.iterations
+            end = min(hp.iterations, step + more)
             line = f"{at} train_loss:{loss:.6f} grad_norm:{grad_norm:.4f} lr_mul:{mul:.4f} seq_len:{seq_len}"
             line += f" train_time_ms:{train_ms:.0f} step_avg_ms:{train_ms / step:.2f}"
             log(f"{line} tokens:{step * hp.train_batch_tokens} remaining_s:{left_s:.0f} projected_steps:{end}")
         if hp.replica_check_every and step % hp.replica_check_every == 0:
             check_replicas(model, step, world, log)
-        if hp.val_loss_every and step % hp.val_loss_every == 0:
-            t0 = time.perf_counter()
-            r = evaluate(step_model, val, hp, 0, backend, device, rank, world)
-            log(f"{at} val_loss:{r['val_loss']:.6f} val_bpb:{r['val_bpb']:.6f} train_time_ms:{train_ms:.0f}")
-            t_start += time.perf_counter() - t0
         if train_ms + last_ms > budget_ms:  # the same numbers on every rank: the same decision
             log(f"stopping_early:wallclock_cap train_time_ms:{train_ms:.0f} {at}")
             break
@@ -1918,40 +1882,29 @@ class EvalError(RuntimeError):
     """An evaluation that did not score every validation target exactly once (C4)."""
 
 
-def log_eval(log, tag: str, r: dict, ms: float, val: ValData):
-    """The evaluation's line, its scored targets and bytes beside the validation set's (any other count is an error)."""
+def log_eval(log, tag: str, r: dict, ms: float, val: ValData) -> str:
+    """Logs the pass with its counts beside the validation set's (any other is an error); returns its final line."""
     want_tokens, want_bytes = len(val.tokens) - 1, int(val.target_bytes[1:].sum())
     counts = f"tokens:{r['tokens']} expected_tokens:{want_tokens} bytes:{r['bytes']} expected_bytes:{want_bytes}"
     log(f"{tag} val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f} {counts} eval_time_ms:{ms:.0f}")
     if (r["tokens"], r["bytes"]) != (want_tokens, want_bytes):
         msg = f"{tag.split()[0]} scored {r['tokens']} targets and {r['bytes']} bytes; the validation set has"
         raise EvalError(f"{msg} {want_tokens} and {want_bytes}: every target must be scored exactly once")
+    return f"final_{tag.split('_eval')[0]}_exact val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f}"
 
 
 def evaluate_pass(model, val, hp, backend, rank, world, device, log, stage: str) -> str:
     """Logs the configured pass (sliding window if EVAL_STRIDE > 0, else doc-masked chunks); returns its final line."""
     t0, mode = time.perf_counter(), "sliding" if hp.eval_stride else "chunked"
     r = evaluate(model, val, hp, hp.eval_stride, backend, device, rank, world)
-    log_eval(log, f"{stage}_eval mode:{mode} stride:{hp.eval_stride}", r, 1000 * (time.perf_counter() - t0), val)
-    return f"final_{stage}_exact val_loss:{r['val_loss']:.8f} val_bpb:{r['val_bpb']:.8f}"
+    return log_eval(log, f"{stage}_eval mode:{mode} stride:{hp.eval_stride}", r, 1000 * (time.perf_counter() - t0), val)
 
 
-def maybe_compile(model: GPT, hp: Hyperparameters, device, log=print):
-    """The whole model compiled (COMPILE=1 on CUDA, 2 everywhere), eager where inductor has no C++ compiler (logged).
-    Whole: a TTT step at 512 tokens took 60.8 ms on an H200, 122.6 ms compiled block by block."""
+def maybe_compile(model: GPT, hp: Hyperparameters, device):
+    """Compiled whole (COMPILE=1 on CUDA, 2 anywhere): a 512-token TTT step took 60.8 ms on an H200, 122.6 by block."""
     torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)  # past it Dynamo runs eager
-    if not (hp.compile == 2 or (hp.compile == 1 and device.type == "cuda")):
-        return model
-    if device.type == "cpu":
-        try:
-            from torch._inductor.cpp_builder import get_cpp_compiler
-
-            get_cpp_compiler()
-        except Exception as e:  # torch raises its own InvalidCxxCompiler, or whatever the probe hit
-            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            log(f"compile:off reason:inductor has no C++ compiler on this machine ({why}); running eager")
-            return model
-    return torch.compile(model, dynamic=False)
+    on = hp.compile == 2 or (hp.compile == 1 and device.type == "cuda")
+    return torch.compile(model, dynamic=False) if on else model
 
 
 RUN_ERRORS = (HyperparameterError, DataError, ArtifactError, TrainingError, EvalError)  # one line each, no traceback
@@ -2011,7 +1964,7 @@ def entry():
 
 def adopt_artifact(hp: Hyperparameters, blob: bytes):
     """EVAL_ONLY: the model-shaping hyperparameters from the artifact's header, and its tokenizer checked."""
-    trained = read_header(blob)[0].get("run") or {}
+    trained = deserialize(blob, header_only=True).get("run") or {}
     hp.adopt(trained.get("hparams") or {}, hp.eval_only)
     want = trained.get("tokenizer_sha256")
     if want and os.path.isfile(hp.tokenizer_path) and file_sha256(hp.tokenizer_path) != want:
@@ -2039,12 +1992,12 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
     counts += f" val_bytes:{int(val.target_bytes[1:].sum())} byte_source:{val.byte_source}"
     log(f"{counts} tokenizer_check:{val.tokenizer_check} val_check:{val.val_check} val_set:{val.val_set}")
     if hp.eval_only:
-        return finish(log, hp, clock, score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
+        return clock.finish(hp, score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
     model = GPT(hp).to(device)
     if world > 1:
         for t in model.state_dict().values():
             dist.broadcast(t, 0)
-    step_model, optimizers = maybe_compile(model, hp, device, log), build_optimizers(model, hp, rank, world, device)
+    step_model, optimizers = maybe_compile(model, hp, device), build_optimizers(model, hp, rank, world, device)
     n_params = sum(p.numel() for p in model.parameters())
     looped = virtual_layer_order(hp.num_layers, hp.loop_start, hp.loop_end, hp.num_loops)
     batch = f"grad_accum_steps:{accum} micro_batch_tokens:{hp.train_batch_tokens // (world * accum)}"
@@ -2052,7 +2005,7 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
     step_ms = compile_warmup(model, step_model, optimizers, hp, backend, rank, world, accum, device, log)
     scorer = prepare_scorer(hp, backend, world, device, log)  # every graph the evaluation runs, before the clock
     export_s = from_rank0(lambda: export_seconds(model, hp, log), rank, world) if hp.max_wallclock_seconds else 0.0
-    stats = train(hp, model, step_model, optimizers, val, backend, rank, world, accum, device, log, export_s, step_ms)
+    stats = train(hp, model, step_model, optimizers, backend, rank, world, accum, device, log, export_s, step_ms)
     code, state, hessians = len(source), model.state_dict(), stats["hessians"]
     # made and written once, on the training clock; every rank scores these bytes
     blob, artifact = from_rank0(lambda: export_artifact(state, hessians, hp, code, log, checkpoint=True), rank, world)
@@ -2072,7 +2025,7 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
     finals.append(f"{sizes} bits_per_param:{8 * len(blob) / n_params:.3f} artifact:{artifact}")
     steps = stats["steps"]
     finals.append(f"step_avg_ms:{stats['train_ms'] / max(steps, 1):.2f} steps:{steps} train_tokens:{stats['tokens']}")
-    finish(log, hp, clock, finals, world)
+    clock.finish(hp, finals, world)
 
 
 class EvalClock:
@@ -2090,19 +2043,27 @@ class EvalClock:
         yield
         self.parts[part] = self.parts.get(part, 0.0) + time.perf_counter() - t
 
-
-def write_atomic(path: Path, data: bytes):
-    """Written under a temporary name, then renamed: a reader never sees half a file."""
-    path.with_name(path.name + ".tmp").write_bytes(data)
-    path.with_name(path.name + ".tmp").replace(path)
+    def finish(self, hp: Hyperparameters, finals: list[str], world: int):
+        """The final lines and the clock's; with several ranks, the end of the process."""
+        total = time.perf_counter() - self.t0
+        compiles = torch._dynamo.utils.counters["stats"]["unique_graphs"] - self.graphs
+        for line in finals + [f"eval_world_size:{world}"]:  # with TTT_WARM_A=1 the score depends on the world size
+            self.log(line)
+        parts = " ".join(f"{k}:{v:.2f}" for k, v in self.parts.items())
+        self.log(f"eval_time_s:{total:.2f} eval_compiles:{compiles} {parts}")
+        if total > hp.eval_max_seconds:
+            self.log(f"eval_time_violation: {total:.1f} s after training > EVAL_MAX_SECONDS={hp.eval_max_seconds:g}")
+        if world > 1:  # all is logged; skip interpreter teardown, where gloo ranks sometimes abort (torch 2.13, CPU)
+            dist.destroy_process_group()
+            os._exit(0)
 
 
 def save_checkpoint(path: Path, state: dict, hessians: dict | None):
     """The float (EMA) weights and the GPTQ Hessians, tensors only; a Hessian shared by several names is kept once."""
-    cpu, buf = {}, io.BytesIO()
+    cpu, tmp = {}, path.with_name(path.name + ".tmp")  # written, then renamed: a reader never sees half a file
     move = lambda d: {k: cpu.setdefault(id(t), t.detach().cpu()) for k, t in d.items()} if d else None
-    torch.save({"state": move(state), "hessians": move(hessians)}, buf)
-    write_atomic(path, buf.getvalue())
+    torch.save({"state": move(state), "hessians": move(hessians)}, tmp)
+    tmp.replace(path)
 
 
 def from_rank0(make, rank: int, world: int):
@@ -2130,7 +2091,8 @@ def export_artifact(state, hessians, hp, code: int, log, checkpoint=False) -> tu
     parts, over = " ".join(f"{k}:{v}" for k, v in sizes.items()), code + len(blob) > hp.artifact_max_bytes
     log(f"quantize_time_ms:{1000 * (time.perf_counter() - t0):.0f} model_bytes:{len(blob)} streams {parts}")
     artifact = Path(hp.log_dir) / f"{hp.run_id}{'.over_budget' if over else ''}.ptz"
-    write_atomic(artifact, blob)
+    artifact.with_name(artifact.name + ".tmp").write_bytes(blob)  # then renamed: a reader never sees half a file
+    artifact.with_name(artifact.name + ".tmp").replace(artifact)
     if over:
         msg = f"artifact {code + len(blob)} bytes > {hp.artifact_max_bytes}: code {code} + model {len(blob)}"
         raise ArtifactError(f"{msg} ({parts}); kept as {artifact}")
@@ -2158,7 +2120,7 @@ def prepare_scorer(hp: Hyperparameters, backend: str, world: int, device, log) -
     """(model, runner, lora) for the evaluation, every graph it runs compiled on random tokens (the weights later)."""
     model = GPT(hp).to(device).requires_grad_(False)  # only global SGD trains it, and says so
     model.looping = hp.num_loops > 0
-    runner, lora = maybe_compile(model, hp, device, log), None
+    runner, lora = maybe_compile(model, hp, device), None
     if (not hp.ttt_enabled or hp.eval_diagnostics) and is_compiled(runner):
         with torch.no_grad(), autocast(device, hp):
             shape = (2, eval_rows(hp, hp.eval_seq_len, world), hp.eval_seq_len)
@@ -2194,23 +2156,8 @@ def score_artifact(blob: bytes, hp, val, backend, rank, world, device, log, cloc
         kw = dict(log=log, runner=runner, lora=lora, deadline=clock.t0 + hp.eval_max_seconds)
         with clock("ttt_eval"):
             ttt = ttt_evaluate(model, val, hp, backend, device, rank, world, **kw)
-        log_eval(log, "ttt_eval", ttt, 1000 * clock.parts["ttt_eval"], val)
-        finals.append(f"final_ttt_exact val_loss:{ttt['val_loss']:.8f} val_bpb:{ttt['val_bpb']:.8f}")
+        finals.append(log_eval(log, "ttt_eval", ttt, 1000 * clock.parts["ttt_eval"], val))
     return finals
-
-
-def finish(log, hp, clock: EvalClock, finals: list[str], world: int):
-    total = time.perf_counter() - clock.t0
-    compiles = torch._dynamo.utils.counters["stats"]["unique_graphs"] - clock.graphs
-    for line in finals + [f"eval_world_size:{world}"]:  # with TTT_WARM_A=1 the score depends on the world size
-        log(line)
-    parts = " ".join(f"{k}:{v:.2f}" for k, v in clock.parts.items())
-    log(f"eval_time_s:{total:.2f} eval_compiles:{compiles} {parts}")
-    if total > hp.eval_max_seconds:
-        log(f"eval_time_violation: {total:.1f} s after training > EVAL_MAX_SECONDS={hp.eval_max_seconds:g}")
-    if world > 1:  # all is logged; skip interpreter teardown, where gloo ranks sometimes abort (torch 2.13, CPU)
-        dist.destroy_process_group()
-        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from train_gpt import HPARAMS, Hyperparameters  # noqa: E402
 FIXED = {
     "MAX_WALLCLOCK_SECONDS": "0",
     "GPTQ_RESERVE_SECONDS": "0",
-    "VAL_LOSS_EVERY": "0",
     "TTT_ENABLED": "0",
     "EVAL_DIAGNOSTICS": "1",  # the score before quantization too
     "EVAL_MAX_SECONDS": "1e6",  # no deadline: one thread per run on shared cores is not the flagship's clock

@@ -275,7 +275,7 @@ def class_params(env: dict) -> dict:
         if tg.quant_class(name):
             out[tg.quant_class(name)] += t.numel()
             out["rows"] += t.shape[0]
-    out["bits"] = {c: tg.class_bits(hp, c)[0] for c in CLASSES}
+    out["bits"] = {c: getattr(hp, f"{c}_bits") for c in CLASSES}
     out["params"] = sum(t.numel() for t in state.values())
     return out
 
@@ -314,7 +314,7 @@ def main() -> None:
     packed = tg.quantize_model(ckpt["state"], ckpt["hessians"], hp, log=print)
     if args.serialize_only:  # the rest of the JSON as it was
         result = json.loads(args.out.read_text())
-        bits = {c: tg.class_bits(hp, c)[0] for c in CLASSES}  # the flagship's are 6, 6, 7 (attn, mlp, embed)
+        bits = {c: getattr(hp, f"{c}_bits") for c in CLASSES}  # the flagship's are 6, 6, 7 (attn, mlp, embed)
         result["serialize_wall"] = {**serialize_wall(flagship_packed(packed)), "bits": bits}
         result["serialize_checkpoint"] = serialize_wall(packed)  # the trained checkpoint's own tensors
         print(f"serialize_wall:{result['serialize_wall']}")

@@ -76,7 +76,7 @@ def main() -> None:
         stats = torch.load(args.checkpoint, weights_only=True)
         model.load_state_dict(stats.pop("state"))
     else:
-        stats = tg.train(hp, model, model, optimizers, val, "sdpa", 0, 1, tg.grad_accum_steps(hp, 1), device, print)
+        stats = tg.train(hp, model, model, optimizers, "sdpa", 0, 1, tg.grad_accum_steps(hp, 1), device, print)
         if args.checkpoint:
             torch.save({**stats, "state": model.state_dict()}, args.checkpoint)
     model.looping = hp.num_loops > 0

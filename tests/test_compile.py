@@ -87,9 +87,13 @@ def test_compiled_training_recompiles_only_in_warmup(compile_on_cpu, monkeypatch
     optimizers = tg.build_optimizers(model, hp, 0, 1, CPU)
     lines = []
     tg.compile_warmup(model, step_model, optimizers, hp, backend, 0, 1, 2, CPU, lines.append)
-    assert tg.warmup_shapes(hp) == [(32, False), (64, False), (128, True)]  # looping and 128 start together
+    assert [shape[:2] for shape in tg.warmup_shapes(hp)] == [
+        (32, False),
+        (64, False),
+        (128, True),
+    ]  # looping and 128 start together
     assert graphs() == 3, dict(counters["stats"])
-    tg.train(hp, model, step_model, optimizers, None, backend, 0, 1, 2, CPU, lines.append)
+    tg.train(hp, model, step_model, optimizers, backend, 0, 1, 2, CPU, lines.append)
     log = "\n".join(lines)
     assert "looping:on step:6" in log  # both switches were timed
     assert "seq_len_change: seq_len:64 step:2" in log and "seq_len_change: seq_len:128 step:6" in log
@@ -124,20 +128,6 @@ def test_compiled_flex_eval_gives_the_eager_sdpa_nll(compile_on_cpu, small_datas
     assert graphs() == 1 and again == flex  # the second pass reuses the graph (the GPU run's steady rate)
     assert flex["tokens"] == eager["tokens"] == cut - 1 and flex["bytes"] == eager["bytes"]
     assert flex["val_loss"] == pytest.approx(eager["val_loss"], abs=1e-5)
-
-
-def test_compile_on_cpu_without_a_cxx_compiler_runs_eager_and_says_so(monkeypatch):
-    """COMPILE=2 on a machine where inductor finds no C++ compiler: the eager model (same maths) and one log line
-    saying why, not a crash at the first step; COMPILE=1 leaves a CPU model eager without a word."""
-    import torch._inductor.config as inductor_config
-
-    hp = tiny_hp(**SMALL)
-    model, lines = tg.GPT(hp), []
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
-    assert tg.maybe_compile(model, hp, CPU, lines.append) is model
-    assert len(lines) == 1 and lines[0].startswith("compile:off reason:inductor has no C++ compiler")
-    assert "/nonexistent/g++" in lines[0]
-    assert tg.maybe_compile(model, tiny_hp(**{**SMALL, "COMPILE": 1}), CPU, lines.append) is model and len(lines) == 1
 
 
 def test_a_compiled_run_with_ttt_and_the_tilt_compiles_nothing_after_training(small_dataset, tmp_path, monkeypatch):

@@ -421,7 +421,7 @@ def schedule_seen_by_train(steps: int, monkeypatch, step_ms=None, clock=None, **
     monkeypatch.setattr(tg, "EMA", EMA)
     model, opt = nn.Linear(1, 1), torch.optim.SGD([torch.zeros(1)], lr=1.0, momentum=0.5)
     model.looping, opt.param_groups[0]["base_lr"] = False, 1.0
-    tg.train(hp, model, model, [opt], None, "sdpa", 0, 1, 1, torch.device("cpu"), lambda _: None, 0.0, step_ms)
+    tg.train(hp, model, model, [opt], "sdpa", 0, 1, 1, torch.device("cpu"), lambda _: None, 0.0, step_ms)
     return hp, seen
 
 

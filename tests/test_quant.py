@@ -56,7 +56,7 @@ def test_gptq_beats_round_to_nearest_on_real_activations(trained):
         cls = tg.quant_class(name)
         if not cls:
             continue
-        bits, sigmas = tg.class_bits(hp, cls)
+        bits, sigmas = getattr(hp, f"{cls}_bits"), getattr(hp, f"{cls}_clip_sigmas")
         qmax = 2 ** (bits - 1) - 1
         H = hessians[name]
         (q_rtn, s_rtn), (q_gptq, s_gptq) = (tg.gptq_quantize(W, h, qmax, sigmas, 0.01) for h in (None, H))
@@ -100,7 +100,8 @@ def test_container_round_trip_is_exact_and_refuses_damage(trained, method):
         bad[pos] ^= 0x41
         with pytest.raises(tg.ArtifactError):
             tg.deserialize(bytes(bad))
-    head, at = tg.read_header(blob)  # a stream whose checksum matches bytes brotli cannot read
+    head = tg.deserialize(blob, header_only=True)  # a stream whose checksum matches bytes brotli cannot read
+    at = len(blob) - sum(clen for _, clen, *_ in head["streams"])
     name, clen, _, rawlen, tables = head["streams"][0]
     junk = bytes(rng.integers(0, 256, clen, dtype=np.uint8))
     head["streams"][0] = [name, clen, tg.zlib.crc32(junk), rawlen, tables]
@@ -111,11 +112,6 @@ def test_container_round_trip_is_exact_and_refuses_damage(trained, method):
     for cut in (5, 100, len(blob) - 1):
         with pytest.raises(tg.ArtifactError, match="truncated|not a model artifact"):
             tg.deserialize(blob[:cut])
-    head, at = tg.read_header(blob)  # written with AWQ_GROUP (gone): refused, not misread
-    head["tensors"][0][2] = {**head["tensors"][0][2], "group": 0, "width": 64}
-    h = tg.COMPRESSORS["brotli"][0](tg.json.dumps(head).encode())
-    with pytest.raises(tg.ArtifactError, match="AWQ-lite"):
-        tg.deserialize(blob[:5] + tg.struct.pack("<II", len(h), tg.zlib.crc32(h)) + h + blob[at:])
 
 
 def test_rans_codes_every_integer_class_exactly_near_its_entropy(trained):
@@ -127,7 +123,7 @@ def test_rans_codes_every_integer_class_exactly_near_its_entropy(trained):
     blob, sizes = tg.serialize(packed, "rans")
     restored = tg.deserialize(blob)
     assert all(np.array_equal(restored[n][1][k], a) for n, (_, arrays, _) in packed.items() for k, a in arrays.items())
-    coded = {name: tables for name, *_, tables in tg.read_header(blob)[0]["streams"]}
+    coded = {name: tables for name, *_, tables in tg.deserialize(blob, header_only=True)["streams"]}
     assert coded["rest"] is None and all(coded[c] for c in ("embed", "attn", "mlp"))
     for cls in ("embed", "attn", "mlp"):
         levels = [a["q"] for _, a, m in packed.values() if m.get("cls") == cls]

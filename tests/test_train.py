@@ -205,12 +205,13 @@ def test_cli_run_logs_source_hparams_and_final_lines(small_dataset, tmp_path):
 
 def test_warmup_compiles_only_the_shapes_the_run_meets():
     """Each (length, looping) pair is a compile of about 70 s on a GPU: the flagship's run meets 4 of its 6."""
+    shapes = lambda hp: [(length, looping) for length, looping, _ in tg.warmup_shapes(hp)]  # and each one's share
     flagship = tg.Hyperparameters({})
-    assert tg.warmup_shapes(flagship) == [(1024, False), (2048, False), (2048, True), (3072, True)]
-    assert tg.warmup_shapes(tg.Hyperparameters({"NUM_LOOPS": "0"})) == [(1024, False), (2048, False), (3072, False)]
+    assert shapes(flagship) == [(1024, False), (2048, False), (2048, True), (3072, True)]
+    assert shapes(tg.Hyperparameters({"NUM_LOOPS": "0"})) == [(1024, False), (2048, False), (3072, False)]
     early = tg.Hyperparameters({"ENABLE_LOOPING_AT": "0.05"})
-    assert tg.warmup_shapes(early) == [(1024, False), (1024, True), (2048, True), (3072, True)]
-    assert tg.warmup_shapes(tg.Hyperparameters({"ENABLE_LOOPING_AT": "0"}))[0] == (1024, True)
+    assert shapes(early) == [(1024, False), (1024, True), (2048, True), (3072, True)]
+    assert shapes(tg.Hyperparameters({"ENABLE_LOOPING_AT": "0"}))[0] == (1024, True)
 
 
 def test_compile_warmup_is_undone(small_dataset, tmp_path):
@@ -417,7 +418,7 @@ def test_a_non_finite_loss_stops_training_at_once_and_keeps_the_ema_weights(smal
         return nll * float("nan") if len(calls) >= 3 else nll
 
     with pytest.raises(tg.TrainingError, match=r"step 3: training loss is nan; stopped, the EMA weights before it"):
-        tg.train(hp, model, poisoned, optimizers, None, "sdpa", 0, 1, 1, torch.device("cpu"), lines.append)
+        tg.train(hp, model, poisoned, optimizers, "sdpa", 0, 1, 1, torch.device("cpu"), lines.append)
     assert len(calls) == 3 and not any("step:4/" in line for line in lines)
     kept = torch.load(tmp_path / "nan.float.pt")["state"]
     assert set(kept) == set(model.state_dict()) and all(torch.isfinite(t).all() for t in kept.values())
@@ -431,6 +432,6 @@ def test_an_update_that_leaves_nan_weights_stops_before_the_ema_takes_them(small
     model, lines = tg.GPT(hp), []
     optimizers = tg.build_optimizers(model, hp, 0, 1, torch.device("cpu"))
     with pytest.raises(tg.TrainingError, match=r"step 1: its update left non-finite weights; stopped, the EMA"):
-        tg.train(hp, model, model, optimizers, None, "sdpa", 0, 1, 1, torch.device("cpu"), lines.append)
+        tg.train(hp, model, model, optimizers, "sdpa", 0, 1, 1, torch.device("cpu"), lines.append)
     kept = torch.load(tmp_path / "nanw.float.pt")["state"]
     assert all(torch.isfinite(t).all() for t in kept.values())

@@ -46,10 +46,10 @@ def rescue_into(path: str, hp, rank: int, world: int, device, log):
     log(f"rescue_checkpoint:{path} record_run:no")
     val = tg.load_validation(hp, tg.load_tokenizer(hp.tokenizer_path, hp.vocab_size))
     backend, model = tg.pick_backend(hp.attn_backend, device), tg.GPT(hp).to(device)
-    clock, (state, hessians) = tg.EvalClock(), load_checkpoint(path, model, device)
+    clock, (state, hessians) = tg.EvalClock(log), load_checkpoint(path, model, device)
     code = len((ROOT / "train_gpt.py").read_bytes())  # the counted code of the run, as its export saw it
     blob, _ = tg.from_rank0(lambda: tg.export_artifact(state, hessians, hp, code, log), rank, world)
-    tg.finish(log, hp, clock, tg.score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
+    clock.finish(hp, tg.score_artifact(blob, hp, val, backend, rank, world, device, log, clock), world)
 
 
 if __name__ == "__main__":
