@@ -76,6 +76,9 @@ def test_compiled_training_recompiles_only_in_warmup(compile_on_cpu, monkeypatch
     CUDA: bf16 autocast (CPU_BF16=1), and the FlashAttention varlen branch (the fake kernel), so cu_seqlens is an
     input of every compiled graph."""
     monkeypatch.setattr(tg, "_flash_varlen", fake_flash_varlen)
+    # dynamo's capture and guards decide what compiles, not the backend: aot_eager traces forward and backward as
+    # inductor's would, without its C++ builds (about 30 s a graph on 2 cores)
+    monkeypatch.setattr(tg.torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     backend = "fa3"
     hp = tiny_hp(**SMALL, DATA_PATH=small_dataset, CPU_BF16=1, TRAIN_SEQ_LEN=128,
                  SEQ_LEN_SCHEDULE="32@0.2,64@0.6,128@1.0",

@@ -3,6 +3,7 @@
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -214,14 +215,13 @@ def test_warmup_compiles_only_the_shapes_the_run_meets():
     assert shapes(tg.Hyperparameters({"ENABLE_LOOPING_AT": "0"}))[0] == (1024, True)
 
 
-def test_compile_warmup_is_undone(small_dataset, tmp_path):
-    """Warmup steps train (looped and not), then weights, optimizer state and data order are restored."""
-    runs = {}
-    for steps in ("0", "4"):
-        (tmp_path / steps).mkdir()
-        p = run_script({"WARMUP_STEPS": steps, "EVAL_STRIDE": "0"}, small_dataset, tmp_path / steps)
-        assert p.returncode == 0, p.stderr[-3000:]
-        runs[steps] = (tmp_path / steps / "run.txt").read_text()
+def test_compile_warmup_is_undone(small_dataset, tmp_path, tiny_run):
+    """Warmup steps train (looped and not), then weights, optimizer state and data order are restored: the run
+    with 4 warmup steps trains and scores as tiny_run (the same configuration, none)."""
+    p = run_script({"WARMUP_STEPS": "4", "EVAL_STRIDE": "0", "ITERATIONS": "3"}, small_dataset, tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = {"0": (tiny_run / "run.txt").read_text(), "4": (tmp_path / "run.txt").read_text()}
+    assert "hparam WARMUP_STEPS=0" in runs["0"] and "hparam ITERATIONS=3" in runs["0"]
     assert "warmup_step:4/4" in runs["4"]
     for log in runs.values():  # the default evaluation computes only the score: one pass, in the configured mode
         assert not re.search(r"^(final_prequant_exact|prequant_eval)", log, re.M)
@@ -279,8 +279,10 @@ def tiny_artifact(path: Path, **over) -> Path:
     return path
 
 
-def test_bad_inputs_end_in_one_error_line_without_a_traceback(small_dataset, tmp_path):
-    """Each case: exit 2, one `error:` line naming what was wrong, no traceback; once the log exists, it says so."""
+def test_bad_inputs_end_in_one_error_line_without_a_traceback(small_dataset, tmp_path, monkeypatch, capsys):
+    """Each case: exit 2, one `error:` line naming what was wrong, no traceback; once the log exists, it says so.
+    In this process, through entry() as the command line runs it (a subprocess each cost 2 s of imports); the
+    command line's own exit code is test_cli_refuses_a_bad_env_var_with_its_name's."""
     not_model = tmp_path / "not_a.model"
     not_model.write_bytes(b"this is not a sentencepiece model")
     empty_val = tmp_path / "empty_val"
@@ -304,10 +306,19 @@ def test_bad_inputs_end_in_one_error_line_without_a_traceback(small_dataset, tmp
         "empty_val_shard": ({"DATA_PATH": str(empty_val)}, "fineweb_val_000000.bin", "found no tokens at all"),
         "log_dir_under_a_file": ({"LOG_DIR": str(tmp_path / "a_file" / "logs")}, "LOG_DIR=", "cannot write"),
     }  # fmt: skip
+    base = {**TINY, "DATA_PATH": str(small_dataset), "TOKENIZER_PATH": str(small_dataset / "tokenizer.model"),
+            "LOG_DIR": str(tmp_path)}  # fmt: skip
+    sigterm = signal.getsignal(signal.SIGTERM)
     for name, (env, *parts) in cases.items():
-        p = run_script({"RUN_ID": name, **env}, small_dataset, tmp_path, timeout=120)
-        lines = p.stderr.strip().splitlines()
-        assert p.returncode == 2 and "Traceback" not in p.stderr, (name, p.stderr[-2000:])
+        with monkeypatch.context() as m:
+            for k, v in {**base, "RUN_ID": name, **env}.items():
+                m.setenv(k, v)
+            with pytest.raises(SystemExit) as exit_:
+                tg.entry()  # anything but the run's own errors escapes as itself: a traceback, failing here
+            signal.signal(signal.SIGTERM, sigterm)  # entry() makes SIGTERM a Ctrl-C, for the whole process
+        stderr = capsys.readouterr().err
+        lines = stderr.strip().splitlines()
+        assert exit_.value.code == 2 and "Traceback" not in stderr, (name, stderr[-2000:])
         assert lines[-1].startswith("error: ") and all(part in lines[-1] for part in parts), (name, lines[-1])
         log = tmp_path / f"{name}.txt"
         if log.is_file() and name not in ("missing_artifact", "taken"):  # refused before the log: nothing written
