@@ -141,7 +141,8 @@ def test_a_compiled_run_with_ttt_and_the_tilt_compiles_nothing_after_training(sm
     env = {**TINY, "DATA_PATH": str(small_dataset), "TOKENIZER_PATH": str(small_dataset / "tokenizer.model"),
            "LOG_DIR": str(tmp_path), "RUN_ID": "run", "COMPILE": "2", "TTT_ENABLED": "1", "TTT_CONTEXT": "256",
            "TTT_CHUNK": "128", "TTT_WIDTH_BUCKETS": "2", "TTT_PHASES": "1", "TTT_PHASE_DOCS": "3",
-           "TTT_SGD_BATCH_TOKENS": "1024", "NGRAM_ORDER": "4", "ITERATIONS": "3", "EVAL_STRIDE": "0"}  # fmt: skip
+           "TTT_SGD_BATCH_TOKENS": "1024", "NGRAM_ORDER": "4", "ITERATIONS": "3", "EVAL_STRIDE": "0",
+           "TTT_BATCH_DOCS": "4"}  # fmt: skip
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(tg.torch, "compile", functools.partial(torch.compile, backend="eager"))
