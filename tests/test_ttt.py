@@ -286,7 +286,8 @@ def test_eval_only_scores_a_saved_artifact_and_reports_the_clock(small_dataset, 
         TTT_ENABLED="1",
         TTT_CONTEXT="128",
         TTT_PHASES="0",
-        TTT_CHUNK="64",
+        TTT_CHUNK="128",
+        TTT_BATCH_DOCS="8",  # one batch of 128-token chunks: fewer steps in a row, the same path
     )
     assert p.returncode == 0, p.stderr[-2000:]
     ttt = (tmp_path / "ttt.txt").read_text()  # with TTT the score is TTT's alone: no plain pass runs
