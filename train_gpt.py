@@ -2017,12 +2017,12 @@ def run(hp: Hyperparameters, rank: int, world: int, device, log):
     if hp.max_wallclock_seconds and made_s > hp.max_wallclock_seconds:
         log(f"train_time_violation: artifact on disk {made_s:.1f} s after the first step > MAX_WALLCLOCK_SECONDS")
     clock, finals = EvalClock(log), []  # from the artifact on disk to the score
-    model.looping = hp.num_loops > 0
     if hp.eval_diagnostics:
         with clock("ngram_hints"):
             val = with_hints(val, hp, device)
-        with clock("prequant_eval"):
-            finals.append(evaluate_pass(step_model, val, hp, backend, rank, world, device, log, "prequant"))
+        with clock("prequant_eval"):  # the float weights through the scorer's graph: the training's would compile
+            scorer[0].load_state_dict(state)
+            finals.append(evaluate_pass(scorer[1], val, hp, backend, rank, world, device, log, "prequant"))
     finals += score_artifact(blob, hp, val, backend, rank, world, device, log, clock, scorer)
     sizes = f"artifact_bytes:{code + len(blob)} code_bytes:{code} model_bytes:{len(blob)}"
     finals.append(f"{sizes} bits_per_param:{8 * len(blob) / n_params:.3f} artifact:{artifact}")

@@ -134,7 +134,8 @@ def test_compiled_flex_eval_gives_the_eager_sdpa_nll(compile_on_cpu, small_datas
 
 
 def test_a_compiled_run_with_ttt_and_the_tilt_compiles_nothing_after_training(small_dataset, tmp_path, monkeypatch):
-    """The real main() compiled (COMPILE=2), with TTT (two widths and a global SGD phase) and the n-gram tilt on:
+    """The real main() compiled (COMPILE=2), with TTT (two widths and a global SGD phase), the n-gram tilt and the
+    diagnostics (the float model's pass, through the scorer's graph) on:
     every graph the evaluation runs is compiled before the training clock, so the eval clock counts 0. Dynamo's
     capture and guards decide what compiles, not the backend: inductor's C++ builds (about 90 s a graph on 2
     cores) are swapped for the eager backend, so the count is the one inductor would see. At SMALL's size: dynamo's
@@ -143,7 +144,7 @@ def test_a_compiled_run_with_ttt_and_the_tilt_compiles_nothing_after_training(sm
            "LOG_DIR": str(tmp_path), "RUN_ID": "run", "COMPILE": "2", "TTT_ENABLED": "1", "TTT_CONTEXT": "256",
            "TTT_CHUNK": "128", "TTT_WIDTH_BUCKETS": "2", "TTT_PHASES": "1", "TTT_PHASE_DOCS": "3",
            "TTT_SGD_BATCH_TOKENS": "1024", "NGRAM_ORDER": "4", "ITERATIONS": "3", "EVAL_STRIDE": "0",
-           "TTT_BATCH_DOCS": "4", **{k: str(v) for k, v in SMALL.items()}}  # fmt: skip
+           "TTT_BATCH_DOCS": "4", "EVAL_DIAGNOSTICS": "1", **{k: str(v) for k, v in SMALL.items()}}  # fmt: skip
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(tg.torch, "compile", functools.partial(torch.compile, backend="eager"))
