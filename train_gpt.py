@@ -1610,9 +1610,8 @@ class Logger:
             msg = f"RUN_ID={hp.run_id}: {self.path.name} already in LOG_DIR={hp.log_dir} (another run's)"
             raise HyperparameterError(f"{msg}; expected a new RUN_ID") from None
         except OSError as e:
-            raise HyperparameterError(
-                f"LOG_DIR={hp.log_dir}: cannot write {self.path.name} there ({e.strerror})"
-            ) from None
+            msg = f"LOG_DIR={hp.log_dir}: cannot write {self.path.name} there ({e.strerror})"
+            raise HyperparameterError(msg) from None
 
     def write(self, msg: str | bytes):
         """A line into the log rank 0 made, from any rank (an error's); bytes go in as they are (the packed code)."""
@@ -2094,8 +2093,9 @@ def export_artifact(state, hessians, hp, code: int, log, checkpoint=False) -> tu
     parts, over = " ".join(f"{k}:{v}" for k, v in sizes.items()), code + len(blob) > hp.artifact_max_bytes
     log(f"quantize_time_ms:{1000 * (time.perf_counter() - t0):.0f} model_bytes:{len(blob)} streams {parts}")
     artifact = Path(hp.log_dir) / f"{hp.run_id}{'.over_budget' if over else ''}.ptz"
-    artifact.with_name(artifact.name + ".tmp").write_bytes(blob)  # then renamed: a reader never sees half a file
-    artifact.with_name(artifact.name + ".tmp").replace(artifact)
+    tmp = artifact.with_name(artifact.name + ".tmp")  # written, then renamed: a reader never sees half a file
+    tmp.write_bytes(blob)
+    tmp.replace(artifact)
     if over:
         msg = f"artifact {code + len(blob)} bytes > {hp.artifact_max_bytes}: code {code} + model {len(blob)}"
         raise ArtifactError(f"{msg} ({parts}); kept as {artifact}")

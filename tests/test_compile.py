@@ -90,11 +90,8 @@ def test_compiled_training_recompiles_only_in_warmup(compile_on_cpu, monkeypatch
     optimizers = tg.build_optimizers(model, hp, 0, 1, CPU)
     lines = []
     tg.compile_warmup(model, step_model, optimizers, hp, backend, 0, 1, 2, CPU, lines.append)
-    assert [shape[:2] for shape in tg.warmup_shapes(hp)] == [
-        (32, False),
-        (64, False),
-        (128, True),
-    ]  # looping and 128 start together
+    # looping and 128 start together
+    assert [shape[:2] for shape in tg.warmup_shapes(hp)] == [(32, False), (64, False), (128, True)]
     assert graphs() == 3, dict(counters["stats"])
     tg.train(hp, model, step_model, optimizers, backend, 0, 1, 2, CPU, lines.append)
     log = "\n".join(lines)
